@@ -1,0 +1,1 @@
+"""omnitune's MCP surface: tool, resource and prompt registrations over the logic in ``tools/``."""

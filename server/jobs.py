@@ -1,0 +1,38 @@
+"""MCP surface of ``tools.jobs``: one set of status/result/cancel tools for every kind of job."""
+
+from typing import Annotated
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+
+from server.state import agent_errors, annotations, follow_job, in_thread, state_of
+from tools.jobs import JobStatus
+
+JobId = Annotated[str, Field(description="The id a start tool (benchmark_start, tune_start) returned.")]
+
+
+def register(mcp: MCPServer) -> None:
+    @mcp.tool(annotations=annotations(read_only=True, idempotent=True, title="Job status"))
+    @agent_errors
+    async def job_status(job_id: JobId, ctx: Context) -> JobStatus:
+        """Progress of a background job (benchmark or tune): status, progress/total, what it is doing now.
+
+        Poll this every few seconds; once status is completed, failed, cancelled or interrupted the
+        `result` field holds what the job produced (partial for cancelled runs).
+        """
+        return await in_thread(state_of(ctx).jobs.status, job_id)
+
+    @mcp.tool(annotations=annotations(read_only=True, idempotent=True, title="Wait for a job"))
+    @agent_errors
+    async def job_wait(job_id: JobId, ctx: Context,
+                       timeout_s: Annotated[float, Field(ge=0, le=600, description="Longest wait, seconds.")] = 60,
+                       ) -> JobStatus:
+        """Wait (bounded) for a background job to finish, relaying its progress; returns its status either way."""
+        state = state_of(ctx)
+        return await follow_job(ctx, state.jobs, job_id, timeout_s, cancel_on_abort=False)
+
+    @mcp.tool(annotations=annotations(destructive=False, idempotent=True, title="Cancel a job"))
+    @agent_errors
+    async def job_cancel(job_id: JobId, ctx: Context) -> JobStatus:
+        """Ask a background job to stop after its current step. Servers stay up; what was measured is kept."""
+        return await in_thread(state_of(ctx).jobs.cancel, job_id)

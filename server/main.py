@@ -1,0 +1,85 @@
+"""omnitune's entry point: build the MCP server and run it over stdio or streamable HTTP.
+
+``mcp dev server/main.py`` and ``mcp run server/main.py`` load the module-level ``mcp`` object
+(settings from ``OMNITUNE_*`` variables); the ``omnitune`` command parses flags first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # loaded by file path (mcp dev / mcp run): make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mcp.server.mcpserver import MCPServer  # noqa: E402
+
+from server import gpus, jobs  # noqa: E402
+from server.state import make_lifespan  # noqa: E402
+from tools.errors import OmnituneError  # noqa: E402
+from tools.settings import Settings, settings_from_env  # noqa: E402
+
+VERSION = "0.1.0"
+INSTRUCTIONS = """omnitune makes vLLM-Omni diffusion serving fast on this machine's GPUs, with measured evidence.
+Start with detect_gpus. Every figure omnitune returns was measured here; nothing is assumed."""
+
+# Each module registers the tools, resources or prompts of one capability.
+REGISTRARS = [gpus, jobs]
+
+
+def build_server(settings: Settings | None = None) -> MCPServer:
+    """The MCP server; ``settings=None`` reads ``OMNITUNE_*`` variables when it starts."""
+    server = MCPServer("omnitune", version=VERSION, instructions=INSTRUCTIONS, lifespan=make_lifespan(settings))
+    for module in REGISTRARS:
+        module.register(server)
+    return server
+
+
+mcp = build_server()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="omnitune", description=__doc__.splitlines()[0])
+    p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP transport address (default 127.0.0.1).")
+    p.add_argument("--port", type=int, default=8765, help="HTTP transport port (default 8765).")
+    p.add_argument("--workspace", help="Folder for the database and runs [OMNITUNE_WORKSPACE].")
+    p.add_argument("--vllm", help="The vllm executable of the serving environment [OMNITUNE_VLLM].")
+    p.add_argument("--serving-python", help="Python that imports vllm_omni [OMNITUNE_SERVING_PYTHON].")
+    p.add_argument("--vllm-omni-source", help="A vllm-omni source folder to inspect [OMNITUNE_VLLM_OMNI_SOURCE].")
+    p.add_argument("--read-only", action="store_true", default=None,
+                   help="Never launch or stop servers [OMNITUNE_READ_ONLY].")
+    p.add_argument("--serve-host", help="Address launched servers bind to (default 127.0.0.1) [OMNITUNE_SERVE_HOST].")
+    p.add_argument("--allow-network", action="store_true", default=None,
+                   help="Allow Hugging Face hub look-ups [OMNITUNE_ALLOW_NETWORK].")
+    p.add_argument("--no-stop-on-exit", dest="stop_on_exit", action="store_false", default=None,
+                   help="Leave launched servers running when omnitune exits [OMNITUNE_STOP_ON_EXIT=0].")
+    p.add_argument("--model-root", dest="model_roots", action="append",
+                   help="Folder local models may come from; repeatable [OMNITUNE_MODEL_ROOTS].")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("transport", "host", "port")}
+    try:
+        settings = settings_from_env(**overrides)
+        from tools.workspace import Workspace
+        Workspace.open(settings).close()  # fail now, with the fix, rather than inside the transport
+    except OmnituneError as exc:
+        sys.stderr.write(f"omnitune: {exc}\n")
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = build_server(settings)
+    if args.transport == "stdio":
+        server.run()
+    else:
+        server.run(transport="streamable-http", host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Shared state for the MCP surface: the lifespan that opens the workspace, and tool plumbing.
+
+``AppState`` is what every tool reaches through ``ctx``. Capabilities that need long-lived
+objects (the process registry, caches) create them on first use with :meth:`AppState.service`
+and register their own clean-up, so this module does not grow with every capability.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, TypeVar
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+
+from tools.errors import OmnituneError
+from tools.jobs import FINISHED, JobManager, JobStatus
+from tools.settings import Settings, settings_from_env
+from tools.workspace import Workspace
+
+log = logging.getLogger("omnitune")
+T = TypeVar("T")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    workspace: Workspace
+    jobs: JobManager
+    _services: dict[str, Any] = field(default_factory=dict)
+    _cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def service(self, name: str, factory: Callable[["AppState"], T]) -> T:
+        """A long-lived object created on first use (e.g. the launcher's process registry)."""
+        if name not in self._services:
+            self._services[name] = factory(self)
+        return self._services[name]
+
+    def on_shutdown(self, fn: Callable[[], None]) -> None:
+        self._cleanups.append(fn)
+
+    def close(self) -> None:
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception:
+                log.exception("clean-up %s failed", getattr(fn, "__qualname__", fn))
+        self.jobs.shutdown()
+        self.workspace.close()
+
+
+def make_lifespan(settings: Settings | None):
+    """Open the workspace when the server starts, and close everything it started when it stops."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[AppState]:
+        resolved = settings or settings_from_env()
+        workspace = Workspace.open(resolved)
+        state = AppState(settings=resolved, workspace=workspace, jobs=JobManager(workspace.store))
+        log.info("omnitune workspace %s (schema %d)", workspace.root, workspace.store.schema_version)
+        try:
+            yield state
+        finally:
+            await anyio.to_thread.run_sync(state.close)
+
+    return lifespan
+
+
+def state_of(ctx: Context) -> AppState:
+    return ctx.request_context.lifespan_context
+
+
+def annotations(*, read_only: bool = False, destructive: bool = False, idempotent: bool = False,
+                open_world: bool = False, title: str | None = None) -> ToolAnnotations:
+    return ToolAnnotations(title=title, read_only_hint=read_only, destructive_hint=destructive,
+                           idempotent_hint=idempotent, open_world_hint=open_world)
+
+
+def agent_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn omnitune's anticipated errors into MCP tool errors whose text reaches the agent.
+
+    Anything else is a bug: the SDK reports a generic error and logs the traceback to stderr.
+    """
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except OmnituneError as exc:
+                raise ToolError(str(exc)) from exc
+    else:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except OmnituneError as exc:
+                raise ToolError(str(exc)) from exc
+    return wrapper
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Blocking work (NVML, subprocesses, sqlite) off the event loop."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+async def follow_job(ctx: Context, jobs: JobManager, job_id: str, timeout: float, *,
+                     cancel_on_abort: bool = True) -> JobStatus:
+    """Wait (bounded) for a job while relaying its progress to the client.
+
+    With ``cancel_on_abort`` the job is cancelled when the call itself is (the agent gave up on a
+    blocking run); a plain ``job_wait`` leaves the job running.
+    """
+    last: tuple[float, float | None, str | None] | None = None
+    with anyio.move_on_after(timeout):
+        try:
+            while True:
+                status = jobs.status(job_id)
+                seen = (status.progress, status.total, status.message)
+                if seen != last:
+                    last = seen
+                    await ctx.report_progress(status.progress, status.total, status.message)
+                if status.status in FINISHED:
+                    return status
+                await anyio.sleep(0.05)
+        except anyio.get_cancelled_exc_class():
+            if cancel_on_abort:
+                jobs.cancel(job_id)
+            raise
+    return jobs.status(job_id)

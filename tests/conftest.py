@@ -1,0 +1,65 @@
+"""Shared fixtures: an isolated workspace, simulated GPUs, and an in-memory MCP client."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "reference" / "vllm-omni-0.30.0"
+FIXTURE_MODELS = SHARED / "fixtures" / "models"
+FAKE_NVML_DIR = REPO / "tests" / "emulator" / "fake_nvml"
+
+H200 = {"name": "NVIDIA H200", "memory_mib": 143771, "compute_capability": [9, 0]}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's OMNITUNE_* settings or HF cache."""
+    import os
+    for key in list(os.environ):
+        if key.startswith(("OMNITUNE_", "VLLM_EMU_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    from tools.settings import Settings
+    return Settings(workspace=tmp_path / "workspace")
+
+
+def write_scenario(path: Path, **fields) -> Path:
+    path.write_text(json.dumps(fields))
+    return path
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Simulated GPUs through the fake ``pynvml``; call with the scenario's fields, get the scenario path."""
+    monkeypatch.syspath_prepend(str(FAKE_NVML_DIR))
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    importlib.import_module("pynvml")
+    assert Path(sys.modules["pynvml"].__file__).parent == FAKE_NVML_DIR
+    state_dir = tmp_path / "emu-state"
+    state_dir.mkdir()
+    monkeypatch.setenv("VLLM_EMU_STATE_DIR", str(state_dir))
+
+    def make(**fields) -> Path:
+        scenario = write_scenario(tmp_path / "scenario.json", **fields)
+        monkeypatch.setenv("VLLM_EMU_SCENARIO", str(scenario))
+        return scenario
+
+    yield make
+    sys.modules.pop("pynvml", None)

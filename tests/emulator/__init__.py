@@ -1,0 +1,1 @@
+"""The vLLM-Omni emulator: test infrastructure only, never a product backend."""

@@ -1,0 +1,158 @@
+"""Background jobs (benchmark, tune): start returns an id at once; status, result and cancel later.
+
+Each job runs in its own thread so an agent is never blocked for minutes and a slow job cannot
+stall the MCP event loop. State lives in the ``jobs`` table, written on every change, so a
+restarted omnitune still answers for jobs it ran before (a job whose omnitune died while it ran
+is reported ``interrupted``; tune resumes such jobs from its own records).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, Field
+
+from tools.errors import InvalidRequestError, NotFoundError, OmnituneError
+from tools.store import Store, dumps, now
+from tools.workspace import new_id
+
+log = logging.getLogger(__name__)
+
+JobState = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
+FINISHED = ("completed", "failed", "cancelled", "interrupted")
+
+
+class JobStatus(BaseModel):
+    id: str
+    kind: str
+    status: JobState
+    progress: float = Field(0, description="Units done (see total).")
+    total: float | None = Field(None, description="Units in all, when known.")
+    message: str | None = Field(None, description="What the job is doing now, or why it ended.")
+    created_at: float
+    updated_at: float
+    error: str | None = None
+    result: dict[str, Any] | None = Field(None, description="The job's result once completed (or partial, if cancelled).")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job (by :meth:`JobContext.check`) once cancel was asked for."""
+
+
+class JobContext:
+    """What a job function gets: progress reporting and a cancel flag to check between steps."""
+
+    def __init__(self, manager: "JobManager", job_id: str) -> None:
+        self._manager = manager
+        self.id = job_id
+        self.cancelled = threading.Event()
+
+    def report(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        self._manager._update(self.id, progress=progress, total=total, message=message)
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise JobCancelled()
+
+
+JobFn = Callable[[JobContext], BaseModel]
+
+
+class JobManager:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._contexts: dict[str, JobContext] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._changed = threading.Condition()
+        self._mark_interrupted()
+
+    def _mark_interrupted(self) -> None:
+        """Jobs left 'running' by an omnitune that is gone can never finish: say so."""
+        for row in self.store.query("SELECT id, owner_pid FROM jobs WHERE status IN ('pending', 'running')"):
+            if row["owner_pid"] != os.getpid():
+                self.store.update("jobs", {"id": row["id"]}, {
+                    "status": "interrupted", "updated_at": now(),
+                    "message": "omnitune stopped while this job ran; results recorded so far are kept"})
+
+    def start(self, kind: str, params: dict[str, Any], fn: JobFn, job_id: str | None = None) -> JobStatus:
+        job_id = job_id or new_id(kind)
+        t = now()
+        self.store.insert("jobs", {"id": job_id, "kind": kind, "status": "pending", "created_at": t, "updated_at": t,
+                                   "params": params, "owner_pid": os.getpid()})
+        ctx = JobContext(self, job_id)
+        thread = threading.Thread(target=self._run, args=(ctx, fn), name=f"job-{job_id}", daemon=True)
+        self._contexts[job_id] = ctx
+        self._threads[job_id] = thread
+        thread.start()
+        return self.status(job_id)
+
+    def _run(self, ctx: JobContext, fn: JobFn) -> None:
+        self._update(ctx.id, status="running")
+        try:
+            result = fn(ctx)
+        except JobCancelled:
+            self._update(ctx.id, status="cancelled", message="cancelled on request")
+        except OmnituneError as exc:
+            self._update(ctx.id, status="failed", error=str(exc), message="failed")
+        except Exception as exc:  # a bug: keep the job record honest and the traceback in the log
+            log.exception("job %s crashed", ctx.id)
+            self._update(ctx.id, status="failed", error=f"internal error: {type(exc).__name__}: {exc}",
+                         message="failed")
+        else:
+            status = "cancelled" if ctx.cancelled.is_set() else "completed"
+            self._update(ctx.id, status=status, result=result.model_dump(mode="json"),
+                         message="cancelled on request; partial result kept" if status == "cancelled" else "done")
+
+    def _update(self, job_id: str, **changes: Any) -> None:
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "result" in changes:
+            changes["result"] = dumps(changes["result"])
+        changes["updated_at"] = now()
+        self.store.update("jobs", {"id": job_id}, changes)
+        with self._changed:
+            self._changed.notify_all()
+
+    def status(self, job_id: str) -> JobStatus:
+        row = self.store.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            known = [r["id"] for r in self.store.query("SELECT id FROM jobs ORDER BY created_at DESC LIMIT 5")]
+            raise NotFoundError(f"no job {job_id!r}.", f"use a job id returned by a start tool; recent: {known or 'none'}.")
+        return JobStatus(id=row["id"], kind=row["kind"], status=row["status"], progress=row["progress"],
+                         total=row["total"], message=row["message"], created_at=row["created_at"],
+                         updated_at=row["updated_at"], error=row["error"],
+                         result=json.loads(row["result"]) if row["result"] else None)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        status = self.status(job_id)
+        if status.status in FINISHED:
+            return status
+        ctx = self._contexts.get(job_id)
+        if ctx is None:
+            raise InvalidRequestError(f"job {job_id} is not run by this omnitune process.",
+                                      "nothing to cancel: its owner is gone, so it was marked interrupted.")
+        ctx.cancelled.set()
+        self._update(job_id, message="cancel requested")
+        return self.status(job_id)
+
+    def wait(self, job_id: str, timeout: float) -> JobStatus:
+        """Block until the job finishes or ``timeout`` seconds pass; its status either way."""
+        deadline = now() + timeout
+        with self._changed:
+            while True:
+                status = self.status(job_id)
+                left = deadline - now()
+                if status.status in FINISHED or left <= 0:
+                    return status
+                self._changed.wait(min(left, 0.5))
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel every running job and give each a bounded time to record what it has."""
+        for ctx in self._contexts.values():
+            ctx.cancelled.set()
+        deadline = now() + timeout
+        for thread in self._threads.values():
+            thread.join(max(0.0, deadline - now()))
