@@ -101,6 +101,7 @@ def agent_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 return fn(*args, **kwargs)
             except OmnituneError as exc:
                 raise ToolError(str(exc)) from exc
+    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")  # agents read descriptions without source indentation
     return wrapper
 
 

@@ -72,6 +72,7 @@ class GpuLink(BaseModel):
     nvlink_count: int = Field(0, description="Active NVLinks joining them (through NVSwitch: the links of the GPU).")
     via_nvswitch: bool = False
     p2p_read: str | None = Field(None, description="NVML P2P read status: ok, not_supported, ...")
+    unavailable: dict[str, str] = Field(default_factory=dict, description="Link queries NVML refused, with the reason.")
 
 
 class HostInfo(BaseModel):
@@ -200,9 +201,13 @@ def _links(nv, gpus: list[Gpu], handles: list) -> list[GpuLink]:
     out = []
     for i in range(len(gpus)):
         for j in range(i + 1, len(gpus)):
-            level = nvml.query(nv.nvmlDeviceGetTopologyCommonAncestor, handles[i], handles[j])
-            p2p_nvlink = nvml.query(nv.nvmlDeviceGetP2PStatus, handles[i], handles[j], nvlink_index)
-            p2p_read = nvml.query(nv.nvmlDeviceGetP2PStatus, handles[i], handles[j], read_index)
+            refused: list[str] = []
+            level = nvml.query(nv.nvmlDeviceGetTopologyCommonAncestor, handles[i], handles[j], reasons=refused,
+                               what="topology")
+            p2p_nvlink = nvml.query(nv.nvmlDeviceGetP2PStatus, handles[i], handles[j], nvlink_index, reasons=refused,
+                                    what="p2p_nvlink")
+            p2p_read = nvml.query(nv.nvmlDeviceGetP2PStatus, handles[i], handles[j], read_index, reasons=refused,
+                                  what="p2p_read")
             peer = _norm_bus(gpus[j].pci_bus_id)
             direct = sum(1 for bus, _ in nvl[i] if _norm_bus(bus) == peer and peer)
             switched = sum(1 for _, is_switch in nvl[i] if is_switch)
@@ -212,7 +217,8 @@ def _links(nv, gpus: list[Gpu], handles: list) -> list[GpuLink]:
                 topology=_TOPOLOGY.get(int(level), str(level)) if level is not None else None,
                 nvlink=nvlink, nvlink_count=direct or (switched if nvlink else 0),
                 via_nvswitch=bool(nvlink and not direct and switched),
-                p2p_read=_P2P_STATUS.get(int(p2p_read), str(p2p_read)) if p2p_read is not None else None))
+                p2p_read=_P2P_STATUS.get(int(p2p_read), str(p2p_read)) if p2p_read is not None else None,
+                unavailable=dict(r.split(": ", 1) for r in refused)))
     return out
 
 

@@ -152,16 +152,24 @@ class Store:
         try:
             conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            # Read-only checks first: a file we refuse must stay byte-for-byte as it was.
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise WorkspaceError(f"the workspace database {path} cannot be opened: {exc}.", fix_corrupt) from exc
         if check != "ok":
             conn.close()
             raise WorkspaceError(f"the workspace database {path} is corrupt ({check}).", fix_corrupt)
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise WorkspaceError(
+                f"the workspace database {path} has schema version {version}, newer than this omnitune "
+                f"understands ({SCHEMA_VERSION}).",
+                "upgrade omnitune, or use another workspace; the database was not changed.")
         try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
             Store._migrate(conn, path)
         except Exception:
             conn.close()
@@ -171,11 +179,6 @@ class Store:
     @staticmethod
     def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise WorkspaceError(
-                f"the workspace database {path} has schema version {version}, newer than this omnitune "
-                f"understands ({SCHEMA_VERSION}).",
-                "upgrade omnitune, or use another workspace; the database was not changed.")
         for number in range(version, SCHEMA_VERSION):
             try:
                 conn.execute("BEGIN IMMEDIATE")
