@@ -58,3 +58,47 @@ def test_mcp_inspector_cli_lists_and_calls_detect_gpus(tmp_path):
     called = inspector(tmp_path, "--method", "tools/call", "--tool-name", "detect_gpus")
     assert called["structuredContent"]["gpus"][0]["name"] == "NVIDIA H200"
     assert called.get("isError") in (None, False)
+
+
+@pytest.mark.anyio
+async def test_mcp_run_loads_server_main_py_by_path(tmp_path):
+    """`mcp run server/main.py` (what `mcp dev` does too) finds the module-level server object."""
+    mcp_cli = Path(sys.executable).parent / "mcp"
+    params = StdioServerParameters(command=str(mcp_cli), args=["run", str(REPO / "server" / "main.py")],
+                                   env=server_env(tmp_path, [H200]), cwd=str(tmp_path))
+    async with Client(params) as client:
+        result = await client.call_tool("detect_gpus", {})
+    assert result.structured_content["gpus"][0]["compute_capability"] == "9.0"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.anyio
+async def test_streamable_http_transport_serves_on_loopback(tmp_path):
+    import anyio
+    import httpx
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "server.main", "--transport", "streamable-http", "--port", str(port)],
+                            cwd=REPO, env=server_env(tmp_path, [H200]), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        with anyio.fail_after(30):
+            while True:  # bounded by fail_after: wait until the port answers
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)
+                    break
+                except httpx.TransportError:
+                    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                    await anyio.sleep(0.1)
+        async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            result = await client.call_tool("detect_gpus", {})
+        assert "detect_gpus" in names and result.structured_content["gpu_count"] == 1
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=10)
