@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -41,25 +40,30 @@ def settings(tmp_path: Path):
 
 
 def write_scenario(path: Path, **fields) -> Path:
+    import json
     path.write_text(json.dumps(fields))
     return path
 
 
 @pytest.fixture
-def fake_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Simulated GPUs through the fake ``pynvml``; call with the scenario's fields, get the scenario path."""
+def emulator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The vLLM-Omni emulator: a `vllm` shim, its scenario and state dir, and the fake NVML in this process."""
+    from tests.emulator.harness import make_emulator
+    emu = make_emulator(tmp_path / "emu")
     monkeypatch.syspath_prepend(str(FAKE_NVML_DIR))
     monkeypatch.delitem(sys.modules, "pynvml", raising=False)
     importlib.import_module("pynvml")
     assert Path(sys.modules["pynvml"].__file__).parent == FAKE_NVML_DIR
-    state_dir = tmp_path / "emu-state"
-    state_dir.mkdir()
-    monkeypatch.setenv("VLLM_EMU_STATE_DIR", str(state_dir))
-
-    def make(**fields) -> Path:
-        scenario = write_scenario(tmp_path / "scenario.json", **fields)
-        monkeypatch.setenv("VLLM_EMU_SCENARIO", str(scenario))
-        return scenario
-
-    yield make
+    for key, value in emu.env.items():
+        monkeypatch.setenv(key, value)
+    yield emu
     sys.modules.pop("pynvml", None)
+
+
+@pytest.fixture
+def fake_gpus(emulator):
+    """Simulated GPUs only: call with the scenario's fields, get the scenario path."""
+    def make(**fields) -> Path:
+        emulator.write(fields)
+        return emulator.scenario_path
+    return make

@@ -1,0 +1,83 @@
+"""`vllm serve MODEL --omni` argument parsing rebuilt from the captured 0.30.0 argparse actions.
+
+Built from ``serve-args.json`` (dumped from the real parser), so names, aliases, types, choices and
+nargs match the real CLI, and errors come out as argparse's own: usage on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "vllm-omni-0.30.0" / "serve-args.json"
+
+
+def _json_value(text: str):
+    return json.loads(text)
+
+
+def _finite_nonneg(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative finite number")
+    return value
+
+
+def _readable_int(text: str) -> int:
+    """vLLM's human_readable_int: 25600, 25.6k, 1M, 1Gi ..."""
+    units = {"k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+    low = text.strip().lower()
+    for suffix in sorted(units, key=len, reverse=True):
+        if low.endswith(suffix):
+            return int(float(low[: -len(suffix)]) * units[suffix])
+    return int(low)
+
+
+_TYPES = {"int": int, "float": float, "str": str, "loads": _json_value, "_json_object": _json_value,
+          "_nonneg_finite_float": _finite_nonneg, "human_readable_int": _readable_int}
+
+
+@lru_cache(maxsize=1)
+def actions() -> list[dict]:
+    return json.loads(REFERENCE.read_text())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm serve", add_help=True)
+    parser.add_argument("model_tag", nargs="?", default=None)
+    for action in actions():
+        flags = action.get("flags") or []
+        kind = action.get("action")
+        if not flags or kind == "_HelpAction":
+            continue
+        common = {"dest": action["dest"], "default": action["default"] if action["default"] != "==SUPPRESS==" else None}
+        if kind == "BooleanOptionalAction":
+            positive = [f for f in flags if not f.startswith("--no-")]
+            parser.add_argument(*positive, action=argparse.BooleanOptionalAction, **common)
+        elif kind == "_StoreTrueAction":
+            parser.add_argument(*flags, action="store_true", **common)
+        elif kind == "_StoreFalseAction":
+            parser.add_argument(*flags, action="store_false", **common)
+        else:
+            kwargs = dict(common)
+            kwargs["type"] = _TYPES.get(action.get("type") or "str", str)
+            if action.get("choices"):
+                kwargs["choices"] = action["choices"]
+            if action.get("nargs") not in (None, 0):
+                kwargs["nargs"] = action["nargs"]
+            if kind == "_AppendAction":
+                kwargs["action"] = "append"
+            parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``serve MODEL ...`` (what follows the ``vllm`` executable's name)."""
+    top = argparse.ArgumentParser(prog="vllm")
+    top.add_argument("command", choices=["serve"])
+    command, rest = top.parse_known_args(argv[:1])
+    del command
+    return build_parser().parse_args(argv[1:] + rest)

@@ -1,0 +1,368 @@
+"""The emulated `vllm serve MODEL --omni` process: HTTP API of vLLM-Omni 0.30.0 over the simulated world.
+
+Binds its port at once (as the real server does) but answers /health 503 until the simulated load is
+done. One request runs at a time on the simulated GPUs; others queue, as in a single diffusion engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.emulator import flags, media, world as w
+
+log = logging.getLogger("vllm_omni.emulator")
+SIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
+class Engine:
+    """The simulated diffusion engine behind the HTTP routes."""
+
+    def __init__(self, scenario: dict, cfg: w.Config, pipeline: str, served: str, gpus: list[int]) -> None:
+        self.world, self.cfg, self.pipeline, self.served, self.gpus = scenario, cfg, pipeline, served, gpus
+        self.ready = False
+        self.lock = threading.Lock()
+        self.compiled: set[tuple] = set()
+        self.count = 0
+        self.count_lock = threading.Lock()
+        self.videos: dict[str, dict] = {}
+        self.jitter = __import__("random").Random(scenario["cost"]["jitter_seed"])
+        self.faults = scenario.get("faults", {})
+        sm = scenario["gpus"][gpus[0]]["compute_capability"] if gpus and gpus[0] < len(scenario["gpus"]) else [9, 0]
+        self.sm = tuple(sm)
+        self.load_mib = w.load_memory_mib(scenario, cfg)
+        self.state_file = Path(os.environ["VLLM_EMU_STATE_DIR"]) / f"{os.getpid()}.json" \
+            if os.environ.get("VLLM_EMU_STATE_DIR") else None
+        self.held: list = []
+
+    # -- memory as NVML sees it -----------------------------------------------------------------
+    def publish_memory(self, mib: int) -> None:
+        if self.state_file:
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "memory_mib": {str(g): mib for g in self.gpus}}))
+            tmp.replace(self.state_file)
+        if os.environ.get("VLLM_EMU_HOLD_GPU_MEMORY") == "1":
+            self._hold_real(mib)
+
+    def _hold_real(self, mib: int) -> None:
+        """Hold real GPU memory on every visible GPU (GPU hosts only; torch imported here alone)."""
+        import torch
+        current = sum(t.numel() for t in self.held) // max(len(self.gpus), 1) // (1024 * 1024)
+        if mib > current:
+            for dev in range(torch.cuda.device_count()):
+                self.held.append(torch.empty((mib - current) * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{dev}"))
+        elif mib < current:
+            self.held.clear()
+            torch.cuda.empty_cache()
+            if mib:
+                self._hold_real(mib)
+            torch.cuda.synchronize()
+
+    def clear_memory(self) -> None:
+        if self.state_file:
+            self.state_file.unlink(missing_ok=True)
+
+    # -- generation -----------------------------------------------------------------------------
+    def next_index(self) -> int:
+        with self.count_lock:
+            self.count += 1
+            return self.count
+
+    def check_faults(self, index: int) -> str | None:
+        f = self.faults
+        if f.get("die_after_requests") and index > int(f["die_after_requests"]):
+            log.error("simulated engine crash: worker died (EngineDeadError)")
+            self.clear_memory()
+            os._exit(1)
+        if index in f.get("hang_on", []):
+            time.sleep(float(f.get("hang_s", 3600)))
+        if index in f.get("error_500_on", []):
+            return "simulated internal error"
+        return None
+
+    def generate(self, width: int, height: int, steps: int, frames: int) -> dict:
+        """Occupy the simulated GPUs for as long as the request takes; its metrics."""
+        mp = width * height / 1e6
+        shape = (width, height, frames)
+        peak = w.memory_per_gpu_mib(self.world, self.cfg, mp, frames)
+        total = min(g.get("memory_mib", 143771) for g in self.world["gpus"]) if self.world["gpus"] else 143771
+        if peak > total:
+            raise MemoryError(f"CUDA out of memory. Tried to allocate {(peak - self.load_mib) / 1024:.2f} GiB. "
+                              f"GPU 0 has a total capacity of {total / 1024:.2f} GiB")
+        with self.lock:
+            seconds = w.seconds_per_request(self.world, self.cfg, mp, steps, frames, self.sm)
+            jitter = self.world["cost"]["jitter"]
+            if jitter:
+                seconds *= max(0.05, self.jitter.gauss(1.0, jitter))
+            compile_s = 0.0
+            if not self.cfg.eager and shape not in self.compiled:
+                compile_s = self.world["cost"]["compile_penalty_s"]
+                self.compiled.add(shape)
+            self.publish_memory(peak)
+            start = time.perf_counter()
+            time.sleep(seconds + compile_s)
+            elapsed = time.perf_counter() - start
+            self.publish_memory(self.load_mib)
+        denoise = elapsed * 0.9
+        return {"inference_time_s": elapsed, "peak_memory_mb": float(peak),
+                "stage_durations": {"text_encoder": elapsed * 0.04, "denoise": denoise, "vae_decode": elapsed * 0.06}}
+
+    def noise(self, steps: int) -> float:
+        default = self.world["model"]["default_steps"]
+        step_noise = 12.0 * max(0, default - steps) / default
+        return float((w.pixel_noise(self.world, self.cfg) ** 2 + step_noise ** 2) ** 0.5)
+
+
+def parse_size(text: str | None, default: str) -> tuple[int, int]:
+    m = SIZE.match(text or default)
+    if not m:
+        raise ValueError(f"Invalid size format: {text!r}. Expected WIDTHxHEIGHT.")
+    return int(m.group(1)), int(m.group(2))
+
+
+class Handler(BaseHTTPRequestHandler):
+    engine: Engine
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args) -> None:  # access log like uvicorn's, into the server log
+        log.info("%s - \"%s\" %s", self.client_address[0], self.requestline, args[1] if len(args) > 1 else "")
+
+    def reply(self, status: int, body: bytes | dict, ctype: str = "application/json", headers: dict | None = None):
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def error(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+        self.reply(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+    def body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def do_GET(self) -> None:
+        e = self.engine
+        if self.path == "/health":
+            return self.reply(200, b"", "application/json") if e.ready else self.error(503, "loading", "ServiceUnavailable")
+        if self.path == "/v1/models":
+            return self.reply(200, {"object": "list", "data": [{"id": e.served, "object": "model",
+                                                                 "created": int(time.time()), "owned_by": "vllm-omni"}]})
+        if self.path == "/metrics":
+            text = f"# TYPE vllm_omni_requests_total counter\nvllm_omni_requests_total {e.count}\n"
+            return self.reply(200, text.encode(), "text/plain; version=1.0.0; charset=utf-8")
+        m = re.match(r"^/v1/videos/([\w-]+)(/content)?$", self.path)
+        if m and m.group(1) in e.videos:
+            job = e.videos[m.group(1)]
+            if m.group(2):
+                if job["status"] != "completed":
+                    return self.error(400, f"Video {m.group(1)} is not completed (status: {job['status']}).")
+                return self.reply(200, job["_mp4"], "video/mp4")
+            return self.reply(200, {k: v for k, v in job.items() if not k.startswith("_")})
+        if m:
+            return self.error(404, f"Video {m.group(1)} not found", "NotFoundError")
+        self.error(404, "Not Found", "NotFoundError")
+
+    def do_POST(self) -> None:
+        e = self.engine
+        if not e.ready:
+            return self.error(503, "The server is still loading the model.", "ServiceUnavailable")
+        try:
+            if self.path == "/v1/images/generations":
+                return self.images()
+            if self.path in ("/v1/videos", "/v1/videos/sync"):
+                return self.videos(sync=self.path.endswith("/sync"))
+        except ValueError as exc:
+            return self.error(400, str(exc))
+        except MemoryError as exc:
+            return self.error(500, str(exc), "InternalServerError")
+        self.error(404, "Not Found", "NotFoundError")
+
+    def images(self) -> None:
+        e = self.engine
+        try:
+            req = json.loads(self.body() or b"{}")
+        except json.JSONDecodeError:
+            return self.error(422, "Request body is not valid JSON.", "RequestValidationError")
+        if not isinstance(req.get("prompt"), str):
+            return self.error(422, "Field required: prompt", "RequestValidationError")
+        n = int(req.get("n") or 1)
+        steps = req.get("num_inference_steps") or e.world["model"]["default_steps"]
+        if not 1 <= n <= 10 or not 1 <= int(steps) <= 200:
+            return self.error(422, "n must be 1-10 and num_inference_steps 1-200.", "RequestValidationError")
+        width, height = parse_size(req.get("size"), e.world["model"]["default_size"])
+        index = e.next_index()
+        fault = e.check_faults(index)
+        if fault:
+            return self.error(500, fault, "InternalServerError")
+        seed = req["seed"] if req.get("seed") is not None else int.from_bytes(os.urandom(4), "little")
+        metrics = e.generate(width, height, int(steps), 1)
+        for _ in range(n - 1):
+            more = e.generate(width, height, int(steps), 1)
+            metrics["inference_time_s"] += more["inference_time_s"]
+        data = []
+        for i in range(n):
+            img = media.base_image(req["prompt"], seed + i, width, height, req.get("negative_prompt") or "")
+            img = media.deviate(img, e.noise(int(steps)), e.cfg.lossless_key, req["prompt"], seed + i, steps)
+            png = media.png_bytes(img)
+            if index in e.faults.get("bad_image_on", []):
+                png = b"\x89PNG garbage"
+            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": None, "url": None})
+        self.reply(200, {"created": int(time.time()), "data": data, "size": f"{width}x{height}",
+                         "output_format": "png", "metrics": metrics})
+
+    def videos(self, sync: bool) -> None:
+        e = self.engine
+        ctype = self.headers.get("Content-Type", "")
+        if not ctype.startswith("multipart/form-data"):
+            return self.error(422, "Expected multipart/form-data.", "RequestValidationError")
+        msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + self.body())
+        form = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
+                for part in msg.iter_parts()}
+        if "prompt" not in form:
+            return self.error(422, "Field required: prompt", "RequestValidationError")
+        width, height = parse_size(form.get("size"), e.world["model"]["default_size"])
+        if form.get("width") and form.get("height"):
+            width, height = int(form["width"]), int(form["height"])
+        frames = int(form.get("num_frames") or e.world["model"]["default_frames"])
+        fps = float(form.get("fps") or 16)
+        steps = int(form.get("num_inference_steps") or e.world["model"]["default_steps"])
+        seed = int(form["seed"]) if form.get("seed") else int.from_bytes(os.urandom(4), "little")
+        job = {"id": f"video_{uuid.uuid4().hex[:16]}", "object": "video", "model": e.served, "status": "queued",
+               "progress": 0, "created_at": int(time.time()), "prompt": form["prompt"], "size": f"{width}x{height}",
+               "seconds": str(max(1, round(frames / fps))), "quality": "default", "num_frames": frames, "fps": fps,
+               "media_type": "video/mp4", "peak_memory_mb": 0.0, "stage_durations": {}}
+        e.videos[job["id"]] = job
+        index = e.next_index()
+
+        def run() -> None:
+            job["status"] = "in_progress"
+            fault = e.check_faults(index)
+            try:
+                if fault:
+                    raise RuntimeError(fault)
+                metrics = e.generate(width, height, steps, frames)
+                frames_px = media.video_frames(form["prompt"], seed, width, height, frames, e.noise(steps),
+                                               (e.cfg.lossless_key, steps), form.get("negative_prompt") or "")
+                job["_mp4"] = media.mp4_bytes(frames_px, fps)
+                job.update(metrics, status="completed", progress=100, completed_at=int(time.time()),
+                           duration_s=frames / fps, file_name=f"{job['id']}.mp4")
+            except (RuntimeError, MemoryError) as exc:
+                job.update(status="failed", error={"code": 500, "message": str(exc)}, completed_at=int(time.time()))
+
+        if not sync:
+            threading.Thread(target=run, daemon=True).start()
+            return self.reply(200, {k: v for k, v in job.items() if not k.startswith("_")})
+        run()
+        if job["status"] != "completed":
+            return self.error(500, job["error"]["message"], "InternalServerError")
+        self.reply(200, job["_mp4"], "video/mp4", {
+            "X-Inference-Time-S": f"{job['inference_time_s']:.6f}", "X-Peak-Memory-MB": f"{job['peak_memory_mb']:.1f}",
+            "X-Stage-Durations": json.dumps(job["stage_durations"])})
+
+
+def resolve_pipeline(model: str, scenario: dict) -> str:
+    """The pipeline class: scenario override, model_index.json's _class_name, or MODEL as a class name."""
+    if scenario["model"].get("pipeline_class"):
+        return scenario["model"]["pipeline_class"]
+    path = Path(model)
+    if (path / "model_index.json").is_file():
+        return json.loads((path / "model_index.json").read_text())["_class_name"]
+    if model.startswith(("/", ".", "~")) or path.exists():
+        raise FileNotFoundError(f"OSError: {model} is not a local folder with a model_index.json and is not a valid "
+                                f"model identifier listed on 'https://huggingface.co/models'")
+    return model.rsplit("/", 1)[-1]
+
+
+def spawn_workers(count: int) -> list[subprocess.Popen]:
+    """One extra process per additional GPU, like vLLM-Omni's workers: same process group, never detached."""
+    code = "import time\nfor _ in range(3600):\n    time.sleep(1)\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(asctime)s %(message)s")
+    ns = flags.parse(list(sys.argv[1:] if argv is None else argv))
+    if not ns.omni:
+        sys.stderr.write("vllm serve: error: this emulator only serves diffusion models with --omni\n")
+        raise SystemExit(2)
+    scenario = w.load_scenario()
+    model = ns.model_tag or ns.model
+    faults = scenario.get("faults", {})
+    host, port = ns.host or "127.0.0.1", ns.port
+    try:
+        httpd = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        log.error("[Errno %s] error while attempting to bind on address ('%s', %s): %s", exc.errno, host, port,
+                  exc.strerror.lower() if exc.strerror else exc)
+        raise SystemExit(1)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = [int(x) for x in visible.split(",") if x.strip()] if visible else list(range(len(scenario["gpus"])))
+    try:
+        pipeline = resolve_pipeline(model, scenario)
+        cfg = w.Config.from_args(ns)
+        for warning in w.check_startup(scenario, cfg, len(gpus), pipeline):
+            log.warning(warning)
+        load_mib = w.load_memory_mib(scenario, cfg)
+        for g in gpus[: cfg.world_size]:
+            total = scenario["gpus"][g]["memory_mib"] if g < len(scenario["gpus"]) else 143771
+            if load_mib > total:
+                raise w.Refusal(f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+                                f"{load_mib / 1024:.2f} GiB. GPU {g} has a total capacity of {total / 1024:.2f} GiB")
+    except (w.Refusal, FileNotFoundError) as exc:
+        log.error("EngineCore failed to start.\nTraceback (most recent call last):\n%s", exc)
+        raise SystemExit(1)
+    engine = Engine(scenario, cfg, pipeline, (ns.served_model_name or [model])[0], gpus[: cfg.world_size])
+    Handler.engine = engine
+    workers = spawn_workers(max(0, cfg.world_size - 1))
+
+    def shutdown(signum, frame) -> None:
+        if faults.get("ignore_sigterm"):
+            log.info("ignoring SIGTERM (fault injection)")
+            return
+        engine.clear_memory()
+        for p in workers:
+            p.terminate()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    log.info("Starting vLLM-Omni (emulated) for %s (%s) on %s:%s, world size %d", model, pipeline, host, port,
+             cfg.world_size)
+
+    def load() -> None:
+        time.sleep(float(scenario["cost"]["startup_s"]))
+        if faults.get("startup_crash"):
+            log.error("Traceback (most recent call last):\nRuntimeError: simulated crash while loading the model")
+            engine.clear_memory()
+            os._exit(1)
+        if faults.get("startup_hang"):
+            return
+        engine.publish_memory(engine.load_mib)
+        engine.ready = True
+        log.info("Application startup complete.")
+
+    threading.Thread(target=load, daemon=True).start()
+    try:
+        httpd.serve_forever(poll_interval=0.05)
+    finally:
+        engine.clear_memory()
+
+
+if __name__ == "__main__":
+    main()

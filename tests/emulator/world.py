@@ -1,0 +1,228 @@
+"""The simulated world of one emulated server: scenario defaults, refusals, cost, memory and quality.
+
+Every number comes from the scenario file (``VLLM_EMU_SCENARIO``; fields in README.md) so tests can
+state the truth they then measure. The rules mirror vLLM-Omni 0.30.0's behaviour where it refuses or
+warns; the magnitudes are the guide's (DESIGN.md) and are only as real as the scenario says.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULTS: dict = {
+    "gpus": [{"name": "NVIDIA H200", "memory_mib": 143771, "compute_capability": [9, 0]}],
+    "topology": "nvswitch",
+    "model": {
+        "pipeline_class": None,          # default: model_index.json's _class_name, or MODEL if it is a class name
+        "kind": "image",                 # image | video
+        "uses_cfg": True,
+        "dit_gib": 20.0, "text_encoder_gib": 8.0, "vae_gib": 0.5,
+        "sp_plan": True,                 # has _sp_plan (Ulysses/Ring work); without it SP only warns
+        "tea_cache": True,               # TeaCache coefficients exist for its DiT class
+        "rejects": [],                   # features the model raises on: cfg_parallel, tensor_parallel, ...
+        "tp_divides": 24,                # attention heads: TP must divide it
+        "default_size": "1024x1024", "default_steps": 50, "default_frames": 33,
+    },
+    "cost": {
+        "startup_s": 0.2,
+        "step_s_per_megapixel": 0.004,   # eager, 1 GPU, per megapixel per step (per frame for video)
+        "fixed_s": 0.002,                # text encode + VAE, per request
+        "compile_speedup": 1.25, "compile_penalty_s": 0.3,
+        "fp8_speedup": 1.4, "fp8_fallback_speedup": 1.0,
+        "usp_efficiency": 0.9, "ring_efficiency": 0.8, "tp_efficiency": 0.7, "cfg_parallel_speedup": 1.9,
+        "cpu_offload_slowdown": 1.6, "layerwise_offload_slowdown": 1.05,
+        "vae_slicing_slowdown": 1.02, "vae_tiling_slowdown": 1.03, "hsdp_slowdown": 1.05,
+        "jitter": 0.0, "jitter_seed": 0,
+        # threshold -> (speed-up, pixel noise std); linear between points, flat outside
+        "tea_cache": [[0.0, 1.0, 0.0], [0.1, 1.4, 0.6], [0.2, 1.5, 1.2], [0.4, 1.8, 4.0], [0.8, 2.25, 20.0]],
+        "cache_dit": [[0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.5, 12.0]],
+        "fp8_noise": 0.8,                # pixel noise std that FP8 adds
+    },
+    "memory": {"activation_gib_per_megapixel": 2.0, "overhead_gib": 1.0},
+    "faults": {},
+}
+
+LOSSY_CACHE_KEY = {"tea_cache": "rel_l1_thresh", "cache_dit": "residual_diff_threshold"}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_scenario(path: str | None = None) -> dict:
+    path = path or os.environ.get("VLLM_EMU_SCENARIO")
+    return _merge(DEFAULTS, json.loads(Path(path).read_text()) if path else {})
+
+
+def interpolate(points: list[list[float]], x: float) -> tuple[float, float]:
+    """(speed-up, noise) at threshold x on a piecewise-linear curve."""
+    if x <= points[0][0]:
+        return points[0][1], points[0][2]
+    for (x0, s0, n0), (x1, s1, n1) in zip(points, points[1:]):
+        if x <= x1:
+            t = (x - x0) / (x1 - x0) if x1 > x0 else 1.0
+            return s0 + t * (s1 - s0), n0 + t * (n1 - n0)
+    return points[-1][1], points[-1][2]
+
+
+class Refusal(Exception):
+    """Startup refused as vLLM-Omni would (message goes to the log, then exit 1)."""
+
+
+@dataclass
+class Config:
+    usp: int = 1
+    ring: int = 1
+    cfg: int = 1
+    tp: int = 1
+    vae_patch: int = 1
+    hsdp: bool = False
+    eager: bool = False
+    cpu_offload: bool = False
+    layerwise: bool = False
+    slicing: bool = False
+    tiling: bool = False
+    fp8: bool = False
+    cache_backend: str | None = None
+    cache_config: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, ns) -> "Config":
+        cache = None if ns.cache_backend in (None, "none") else ns.cache_backend
+        try:
+            cache_cfg = json.loads(ns.cache_config) if ns.cache_config else {}
+        except json.JSONDecodeError as exc:
+            raise Refusal(f"ValueError: --cache-config is not valid JSON: {exc}") from exc
+        return cls(usp=ns.ulysses_degree or 1, ring=ns.ring_degree or 1, cfg=ns.cfg_parallel_size or 1,
+                   tp=ns.tensor_parallel_size or 1, vae_patch=ns.vae_patch_parallel_size or 1, hsdp=ns.use_hsdp,
+                   eager=bool(ns.enforce_eager), cpu_offload=ns.enable_cpu_offload,
+                   layerwise=ns.enable_layerwise_offload, slicing=ns.vae_use_slicing, tiling=ns.vae_use_tiling,
+                   fp8=(ns.quantization or "").lower() == "fp8", cache_backend=cache, cache_config=cache_cfg)
+
+    @property
+    def world_size(self) -> int:
+        return self.usp * self.ring * self.cfg * self.tp
+
+    @property
+    def lossless_key(self) -> str:
+        """What decides the output pixels: only lossy settings change them."""
+        return json.dumps({"fp8": self.fp8, "cache": self.cache_backend,
+                           "cfg": self.cache_config if self.cache_backend else {}}, sort_keys=True)
+
+
+VALID_CACHE_BACKENDS = ("tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache")
+
+
+def check_startup(world: dict, cfg: Config, visible_gpus: int, pipeline: str) -> list[str]:
+    """Refusals (raise) and warnings (returned) at startup, as vLLM-Omni 0.30.0 gives them."""
+    model = world["model"]
+    warnings = []
+    if cfg.world_size > visible_gpus:
+        raise Refusal(f"ValueError: world_size ({cfg.world_size}) = ulysses_degree {cfg.usp} x ring_degree {cfg.ring}"
+                      f" x cfg_parallel_size {cfg.cfg} x tensor_parallel_size {cfg.tp} exceeds the number of "
+                      f"available devices ({visible_gpus}).")
+    if cfg.cfg not in (1, 2):
+        raise Refusal(f"ValueError: cfg_parallel_size must be 1 or 2, got {cfg.cfg}.")
+    if cfg.hsdp and cfg.tp > 1:
+        raise Refusal("ValueError: HSDP cannot be combined with tensor parallelism (tensor_parallel_size > 1).")
+    feature_used = {"cfg_parallel": cfg.cfg > 1, "tensor_parallel": cfg.tp > 1, "ulysses_sp": cfg.usp > 1,
+                    "ring_sp": cfg.ring > 1, "vae_patch_parallel": cfg.vae_patch > 1, "hsdp": cfg.hsdp,
+                    "cpu_offload": cfg.cpu_offload, "layerwise_offload": cfg.layerwise, "fp8": cfg.fp8,
+                    "tea_cache": cfg.cache_backend == "tea_cache", "cache_dit": cfg.cache_backend == "cache_dit"}
+    for feature in model["rejects"]:
+        if feature_used.get(feature):
+            raise Refusal(f"NotImplementedError: {pipeline} does not support {feature}.")
+    if cfg.tp > 1 and model["tp_divides"] % cfg.tp:
+        raise Refusal(f"AssertionError: tensor_parallel_size {cfg.tp} must divide the number of attention heads "
+                      f"({model['tp_divides']}).")
+    if cfg.cache_backend and cfg.cache_backend not in VALID_CACHE_BACKENDS:
+        raise Refusal(f"ValueError: Unknown cache backend: {cfg.cache_backend}. "
+                      f"Supported: {', '.join(VALID_CACHE_BACKENDS)}.")
+    if cfg.cache_backend == "tea_cache" and not model["tea_cache"]:
+        raise Refusal(f"ValueError: TeaCache is not supported for {pipeline}: no coefficients for its transformer.")
+    if (cfg.usp > 1 or cfg.ring > 1) and not model["sp_plan"]:
+        warnings.append(f"WARNING: {pipeline} has no _sp_plan; sequence parallelism is not applied.")
+    if cfg.cpu_offload and cfg.layerwise:
+        warnings.append("WARNING: both --enable-cpu-offload and --enable-layerwise-offload are set; "
+                        "layerwise offload takes precedence.")
+    return warnings
+
+
+def memory_per_gpu_mib(world: dict, cfg: Config, megapixels: float, frames: int) -> int:
+    """Peak memory each GPU holds while serving a request of that shape."""
+    model, mem = world["model"], world["memory"]
+    dit = model["dit_gib"] * (0.5 if cfg.fp8 else 1.0) / cfg.tp
+    if cfg.hsdp:
+        dit /= max(cfg.world_size, 1)
+    others = model["text_encoder_gib"] + model["vae_gib"]
+    if cfg.layerwise:
+        resident = dit * 0.1 + others * 0.1
+    elif cfg.cpu_offload:
+        resident = max(dit, others)
+    else:
+        resident = dit + others
+    shard = max(cfg.usp * cfg.ring, 1)
+    activations = mem["activation_gib_per_megapixel"] * megapixels * max(frames, 1) / shard
+    if cfg.slicing or cfg.tiling:
+        activations *= 0.6
+    return int((resident + activations + mem["overhead_gib"]) * 1024)
+
+
+def load_memory_mib(world: dict, cfg: Config) -> int:
+    """What each GPU holds right after load (weights + overhead), before any request."""
+    return memory_per_gpu_mib(world, cfg, 0.0, 0)
+
+
+def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int, frames: int,
+                        sm: tuple[int, int]) -> float:
+    cost, model = world["cost"], world["model"]
+    t = cost["step_s_per_megapixel"] * megapixels * steps * max(frames, 1)
+    speed = 1.0
+    if not cfg.eager:
+        speed *= cost["compile_speedup"]
+    if cfg.fp8:
+        speed *= cost["fp8_speedup"] if tuple(sm) >= (8, 9) else cost["fp8_fallback_speedup"]
+    if model["sp_plan"]:
+        speed *= 1 + (cfg.usp - 1) * cost["usp_efficiency"]
+        speed *= 1 + (cfg.ring - 1) * cost["ring_efficiency"]
+    speed *= 1 + (cfg.tp - 1) * cost["tp_efficiency"]
+    if cfg.cfg == 2 and model["uses_cfg"]:
+        speed *= cost["cfg_parallel_speedup"]
+    speed *= cache_speedup(world, cfg)
+    slow = 1.0
+    if cfg.layerwise:
+        slow *= cost["layerwise_offload_slowdown"]
+    elif cfg.cpu_offload:
+        slow *= cost["cpu_offload_slowdown"]
+    slow *= cost["vae_slicing_slowdown"] if cfg.slicing else 1.0
+    slow *= cost["vae_tiling_slowdown"] if cfg.tiling else 1.0
+    slow *= cost["hsdp_slowdown"] if cfg.hsdp else 1.0
+    return cost["fixed_s"] + t * slow / speed
+
+
+def cache_speedup(world: dict, cfg: Config) -> float:
+    return _cache_effect(world, cfg)[0]
+
+
+def pixel_noise(world: dict, cfg: Config) -> float:
+    """Standard deviation (0-255 scale) of the deterministic deviation lossy settings add."""
+    noise = _cache_effect(world, cfg)[1]
+    if cfg.fp8:
+        noise = math.hypot(noise, world["cost"]["fp8_noise"])
+    return noise
+
+
+def _cache_effect(world: dict, cfg: Config) -> tuple[float, float]:
+    key = LOSSY_CACHE_KEY.get(cfg.cache_backend or "")
+    if not key:
+        return 1.0, 0.0
+    default = {"tea_cache": 0.2, "cache_dit": 0.12}[cfg.cache_backend]
+    return interpolate(world["cost"][cfg.cache_backend], float(cfg.cache_config.get(key, default)))
