@@ -110,6 +110,16 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
+def progress_relay(ctx: Context) -> Callable[[float, float | None, str], None]:
+    """A callback worker threads (``in_thread``) use to send MCP progress notifications."""
+    def relay(progress: float, total: float | None, message: str) -> None:
+        try:
+            anyio.from_thread.run(ctx.report_progress, progress, total, message)
+        except Exception:  # progress is best effort: never fail the work because a client went away
+            log.debug("progress notification dropped", exc_info=True)
+    return relay
+
+
 async def follow_job(ctx: Context, jobs: JobManager, job_id: str, timeout: float, *,
                      cancel_on_abort: bool = True) -> JobStatus:
     """Wait (bounded) for a job while relaying its progress to the client.

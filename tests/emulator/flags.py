@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse ``serve MODEL ...`` (what follows the ``vllm`` executable's name)."""
+    if any(a.startswith("--help=") for a in argv):  # vLLM's `--help=all` / `--help=GROUP`: the full help
+        build_parser().print_help()
+        raise SystemExit(0)
     top = argparse.ArgumentParser(prog="vllm")
     top.add_argument("command", choices=["serve"])
     command, rest = top.parse_known_args(argv[:1])

@@ -1,0 +1,80 @@
+"""MCP surface of ``tools.launch``: launch_server, stop_server, list_servers, server_logs."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Annotated
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel, Field
+
+from server.state import AppState, agent_errors, annotations, in_thread, progress_relay, state_of
+from tools.launch import Launcher, ServeConfig, ServerView, StopResult
+from tools.launch.launcher import LaunchResult
+
+ServerId = Annotated[str, Field(description="Id from launch_server or list_servers, e.g. srv-20261128-201502-3f9a1c.")]
+
+
+def launcher(state: AppState) -> Launcher:
+    def make(s: AppState) -> Launcher:
+        capabilities = None
+        if importlib.util.find_spec("tools.capabilities") is not None:
+            from tools.capabilities import inspect_model
+            capabilities = lambda model: inspect_model(s.settings, model)  # noqa: E731
+        made = Launcher(s.settings, s.workspace, capabilities)
+        if s.settings.stop_on_exit:
+            s.on_shutdown(made.stop_owned)
+        return made
+    return state.service("launcher", make)
+
+
+class ServerList(BaseModel):
+    servers: list[ServerView]
+
+
+class ServerLog(BaseModel):
+    server_id: str
+    log_path: str
+    text: str = Field(description="The last lines of the server's stdout+stderr.")
+
+
+def register(mcp: MCPServer) -> None:
+    @mcp.tool(annotations=annotations(destructive=True, open_world=False, title="Launch vllm serve"))
+    @agent_errors
+    async def launch_server(config: ServeConfig, ctx: Context, dry_run: bool = False) -> LaunchResult:
+        """Start `vllm serve MODEL --omni ...` from a typed configuration and wait until /health answers 200.
+
+        The configuration is validated first against detect_gpus and the model's capability report: refused
+        configurations fail with the reason and the fix before any process starts. dry_run=true returns the exact
+        argv and environment only. The server runs in its own process group on 127.0.0.1 (a free port unless
+        given), logs to its run folder, and is stopped with stop_server. Baseline: enforce_eager=true, one GPU.
+        """
+        state = state_of(ctx)
+        return await in_thread(launcher(state).launch, config, dry_run, progress_relay(ctx))
+
+    @mcp.tool(annotations=annotations(destructive=True, idempotent=True, title="Stop a server"))
+    @agent_errors
+    async def stop_server(server_id: ServerId, ctx: Context,
+                          grace_s: Annotated[float, Field(ge=0, le=120, description="Seconds between SIGTERM and "
+                                                                                     "SIGKILL.")] = 10) -> StopResult:
+        """Stop a server (also an orphan of an earlier omnitune): SIGTERM to its process group, SIGKILL after the
+        grace period, then confirm no process is left and its GPUs' memory is released."""
+        return await in_thread(launcher(state_of(ctx)).stop, server_id, grace_s)
+
+    @mcp.tool(annotations=annotations(read_only=True, idempotent=True, title="List servers"))
+    @agent_errors
+    async def list_servers(ctx: Context) -> ServerList:
+        """Every server omnitune launched in this workspace: running, orphaned (alive, launched by an omnitune that
+        is gone), exited, failed (with its classified cause) or stopped."""
+        return ServerList(servers=await in_thread(launcher(state_of(ctx)).list))
+
+    @mcp.tool(annotations=annotations(read_only=True, idempotent=True, title="Server log"))
+    @agent_errors
+    async def server_logs(server_id: ServerId, ctx: Context,
+                          lines: Annotated[int, Field(ge=1, le=2000, description="How many last lines.")] = 100,
+                          ) -> ServerLog:
+        """The last lines of a server's log (stdout and stderr): read it when a launch failed or a server misbehaves."""
+        state = state_of(ctx)
+        text = await in_thread(launcher(state).logs, server_id, lines)
+        from tools.servers import get_server
+        return ServerLog(server_id=server_id, log_path=get_server(state.workspace.store, server_id).log_path, text=text)

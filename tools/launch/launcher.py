@@ -1,0 +1,249 @@
+"""The Launcher: validated launches, bounded health waits, group stops, and a registry that survives restarts.
+
+Every server it starts is a row in the ``servers`` table before the process exists, so an omnitune
+that dies (even by SIGKILL) leaves enough behind for the next one to find the orphan and stop it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, Field
+
+from tools import nvml
+from tools.errors import CapabilityError, ConfigRejected, InvalidRequestError, LaunchError, ReadOnlyError
+from tools.gpus import detect_gpus
+from tools.launch import process
+from tools.launch.config import ServeConfig, build_argv
+from tools.launch.flags import installed_flags
+from tools.launch.validate import validate
+from tools.servers import ServerRecord, get_server, list_server_records
+from tools.settings import Settings
+from tools.store import now
+from tools.workspace import Workspace, new_id
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, float | None, str], None]
+MIB = 1024 * 1024
+
+
+class LaunchResult(BaseModel):
+    dry_run: bool
+    argv: list[str] = Field(description="The exact command (no shell involved).")
+    env: dict[str, str] = Field(description="Environment variables omnitune sets for the server.")
+    warnings: list[str] = Field(default_factory=list)
+    server: ServerRecord | None = Field(None, description="The running server (None for a dry run).")
+    command: str = Field(description="The same command as one line to paste into a shell (quoted).")
+
+
+class ServerView(BaseModel):
+    server: ServerRecord
+    state: Literal["running", "orphaned", "exited", "failed", "stopped", "starting"] = Field(
+        description="orphaned: alive but launched by an omnitune that is gone (stop_server ends it).")
+    alive_pids: list[int] = Field(default_factory=list)
+
+
+class StopResult(BaseModel):
+    server_id: str
+    stopped: bool = Field(description="Every process of the server's group is gone.")
+    forced: bool = Field(description="SIGKILL was needed after the grace period.")
+    leftover_pids: list[int] = Field(default_factory=list)
+    gpu_memory_released: bool | None = Field(None, description="GPU memory back to its level before launch "
+                                                               "(None: no NVML).")
+    gpu_memory_mib: dict[str, int] = Field(default_factory=dict, description="Used MiB per GPU after stop.")
+
+
+def gpu_used_mib(indices: list[int]) -> dict[int, int] | None:
+    try:
+        with nvml.session() as nv:
+            return {i: int(nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(i)).used) // MIB for i in indices}
+    except Exception:
+        return None
+
+
+def quote(argv: list[str]) -> str:
+    import shlex
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+class Launcher:
+    def __init__(self, settings: Settings, workspace: Workspace,
+                 capabilities: Callable[[str], Any] | None = None) -> None:
+        self.settings, self.workspace, self.store = settings, workspace, workspace.store
+        self._capabilities = capabilities
+        self._popens: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    # -- validation -----------------------------------------------------------------------------
+    def _capability(self, model: str, warnings: list[str]) -> Any | None:
+        if self._capabilities is None:
+            return None
+        try:
+            return self._capabilities(model)
+        except CapabilityError as exc:
+            warnings.append(f"capability report unavailable: {exc}")
+            return None
+
+    def plan_launch(self, config: ServeConfig) -> tuple[list[str], dict[str, str], list[str], list[int]]:
+        """argv, env, warnings and GPUs of a launch, or ConfigRejected before anything starts."""
+        early: list[str] = []
+        report = detect_gpus(self.workspace.root)
+        capability = self._capability(config.model, early)
+        flags, how = installed_flags(self.settings.vllm, self.workspace.root / "cache") if config.extra_flags \
+            else (None, "not needed")
+        result = validate(self.settings, config, report, capability, flags, how)
+        port = config.port
+        if port is not None and process.port_in_use(self.settings.serve_host, port):
+            result.error(f"port {port} on {self.settings.serve_host} is already in use",
+                         "leave port unset (omnitune picks a free one) or stop what holds it")
+        if process.resolve_executable_missing(self.settings.vllm):
+            result.error(f"the vllm executable {self.settings.vllm!r} was not found",
+                         "set OMNITUNE_VLLM (or --vllm) to the serving environment's vllm")
+        if result.errors:
+            raise ConfigRejected(result.errors, result.fixes)
+        port = port or process.free_port(self.settings.serve_host)
+        argv = build_argv(self.settings.vllm, config, result.model_arg or config.model, self.settings.serve_host, port)
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, result.gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        return argv, env, early + result.warnings, result.gpus
+
+    # -- launch ---------------------------------------------------------------------------------
+    def launch(self, config: ServeConfig, dry_run: bool = False, progress: Progress | None = None) -> LaunchResult:
+        if self.settings.read_only and not dry_run:
+            raise ReadOnlyError("launch a server")
+        argv, env, warnings, gpus = self.plan_launch(config)
+        if dry_run:
+            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, command=quote(argv))
+        server_id = new_id("srv")
+        run_dir = self.workspace.new_run_dir(server_id)
+        log_path = run_dir / "server.log"
+        before = gpu_used_mib(gpus) or {}
+        owner = process.process_identity(os.getpid())
+        port = int(argv[argv.index("--port") + 1])
+        self.store.insert("servers", {
+            "id": server_id, "created_at": now(), "model": config.model, "status": "starting",
+            "config": config.model_dump(mode="json"), "argv": argv, "env": env, "host": self.settings.serve_host,
+            "port": port, "owner_pid": os.getpid(), "owner_start_time": owner, "gpus": gpus, "run_dir": str(run_dir),
+            "log_path": str(log_path), "data": {"warnings": warnings, "memory_before_mib": before}})
+        start = time.monotonic()
+        popen = process.spawn(argv, {**os.environ, **env}, log_path)
+        with self._lock:
+            self._popens[server_id] = popen
+        self.store.update("servers", {"id": server_id}, {
+            "pid": popen.pid, "pgid": popen.pid, "proc_start_time": process.process_identity(popen.pid)})
+        self._wait_healthy(server_id, popen, port, config.health_timeout_s, start, progress)
+        startup = time.monotonic() - start
+        after = gpu_used_mib(gpus) or {}
+        held = {str(i): max(0, after[i] - before.get(i, 0)) for i in after}
+        self.store.update("servers", {"id": server_id}, {"status": "running", "startup_s": startup,
+                                                         "memory_after_load": held})
+        record = get_server(self.store, server_id)
+        record.data["used_after_load_mib"] = {str(k): v for k, v in after.items()}
+        self.store.update("servers", {"id": server_id}, {"data": record.data})
+        log.info("server %s healthy after %.2f s on port %d", server_id, startup, port)
+        return LaunchResult(dry_run=False, argv=argv, env=env, warnings=warnings, server=get_server(self.store, server_id),
+                            command=quote(argv))
+
+    def _wait_healthy(self, server_id: str, popen: subprocess.Popen, port: int, timeout_s: float, start: float,
+                      progress: Progress | None) -> None:
+        import httpx
+        host = "127.0.0.1" if self.settings.serve_host in ("0.0.0.0", "") else self.settings.serve_host
+        url = f"http://{host}:{port}/health"
+        last_report = -1.0
+        with httpx.Client(timeout=2.0) as client:
+            while True:
+                elapsed = time.monotonic() - start
+                code = popen.poll()
+                if code is not None:
+                    self._fail(server_id, popen, code, None)
+                try:
+                    if client.get(url).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if elapsed > timeout_s:
+                    self._fail(server_id, popen, None, "timeout")
+                if progress and elapsed - last_report >= 1.0:
+                    last_report = elapsed
+                    progress(elapsed, timeout_s, f"waiting for /health ({elapsed:.0f} s)")
+                time.sleep(0.05)
+
+    def _fail(self, server_id: str, popen: subprocess.Popen, code: int | None, cause: str | None) -> None:
+        record = get_server(self.store, server_id)
+        process.kill_group(popen.pid, record.proc_start_time, grace_s=5, popen=popen)
+        tail = process.tail(Path(record.log_path))
+        cause = cause or process.classify(tail, code)
+        self.store.update("servers", {"id": server_id}, {"status": "failed", "cause": cause, "exit_code": code,
+                                                         "stopped_at": now()})
+        what = f"exited with code {code}" if code is not None else \
+            f"did not answer /health within {record.config.get('health_timeout_s')} s; its process group was killed"
+        raise LaunchError(f"server {server_id} {what} ({cause}).", process.FIXES.get(cause), cause=cause,
+                          log_tail=tail)
+
+    # -- stop, list, logs -----------------------------------------------------------------------
+    def stop(self, server_id: str, grace_s: float = 10.0) -> StopResult:
+        if self.settings.read_only:
+            raise ReadOnlyError("stop a server")
+        record = get_server(self.store, server_id)
+        if record.pgid is None:
+            raise InvalidRequestError(f"server {server_id} never started a process.", "nothing to stop")
+        popen = self._popens.get(server_id)
+        gone, forced = process.kill_group(record.pgid, record.proc_start_time, grace_s, popen)
+        leftover = process.group_members(record.pgid, record.proc_start_time)
+        released, used = self._memory_released(record)
+        status = "stopped" if record.status in ("running", "starting") else record.status
+        self.store.update("servers", {"id": server_id}, {"status": status, "stopped_at": record.stopped_at or now()})
+        return StopResult(server_id=server_id, stopped=gone and not leftover, forced=forced, leftover_pids=leftover,
+                          gpu_memory_released=released, gpu_memory_mib={str(k): v for k, v in (used or {}).items()})
+
+    def _memory_released(self, record: ServerRecord) -> tuple[bool | None, dict[int, int] | None]:
+        """Wait (bounded) for the GPUs to drop back to their level before the launch."""
+        before = {int(k): v for k, v in record.data.get("memory_before_mib", {}).items()}
+        deadline = time.monotonic() + 10
+        while True:
+            used = gpu_used_mib(record.gpus)
+            if used is None or not before:
+                return None, used
+            if all(used[i] <= before.get(i, 0) + 256 for i in used):
+                return True, used
+            if time.monotonic() > deadline:
+                return False, used
+            time.sleep(0.1)
+
+    def view(self, record: ServerRecord) -> ServerView:
+        alive = process.group_members(record.pgid, record.proc_start_time) if record.pgid else []
+        leader_alive = record.pid is not None and process.process_identity(record.pid) is not None and \
+            abs((process.process_identity(record.pid) or 0) - (record.proc_start_time or 0)) < 1
+        owner_alive = record.owner_pid is not None and process.process_identity(record.owner_pid) is not None and \
+            abs((process.process_identity(record.owner_pid) or 0) - (record.owner_start_time or 0)) < 1
+        if record.status in ("running", "starting"):
+            if not alive and not leader_alive:
+                popen = self._popens.get(record.id)
+                code = popen.poll() if popen else None
+                self.store.update("servers", {"id": record.id}, {"status": "exited", "exit_code": code,
+                                                                 "stopped_at": now()})
+                record = get_server(self.store, record.id)
+                return ServerView(server=record, state="exited")
+            return ServerView(server=record, state="running" if owner_alive else "orphaned", alive_pids=alive)
+        return ServerView(server=record, state=record.status, alive_pids=alive)
+
+    def list(self) -> list[ServerView]:
+        return [self.view(r) for r in list_server_records(self.store)]
+
+    def logs(self, server_id: str, lines: int = 100) -> str:
+        record = get_server(self.store, server_id)
+        return process.tail(Path(record.log_path), lines)
+
+    def stop_owned(self) -> None:
+        """On shutdown: stop every live server this omnitune process launched."""
+        for record in list_server_records(self.store):
+            if record.owner_pid == os.getpid() and record.status in ("running", "starting"):
+                try:
+                    self.stop(record.id, grace_s=5)
+                except Exception:
+                    log.exception("could not stop %s on exit", record.id)
