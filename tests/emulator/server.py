@@ -58,18 +58,23 @@ class Engine:
             self._hold_real(mib)
 
     def _hold_real(self, mib: int) -> None:
-        """Hold real GPU memory on every visible GPU (GPU hosts only; torch imported here alone)."""
+        """Hold real GPU memory on every visible GPU (GPU hosts only; torch imported here alone).
+
+        Weights stay allocated from load on; what a request adds above them is freed (and returned to the
+        driver) when it ends, so NVML sees the same rise and fall as the simulated footprint.
+        """
         import torch
-        current = sum(t.numel() for t in self.held) // max(len(self.gpus), 1) // (1024 * 1024)
-        if mib > current:
-            for dev in range(torch.cuda.device_count()):
-                self.held.append(torch.empty((mib - current) * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{dev}"))
-        elif mib < current:
-            self.held.clear()
-            torch.cuda.empty_cache()
-            if mib:
-                self._hold_real(mib)
+        devices = range(torch.cuda.device_count())
+        if not self.held:
+            self.held = [torch.empty(mib * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{d}") for d in devices]
+            self.held_mib = mib
             torch.cuda.synchronize()
+            return
+        self.extra = [torch.empty((mib - self.held_mib) * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{d}")
+                      for d in devices] if mib > self.held_mib else []
+        if not self.extra:
+            torch.cuda.empty_cache()
+        torch.cuda.synchronize()
 
     def clear_memory(self) -> None:
         if self.state_file:
