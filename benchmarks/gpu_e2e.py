@@ -83,6 +83,13 @@ async def run(args: argparse.Namespace) -> None:
     env = {**os.environ, "OMNITUNE_WORKSPACE": str(work / "ws"), "OMNITUNE_VLLM": str(shim),
            "OMNITUNE_MODEL_ROOTS": str(args.fixtures), "VLLM_EMU_SCENARIO": str(work / "scenario.json"),
            "VLLM_EMU_HOLD_GPU_MEMORY": "1", "PYTHONPATH": str(REPO)}
+    if args.simulate:  # rehearsal without GPUs: fake NVML reads what the emulator declares
+        from tests.emulator.harness import FAKE_NVML
+        (work / "state").mkdir()
+        env.update(VLLM_EMU_HOLD_GPU_MEMORY="0", VLLM_EMU_STATE_DIR=str(work / "state"),
+                   PYTHONPATH=f"{FAKE_NVML}{os.pathsep}{REPO}")
+        os.environ.update(VLLM_EMU_SCENARIO=env["VLLM_EMU_SCENARIO"], VLLM_EMU_STATE_DIR=env["VLLM_EMU_STATE_DIR"])
+        sys.path.insert(0, str(FAKE_NVML))
     if args.vllm_omni_src:
         env["OMNITUNE_VLLM_OMNI_SOURCE"] = str(args.vllm_omni_src)
     if args.serve_args:
@@ -168,6 +175,7 @@ def main() -> None:
     p.add_argument("--fixtures", type=Path, default=REPO.parent / "shared" / "fixtures" / "models")
     p.add_argument("--vllm-omni-src", type=Path)
     p.add_argument("--serve-args", type=Path)
+    p.add_argument("--simulate", action="store_true", help="Rehearse on a machine without GPUs (fake NVML).")
     args = p.parse_args()
     if args.wheels:
         install(args.wheels)

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll is noise
     server = build_server(settings)
     if args.transport == "stdio":
         server.run()
