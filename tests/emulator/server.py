@@ -141,6 +141,7 @@ def parse_size(text: str | None, default: str) -> tuple[int, int]:
 class Handler(BaseHTTPRequestHandler):
     engine: Engine
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # as uvicorn: no 40 ms delayed-ACK stall between headers and body
 
     def log_message(self, fmt: str, *args) -> None:  # access log like uvicorn's, into the server log
         log.info("%s - \"%s\" %s", self.client_address[0], self.requestline, args[1] if len(args) > 1 else "")
