@@ -1,0 +1,13 @@
+"""Honest, diffusion-aware benchmarking of a running vLLM-Omni server (images and videos).
+
+Public surface: ``run_benchmark(workspace, BenchmarkTarget, Workload, progress, cancel) -> BenchmarkResult``,
+``RunSummary`` (the stable field names stored in ``runs.summary``) and ``config_key`` (reuse key of a run).
+"""
+
+from tools.benchmark.runner import BenchmarkResult, run_benchmark
+from tools.benchmark.summary import RunSummary
+from tools.benchmark.target import BenchmarkTarget, config_key
+from tools.benchmark.workload import BUILTIN_PROMPTS, Workload
+
+__all__ = ["BUILTIN_PROMPTS", "BenchmarkResult", "BenchmarkTarget", "RunSummary", "Workload", "config_key",
+           "run_benchmark"]

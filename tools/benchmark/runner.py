@@ -1,0 +1,257 @@
+"""One benchmark run: warm-up at the measured shapes, measured requests, telemetry, everything recorded live.
+
+Each request's row (and its outputs) is written as soon as it completes, so a cancelled or crashed run
+keeps everything measured so far. The first request of the run is its cold latency and is never mixed
+into steady-state figures. Failures are rows like any other (``ok = 0`` with the error), never dropped.
+
+``requests.server_metrics`` holds the server's ``inference_time_s`` / ``peak_memory_mb`` /
+``stage_durations`` (and ``metrics`` when asked for) plus a ``client`` object: repeat, error kind,
+decoded output sizes, and for videos ``detected_s`` / ``download_s`` / ``polls``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pydantic import BaseModel, Field
+
+from tools.benchmark.client import OmniClient, Outcome
+from tools.benchmark.summary import Record, RunStatus, RunSummary, summarize
+from tools.benchmark.target import BenchmarkTarget, Resolved, config_key, resolve
+from tools.benchmark.telemetry import GpuSampler
+from tools.benchmark.workload import RequestSpec, Workload
+from tools.errors import BenchmarkError
+from tools.store import dumps, now
+from tools.workspace import Workspace, new_id
+
+log = logging.getLogger(__name__)
+Progress = Callable[[float, float | None, str], None]
+CANCEL_GRACE_S = 2.0
+
+
+class BenchmarkResult(BaseModel):
+    run_id: str
+    status: RunStatus
+    run_dir: str = Field(description="Folder with outputs/ (PNG/MP4), summary.json, workload.json, telemetry.csv.")
+    summary: RunSummary | None = Field(None, description="None only while the run is still going (see job_id).")
+    job_id: str | None = Field(None, description="The background job running it (follow with job_wait/job_status).")
+
+
+class _Run:
+    """State shared by the dispatcher and the worker threads of one run."""
+
+    def __init__(self, ws: Workspace, target: Resolved, workload: Workload, run_id: str, run_dir: Path,
+                 progress: Progress | None, cancel: threading.Event) -> None:
+        self.ws, self.target, self.w, self.run_id, self.run_dir = ws, target, workload, run_id, run_dir
+        self.progress, self.cancel = progress, cancel
+        self.lock = threading.Lock()
+        self.records: list[Record] = []
+        self.saved: set[tuple] = set()
+        self.outputs_saved = 0
+        self.next_idx = 0
+        self.failures = 0
+        self.aborted: str | None = None
+        self.closed = False
+        self.stop = threading.Event()
+        self.repeat = 0
+        per_repeat = workload.measured if workload.duration_s is None else None
+        self.total = (len(workload.sizes) * workload.warmup + per_repeat * workload.repeats) if per_repeat else None
+        self.client = OmniClient(target.base_url, workload.timeout_s, workload.concurrency)
+        self.with_size = len(workload.sizes) > 1
+
+    # -- one request ----------------------------------------------------------------------------
+    def take_idx(self) -> int:
+        with self.lock:
+            self.next_idx += 1
+            return self.next_idx - 1
+
+    def send(self, spec: RequestSpec, phase: str, idx: int) -> Record:
+        started = now()
+        sent = time.perf_counter()
+        if self.w.is_video:
+            out = self.client.video(spec.params, self.w.video_mode, self.w.poll_initial_s, self.w.poll_max_s,
+                                    self.cancel)
+        else:
+            out = self.client.image(spec.params)
+        done = time.perf_counter()
+        rec = Record(idx=idx, phase=phase, repeat=self.repeat, spec=spec, outcome=out, sent=sent, done=done,
+                     extra={"started_at": started})
+        self.record(rec)
+        return rec
+
+    def record(self, rec: Record) -> None:
+        out = rec.outcome
+        with self.lock:
+            if self.closed:  # finished after a cancel's grace period: the run is already final
+                return
+            self.records.append(rec)
+            client = {"repeat": rec.repeat, "size": rec.spec.size, "error_kind": out.error_kind,
+                      "media": out.media, **out.timing}
+            self.ws.store.insert("requests", {
+                "run_id": self.run_id, "idx": rec.idx, "phase": rec.phase, "prompt_index": rec.spec.prompt_index,
+                "prompt": rec.spec.params["prompt"], "seed": rec.spec.seed, "params": rec.spec.params,
+                "started_at": rec.extra["started_at"], "latency_s": out.latency_s, "ok": int(out.ok),
+                "error": f"{out.error_kind}: {out.error}" if not out.ok else None,
+                "server_metrics": dumps({**out.server, "client": client})})
+            if out.ok and rec.phase == "measured" and self.w.save_outputs:
+                self._save_outputs(rec)
+            if not out.ok and out.error_kind != "cancelled":
+                self.failures += 1
+                self._apply_failure_policy(rec)
+            done = len(self.records)
+        if self.progress:
+            what = f"{out.latency_s:.3f} s" if out.ok else f"failed ({out.error_kind})"
+            self.progress(done, self.total, f"{rec.phase} request {rec.idx} (size {rec.spec.size}, repeat "
+                                            f"{rec.repeat + 1}/{self.w.repeats}): {what}")
+
+    def _save_outputs(self, rec: Record) -> None:
+        kind = "video" if self.w.is_video else "image"
+        for n_index, data in enumerate(rec.outcome.outputs):
+            key = (rec.spec.prompt_index, rec.spec.seed, rec.spec.size, n_index)
+            if key in self.saved:
+                continue
+            rel = rec.spec.output_name(n_index, rec.outcome.ext, self.with_size)
+            path = self.run_dir / rel
+            try:
+                path.parent.mkdir(exist_ok=True)
+                path.write_bytes(data)
+            except OSError as exc:
+                log.warning("could not save %s: %s", path, exc)
+                continue
+            media = rec.outcome.media[n_index] if n_index < len(rec.outcome.media) else {}
+            self.ws.store.insert("outputs", {
+                "run_id": self.run_id, "request_idx": rec.idx, "n_index": n_index,
+                "prompt_index": rec.spec.prompt_index, "seed": rec.spec.seed, "kind": kind, "path": rel,
+                "width": media.get("width", rec.spec.width), "height": media.get("height", rec.spec.height),
+                "frames": media.get("frames") if self.w.is_video else 1})
+            self.saved.add(key)
+            self.outputs_saved += 1
+
+    def _apply_failure_policy(self, rec: Record) -> None:
+        out = rec.outcome
+        if out.error_kind == "connection" and not self.client.healthy(timeout_s=2.0):
+            self.abort(f"the server at {self.target.base_url} stopped answering (request {rec.idx}: {out.error})")
+        elif self.w.on_failure == "stop":
+            self.abort(f"request {rec.idx} failed and on_failure is 'stop': {out.error_kind}: {out.error}")
+        elif self.w.max_failures is not None and self.failures >= self.w.max_failures:
+            self.abort(f"{self.failures} failed requests reached max_failures={self.w.max_failures}")
+
+    def abort(self, reason: str) -> None:
+        if self.aborted is None:
+            self.aborted = reason
+            log.warning("benchmark %s ends early: %s", self.run_id, reason)
+        self.stop.set()
+
+    def halted(self) -> bool:
+        return self.stop.is_set() or self.cancel.is_set()
+
+    # -- phases ---------------------------------------------------------------------------------
+    def warmup(self, sampler: GpuSampler) -> None:
+        sampler.phase("warmup")
+        for spec in self.w.warmup_plan():
+            if self.halted():
+                return
+            self.send(spec, "warmup", self.take_idx())
+
+    def measure(self, sampler: GpuSampler) -> None:
+        plan = self.w.measured_plan()
+        for repeat in range(self.w.repeats):
+            if self.halted():
+                return
+            self.repeat = repeat
+            sampler.phase("measured")
+            self._dispatch(plan, repeat)
+            sampler.phase("between")
+
+    def _dispatch(self, plan: Iterator[RequestSpec], repeat: int) -> None:
+        w = self.w
+        rng = random.Random(w.arrival_seed + repeat)
+        start = time.perf_counter()
+        next_arrival = start
+        sent = 0
+        inflight: set[Future] = set()
+        pool = ThreadPoolExecutor(max_workers=w.concurrency, thread_name_prefix=f"bench-{self.run_id[-6:]}")
+        try:
+            while not self.halted():
+                if w.measured is not None and sent >= w.measured:
+                    break
+                if w.duration_s is not None and time.perf_counter() - start >= w.duration_s:
+                    break
+                while len(inflight) >= w.concurrency and not self.halted():
+                    _, inflight = wait(inflight, timeout=0.1, return_when=FIRST_COMPLETED)
+                if w.request_rate:
+                    delay = next_arrival - time.perf_counter()
+                    if delay > 0 and self.cancel.wait(delay):
+                        break
+                    next_arrival += rng.expovariate(w.request_rate)
+                if self.halted():
+                    break
+                inflight.add(pool.submit(self.send, next(plan), "measured", self.take_idx()))
+                sent += 1
+            bound = CANCEL_GRACE_S if self.cancel.is_set() else w.timeout_s + 30
+            deadline = time.perf_counter() + bound
+            while inflight and time.perf_counter() < deadline:
+                if self.cancel.is_set():
+                    deadline = min(deadline, time.perf_counter() + CANCEL_GRACE_S)
+                _, inflight = wait(inflight, timeout=0.1)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, progress: Progress | None = None,
+                  cancel: threading.Event | None = None, run_id: str | None = None) -> BenchmarkResult:
+    """Measure ``target`` under ``workload``; returns when done, cancelled, or ended by the failure policy."""
+    resolved = resolve(ws.store, target)
+    cancel = cancel or threading.Event()
+    probe = OmniClient(resolved.base_url, 10.0)
+    try:
+        if not probe.healthy(timeout_s=10.0):
+            raise BenchmarkError(f"the server at {resolved.base_url} is not healthy (GET /health != 200).",
+                                 "wait until it has loaded (launch_server returns when healthy), or check "
+                                 "server_logs; a crashed server must be launched again.")
+        version = probe.version()
+    finally:
+        probe.close()
+    run_id = run_id or new_id("bench")
+    run_dir = ws.new_run_dir(run_id)
+    sampler = GpuSampler(resolved.gpus, timeline_path=run_dir / "telemetry.csv").start()
+    run = _Run(ws, resolved, workload, run_id, run_dir, progress, cancel)
+    (run_dir / "workload.json").write_text(workload.model_dump_json(indent=2))
+    ws.store.insert("runs", {
+        "id": run_id, "created_at": now(), "kind": "benchmark", "status": "running", "server_id": resolved.server_id,
+        "model": resolved.model, "config_key": None, "workload": workload.model_dump(mode="json"),
+        "run_dir": str(run_dir), "data": {"base_url": resolved.base_url, "gpus": resolved.gpus, "version": version,
+                                          "config": resolved.config}})
+    warnings = []
+    if workload.warmup == 0:
+        warnings.append("warmup=0: measured latencies include compilation (torch.compile compiles per shape); "
+                        "cold_latency_s is the first measured request")
+    if not resolved.gpus:
+        warnings.append("no GPU indices known: GPU memory and utilisation were not sampled")
+    status: RunStatus = "failed"
+    try:
+        run.warmup(sampler)
+        run.measure(sampler)
+        status = "cancelled" if cancel.is_set() else ("failed" if run.aborted else "completed")
+    finally:
+        telemetry = sampler.stop()
+        with run.lock:
+            run.closed = True
+            records = sorted(run.records, key=lambda r: r.idx)
+        run.client.close()
+        key = config_key(resolved.model, resolved.config, version, [g.name for g in telemetry.gpus]) \
+            if resolved.server_id else None
+        base = {"run_id": run_id, "task": workload.task, "base_url": resolved.base_url,
+                "server_id": resolved.server_id, "model": resolved.model, "config_key": key}
+        summary = summarize(base, records, telemetry, status, workload.is_video, run.aborted, warnings,
+                            run.outputs_saved)
+        ws.store.update("runs", {"id": run_id}, {"status": status, "finished_at": now(), "config_key": key,
+                                                 "summary": summary.model_dump(mode="json")})
+        (run_dir / "summary.json").write_text(summary.model_dump_json(indent=2))
+    return BenchmarkResult(run_id=run_id, status=status, run_dir=str(run_dir), summary=summary)
