@@ -1,0 +1,109 @@
+"""MCP surface of ``tools.benchmark``: ``benchmark`` (blocking, bounded, progress per request) and
+``benchmark_start`` (a background job; job_status / job_wait / job_cancel follow it)."""
+
+from __future__ import annotations
+
+import queue
+from typing import Annotated
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field, ValidationError
+
+from server.state import AppState, agent_errors, annotations, in_thread, state_of
+from tools.benchmark import BenchmarkResult, BenchmarkTarget, Workload, run_benchmark
+from tools.errors import BenchmarkError, InvalidRequestError
+from tools.jobs import FINISHED, JobStatus
+from tools.workspace import new_id
+
+ServerIdArg = Annotated[str | None, Field(description="Server to measure: an id from launch_server/list_servers.")]
+BaseUrlArg = Annotated[str | None, Field(description="Instead of server_id: http://127.0.0.1:PORT of a vLLM-Omni "
+                                                     "server started outside omnitune.")]
+GpusArg = Annotated[list[int] | None, Field(description="With base_url: the physical GPU indices it runs on "
+                                                        "(sampled with NVML). Ignored with server_id.")]
+WorkloadArg = Annotated[Workload, Field(description="What to send; defaults: 4 built-in prompts, 1024x1024, seed 42, "
+                                                    "1 warm-up per size, 8 measured requests, concurrency 1.")]
+
+
+def _target(server_id: str | None, base_url: str | None, gpus: list[int] | None) -> BenchmarkTarget:
+    try:
+        return BenchmarkTarget(server_id=server_id, base_url=base_url, gpus=gpus or [])
+    except ValidationError:
+        raise InvalidRequestError("name the server to measure exactly once.",
+                                  "pass server_id (from launch_server) or base_url plus gpus, not both.") from None
+
+
+def _start(state: AppState, target: BenchmarkTarget, workload: Workload,
+           events: queue.SimpleQueue | None = None) -> tuple[JobStatus, str]:
+    run_id = new_id("bench")
+    workspace = state.workspace
+
+    def job(ctx) -> BenchmarkResult:
+        def progress(done: float, total: float | None, message: str) -> None:
+            ctx.report(done, total, message)
+            if events is not None:
+                events.put((done, total, message))
+        return run_benchmark(workspace, target, workload, progress, ctx.cancelled, run_id)
+
+    params = {"target": target.model_dump(mode="json"), "workload": workload.model_dump(mode="json"),
+              "run_id": run_id}
+    return state.jobs.start("benchmark", params, job), run_id
+
+
+def register(mcp: MCPServer) -> None:
+    @mcp.tool(annotations=annotations(title="Benchmark a server"))
+    @agent_errors
+    async def benchmark(workload: WorkloadArg, ctx: Context, server_id: ServerIdArg = None,
+                        base_url: BaseUrlArg = None, gpus: GpusArg = None,
+                        wait_s: Annotated[float, Field(ge=1, le=600, description="Longest time this call blocks, "
+                                                                                  "seconds.")] = 300,
+                        ) -> BenchmarkResult:
+        """Measure a running vLLM-Omni server: warm-up at each measured size, then timed requests.
+
+        Returns end-to-end latency (mean, p50/p90/p99, min, max, std; seconds), the cold first request
+        apart, throughput (images/s or video seconds/s), the server's own inference_time_s /
+        peak_memory_mb / stage_durations, per-GPU memory peak/mean (MiB) and utilisation sampled with NVML
+        at 200 Hz, failures with their errors, and the run folder with the PNG/MP4 outputs that
+        compare_outputs pairs by prompt, seed and index. Sends a progress notification per request.
+        If the run outlasts `wait_s` it keeps going as a job: the result then has status 'running' and a
+        job_id to follow with job_wait. For long runs call benchmark_start instead.
+        """
+        state = state_of(ctx)
+        target = _target(server_id, base_url, gpus)
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        status, run_id = await in_thread(_start, state, target, workload, events)
+
+        async def relay() -> None:
+            while not events.empty():
+                done, total, message = events.get()
+                await ctx.report_progress(done, total, message)
+
+        try:
+            with anyio.move_on_after(wait_s):
+                while status.status not in FINISHED:
+                    await relay()
+                    await anyio.sleep(0.02)
+                    status = state.jobs.status(status.id)
+            await relay()
+        except anyio.get_cancelled_exc_class():
+            state.jobs.cancel(status.id)  # the agent gave up on this call: stop measuring, keep what was measured
+            raise
+        if status.status not in FINISHED:
+            return BenchmarkResult(run_id=run_id, status="running", run_dir=str(state.workspace.runs_dir / run_id),
+                                   job_id=status.id)
+        if status.result is None:
+            raise BenchmarkError(f"benchmark {run_id} did not run: {status.error or status.message}")
+        return BenchmarkResult(**{**status.result, "job_id": status.id})
+
+    @mcp.tool(annotations=annotations(title="Start a benchmark job"))
+    @agent_errors
+    async def benchmark_start(workload: WorkloadArg, ctx: Context, server_id: ServerIdArg = None,
+                              base_url: BaseUrlArg = None, gpus: GpusArg = None) -> JobStatus:
+        """Start the same measurement as `benchmark` in the background and return its job id at once.
+
+        Follow it with job_status (poll) or job_wait (blocks, relays progress); its `result` is the
+        benchmark result (run_id, summary, run_dir). job_cancel stops it after the requests in flight:
+        the server keeps running and everything measured so far stays recorded (status 'cancelled').
+        """
+        status, _ = await in_thread(_start, state_of(ctx), _target(server_id, base_url, gpus), workload)
+        return status

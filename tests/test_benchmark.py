@@ -1,0 +1,166 @@
+"""benchmark against the emulator through the MCP client: fidelity to known latencies, warm-up, store, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from statistics import NormalDist
+
+import pytest
+from mcp import Client
+
+from server.main import build_server
+from tests.launch_helpers import ZIMAGE, emulator_settings, world
+
+pytestmark = pytest.mark.anyio
+
+
+def known_latency(seconds: float, size: int = 16, steps: int = 10, **cost) -> dict:
+    """A cost model whose eager request at size x size and ``steps`` steps sleeps exactly ``seconds``."""
+    return {"fixed_s": 0.0, "step_s_per_megapixel": seconds / (size * size / 1e6 * steps), "startup_s": 0.05, **cost}
+
+
+async def launch(client, model=ZIMAGE, **config) -> str:
+    result = await client.call_tool("launch_server", {"config": {"model": model, **config}})
+    assert result.is_error is False, result.content
+    return result.structured_content["server"]["id"]
+
+
+async def bench(client, sid, progress=None, **workload) -> dict:
+    workload = {"sizes": ["16x16"], "num_inference_steps": 10, **workload}
+    result = await client.call_tool("benchmark", {"server_id": sid, "workload": workload}, progress_callback=progress)
+    assert result.is_error is False, result.content
+    return result.structured_content
+
+
+def rows(settings, sql: str, *args) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(settings.db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and_all_is_recorded(emulator, tmp_path):
+    truth = 0.5  # 1% = 5 ms: the emulator itself spends 2-4 ms per request beyond its simulated time
+    # Activations of a 16x16 request made large (10 GiB) so the sampled memory peak stands out.
+    emulator.write(world(1, cost=known_latency(truth), memory={"activation_gib_per_megapixel": 40000.0}))
+    settings = emulator_settings(emulator, tmp_path)
+    seen = []
+
+    async def on_progress(progress, total, message):
+        seen.append((progress, total, message))
+
+    async with Client(build_server(settings)) as client:
+        sid = await launch(client, enforce_eager=True)
+        out = await bench(client, sid, measured=6, seeds=[7, 8], prompt_count=2, progress=on_progress)
+    s = out["summary"]
+    assert out["status"] == "completed" and s["status"] == "completed"
+    lat = s["latency"]
+    assert lat["count"] == 6 and s["requests_ok"] == 6 and s["requests_failed"] == 0
+    assert abs(lat["p50_s"] - truth) <= max(0.01 * truth, 0.002), lat
+    assert lat["min_s"] >= truth and lat["max_s"] < truth * 1.05 and lat["std_s"] < 0.005
+    assert abs(s["server"]["inference_time_s"]["p50_s"] - truth) < 0.002
+    assert set(s["server"]["stage_durations_mean_s"]) == {"text_encoder", "denoise", "vae_decode"}
+    assert s["cold_latency_s"] is not None and s["warmup_latencies_s"] == [s["cold_latency_s"]]
+    assert s["throughput_images_per_s"] == pytest.approx(1 / lat["mean_s"], rel=0.05)
+    # One progress notification per request (1 warm-up + 6 measured), each with the total.
+    assert [p for p, _, _ in seen] == [1, 2, 3, 4, 5, 6, 7] and {t for _, t, _ in seen} == {7}
+    # GPU telemetry saw the emulator hold its activations during the measured requests.
+    gpu = s["gpus"]["gpus"][0]
+    assert s["gpus"]["available"] is True and s["gpus"]["rate_hz"] > 100
+    assert gpu["memory_peak_mib"] == s["server"]["peak_memory_mb_max"] >= gpu["memory_start_mib"] + 10 * 1024 - 1
+    assert gpu["utilization_mean_percent"] > 0
+    # The store: one run, one row per request with the exact parameters, outputs named for pairing.
+    [run] = rows(settings, "SELECT * FROM runs WHERE id = ?", out["run_id"])
+    assert run["kind"] == "benchmark" and run["status"] == "completed" and run["server_id"] == sid
+    assert run["model"] == ZIMAGE and len(run["config_key"]) == 64 and run["run_dir"] == out["run_dir"]
+    assert json.loads(run["summary"]) == s and json.loads(run["workload"])["measured"] == 6
+    reqs = rows(settings, "SELECT * FROM requests WHERE run_id = ? ORDER BY idx", out["run_id"])
+    assert [r["phase"] for r in reqs] == ["warmup"] + ["measured"] * 6 and all(r["ok"] for r in reqs)
+    params = [json.loads(r["params"]) for r in reqs]
+    assert all(p["size"] == "16x16" and p["num_inference_steps"] == 10 and p["n"] == 1 for p in params)
+    assert [(p["seed"], r["prompt_index"]) for p, r in zip(params[1:], reqs[1:])] == \
+        [(7, 0), (8, 0), (7, 1), (8, 1), (7, 0), (8, 0)]
+    assert json.loads(reqs[1]["server_metrics"])["inference_time_s"] > 0
+    outputs = rows(settings, "SELECT * FROM outputs WHERE run_id = ? ORDER BY path", out["run_id"])
+    assert [o["path"] for o in outputs] == ["outputs/p000-s7-n0.png", "outputs/p000-s8-n0.png",
+                                            "outputs/p001-s7-n0.png", "outputs/p001-s8-n0.png"]
+    assert all((o["width"], o["height"], o["kind"]) == (16, 16, "image") for o in outputs)
+    from pathlib import Path
+    run_dir = Path(out["run_dir"])
+    assert all((run_dir / o["path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for o in outputs)
+    assert (run_dir / "summary.json").is_file() and (run_dir / "telemetry.csv").is_file()
+
+
+async def test_with_jitter_percentiles_fall_inside_the_known_distributions_confidence_bounds(emulator, tmp_path):
+    base, jitter, n = 0.05, 0.15, 60
+    emulator.write(world(1, cost=known_latency(base, jitter=jitter, jitter_seed=3)))
+    async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
+        sid = await launch(client, enforce_eager=True)
+        s = (await bench(client, sid, measured=n, warmup=1))["summary"]
+    truth = NormalDist(base, base * jitter)  # the emulator multiplies by gauss(1, jitter)
+    overhead = 0.006  # the emulator's own request handling and the client, measured well under this
+    for q, key in ((0.5, "p50_s"), (0.9, "p90_s")):
+        # 99.9% distribution-free bounds on the sample quantile: ranks of a Binomial(n, q).
+        half = 3.3 * math.sqrt(n * q * (1 - q))
+        lo, hi = max(1, math.floor(n * q - half)), min(n - 1, math.ceil(n * q + half))
+        assert truth.inv_cdf(lo / (n + 1)) <= s["latency"][key] <= truth.inv_cdf(hi / (n + 1)) + overhead, (key, s)
+    assert s["latency"]["std_s"] == pytest.approx(base * jitter, rel=0.35)
+
+
+async def test_warm_up_runs_at_each_measured_size_so_compilation_never_lands_in_measured_requests(emulator, tmp_path):
+    base, penalty = 0.04, 0.3
+    emulator.write(world(1, cost=known_latency(base, compile_penalty_s=penalty, compile_speedup=1.0)))
+    async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
+        sid = await launch(client)  # torch.compile on: the first request of each shape compiles
+        s = (await bench(client, sid, sizes=["16x16", "32x16"], measured=4, warmup=1))["summary"]
+    assert set(s["cold_latency_by_size_s"]) == {"16x16", "32x16"}
+    assert s["cold_latency_by_size_s"]["16x16"] > base + penalty
+    assert s["cold_latency_by_size_s"]["32x16"] > 2 * base + penalty
+    assert s["latency"]["max_s"] < 2 * base + 0.05  # no measured request paid the compile penalty
+    assert s["cold_latency_s"] == s["cold_latency_by_size_s"]["16x16"]
+
+
+async def test_concurrency_queues_on_a_serial_engine_and_throughput_matches_it(emulator, tmp_path):
+    base = 0.05
+    emulator.write(world(1, cost=known_latency(base)))
+    async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
+        sid = await launch(client, enforce_eager=True)
+        s = (await bench(client, sid, measured=16, concurrency=4))["summary"]
+    assert s["requests_ok"] == 16
+    assert s["throughput_requests_per_s"] == pytest.approx(1 / base, rel=0.15)
+    assert s["latency"]["p50_s"] == pytest.approx(4 * base, rel=0.2)  # each waits behind three others
+
+
+async def test_request_rate_spaces_arrivals_and_n_images_count_in_throughput(emulator, tmp_path):
+    emulator.write(world(1, cost=known_latency(0.01)))
+    async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
+        sid = await launch(client, enforce_eager=True)
+        s = (await bench(client, sid, measured=10, request_rate=20, concurrency=4, n=2, warmup=0))["summary"]
+    assert s["requests_ok"] == 10 and 0.2 < s["measured_wall_s"] < 1.5  # ~10 Poisson arrivals at 20/s
+    assert s["throughput_images_per_s"] == pytest.approx(2 * s["throughput_requests_per_s"])
+    assert any("warmup=0" in w for w in s["warnings"])
+
+
+async def test_repeats_are_reported_one_by_one_and_pooled(emulator, tmp_path):
+    emulator.write(world(1, cost=known_latency(0.02)))
+    async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
+        sid = await launch(client, enforce_eager=True)
+        s = (await bench(client, sid, measured=3, repeats=3))["summary"]
+    assert [r["repeat"] for r in s["repeats"]] == [0, 1, 2]
+    assert all(r["requests_ok"] == 3 for r in s["repeats"]) and s["latency"]["count"] == 9
+    assert s["measured_wall_s"] == pytest.approx(sum(r["wall_s"] for r in s["repeats"]))
+
+
+async def test_a_url_not_on_this_machine_or_two_targets_are_refused_with_the_fix(settings):
+    async with Client(build_server(settings)) as client:
+        far = await client.call_tool("benchmark", {"base_url": "http://10.1.2.3:8000", "workload": {}})
+        both = await client.call_tool("benchmark", {"base_url": "http://127.0.0.1:8000", "server_id": "srv-x",
+                                                    "workload": {}})
+        dead = await client.call_tool("benchmark", {"base_url": "http://127.0.0.1:9", "workload": {}})
+    assert far.is_error and "not on this machine" in far.content[0].text
+    assert both.is_error and "server_id" in both.content[0].text
+    assert dead.is_error and "not healthy" in dead.content[0].text and "Fix:" in dead.content[0].text
