@@ -121,7 +121,7 @@ async def run(args: argparse.Namespace) -> None:
             caps = await call("inspect_model_capabilities", model=model)
             say("  " + ", ".join(f"{k}={v['status']}" for k, v in caps.get("methods", {}).items()))
 
-        workload = {"size": "512x512", "num_inference_steps": 8, "num_requests": 4, "warmup": 1, "seeds": [7]}
+        workload = {"sizes": ["512x512"], "num_inference_steps": 8, "measured": 4, "warmup": 1, "seeds": [7]}
         runs = {}
         layouts = [("baseline", {"enforce_eager": True, "gpus": [0]}),
                    ("candidate", {"cfg_parallel_size": 2, "gpus": [0, 1]} if args.gpus == 2 else
@@ -143,17 +143,17 @@ async def run(args: argparse.Namespace) -> None:
             above = {g: now_used[g] - idle[g] for g in others}
             check(f"{name} memory only on its GPUs", all(v < 256 for v in above.values()),
                   f"other GPUs above idle (MiB): {above}")
-            bench = await call("benchmark", target={"server_id": server["id"]}, workload=workload)
+            bench = (await call("benchmark", server_id=server["id"], workload=workload, wait_s=600))["summary"]
             runs[name] = bench
             peak_true = emu_world.memory_per_gpu_mib(world, cfg, 512 * 512 / 1e6, 1)
-            tele = {g["index"]: g for g in bench["telemetry"]["gpus"]}
+            tele = {g["index"]: g for g in bench["gpus"]["gpus"]}
             for g in layout["gpus"]:
                 peak = tele[g]["memory_peak_mib"] - idle[g]
                 check(f"{name} GPU {g} NVML peak within 5%", abs(peak - peak_true) <= 0.05 * peak_true,
                       f"NVML peak {peak} MiB above idle vs emulator peak {peak_true} MiB "
-                      f"(rate {bench['telemetry']['rate_hz']:.0f} Hz)")
-            say(f"  {name}: p50 {bench['latency_s']['p50']:.3f} s, throughput "
-                f"{bench['throughput_outputs_per_s']:.2f} img/s, cold {bench['cold_latency_s']:.3f} s")
+                      f"(rate {bench['gpus']['rate_hz']:.0f} Hz, sampler CPU {bench['gpus']['cpu_share']})")
+            say(f"  {name}: p50 {bench['latency']['p50_s']:.3f} s, throughput "
+                f"{bench['throughput_images_per_s']:.2f} img/s, cold {bench['cold_latency_s']:.3f} s")
             stopped = await call("stop_server", server_id=server["id"])
             check(f"{name} stopped cleanly", stopped["stopped"] and stopped["gpu_memory_released"] is not False,
                   json.dumps(stopped))
@@ -161,7 +161,7 @@ async def run(args: argparse.Namespace) -> None:
             cmp = await call("compare_outputs", baseline_run=runs["baseline"]["run_id"],
                              candidate_run=runs["candidate"]["run_id"])
             say(f"  compare: {json.dumps({k: cmp[k] for k in cmp if k in ('verdict', 'speedup_p50', 'psnr_db_mean')})}")
-        speedup = runs["baseline"]["latency_s"]["p50"] / runs["candidate"]["latency_s"]["p50"]
+        speedup = runs["baseline"]["latency"]["p50_s"] / runs["candidate"]["latency"]["p50_s"]
         say(f"  candidate speed-up p50: {speedup:.2f}x")
     final = gpu_used()
     check("GPU memory back to idle", all(final[g] - idle[g] < 256 for g in final), f"{final} vs idle {idle}")
