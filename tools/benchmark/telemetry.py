@@ -55,11 +55,13 @@ class GpuSampler:
     """``start()`` / ``phase(name)`` / ``stop()``; stats are kept for the ``measured`` phase."""
 
     def __init__(self, indices: list[int], hz: float = 200.0, util_every: int = 10,
-                 timeline_path: Path | None = None) -> None:
+                 timeline_path: Path | None = None, keep_timeline: bool = False) -> None:
         self.indices = list(indices)
         self.hz = hz
         self.util_every = max(1, util_every)
         self.timeline_path = timeline_path
+        self.keep_timeline = keep_timeline or timeline_path is not None
+        self.started_wall: float | None = None  # time.time() of the first tick: timeline t_s is relative to it
         self._phase = "idle"
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -105,9 +107,10 @@ class GpuSampler:
         mem_info, util_rates = nv.nvmlDeviceGetMemoryInfo, nv.nvmlDeviceGetUtilizationRates
         util_ok = True
         cpu0, t0 = time.thread_time(), time.perf_counter()
+        self.started_wall = time.time()
         next_t = t0
         self._ready.set()
-        keep = self.timeline_path is not None
+        keep = self.keep_timeline
         while not self._stop.is_set():
             now = time.perf_counter()
             phase = self._phase
@@ -168,6 +171,10 @@ class GpuSampler:
                     utilization_max_percent=a.u_max, samples=a.n))
         self._write_timeline()
         return summary
+
+    def timeline(self) -> list[tuple[float, str, list[float]]]:
+        """(seconds since the first tick, phase, used MiB per GPU) for every tick, when kept."""
+        return list(self._timeline)
 
     def _write_timeline(self) -> None:
         if self.timeline_path is None or not self._timeline:
