@@ -81,6 +81,11 @@ class GpuSampler:
             self._ready.wait(10.0)
         return self
 
+    @property
+    def ticks(self) -> int:
+        """Samples taken so far (each reads every GPU)."""
+        return self._ticks
+
     def phase(self, name: str) -> None:
         self._phase = name
 

@@ -1,0 +1,140 @@
+"""The benchmark's parts on their own: statistics, workload validation, the HTTP client, the NVML sampler."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import time
+from email.parser import BytesParser
+from email.policy import HTTP
+
+import httpx
+import numpy as np
+import pytest
+from mcp import Client
+from PIL import Image
+
+from server.main import build_server
+from tests.conftest import H200
+from tools.benchmark.client import OmniClient
+from tools.benchmark.stats import latency_stats
+from tools.benchmark.telemetry import GpuSampler
+from tools.benchmark.workload import Workload
+
+
+def test_latency_stats_match_numpy_percentiles_and_sample_std():
+    rng = random.Random(5)
+    values = [rng.lognormvariate(0, 0.5) for _ in range(137)]
+    s = latency_stats(values)
+    for q, got in ((50, s.p50_s), (90, s.p90_s), (99, s.p99_s)):
+        assert got == pytest.approx(float(np.percentile(values, q)), rel=1e-12)
+    assert s.std_s == pytest.approx(float(np.std(values, ddof=1))) and s.count == 137
+    assert (s.min_s, s.max_s) == (min(values), max(values)) and latency_stats([]) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("workload", "needle"), [
+    ({"sizes": ["1024*1024"]}, "WIDTHxHEIGHT"),
+    ({"task": "text-to-video", "n": 2}, "only for text-to-image"),
+    ({"extra_body": {"seed": 3}}, "extra_body repeats"),
+    ({"measured": None}, "duration_s"),
+    ({"concurrency": 0}, "concurrency"),
+])
+async def test_an_impossible_workload_is_refused_before_anything_is_sent(settings, workload, needle):
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("benchmark", {"base_url": "http://127.0.0.1:9", "workload": workload})
+    assert result.is_error and needle in result.content[0].text
+
+
+def test_requests_carry_the_seed_size_and_only_the_fields_set():
+    w = Workload(sizes=["512x768"], seeds=[3], guidance_scale=4.0, extra_body={"true_cfg_scale": 4.0})
+    spec = w.request(1, 3, "512x768")
+    assert spec.params == {"prompt": w.prompt_list[1], "size": "512x768", "seed": 3, "n": 1,
+                           "response_format": "b64_json", "guidance_scale": 4.0, "true_cfg_scale": 4.0}
+    assert (spec.width, spec.height) == (512, 768)
+    video = Workload(task="text-to-video", sizes=["832x480"], num_frames=33, fps=16).request(0, 42, "832x480")
+    assert video.params == {"prompt": video.params["prompt"], "size": "832x480", "seed": 42, "num_frames": 33,
+                            "fps": 16.0}
+
+
+def _png(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_image_json_body_metrics_and_a_truncated_png_is_undecodable():
+    sent = []
+    good = _png(8, 8)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        b64 = good if len(sent) == 1 else good[: len(good) // 2 // 4 * 4]
+        return httpx.Response(200, json={"created": 1, "data": [{"b64_json": b64}], "output_format": "png",
+                                         "metrics": {"peak_memory_mb": 812.5, "stage_durations": {"denoise": 0.2},
+                                                     "inference_time_s": 0.25}})
+
+    client = OmniClient("http://127.0.0.1:1", 5, transport=httpx.MockTransport(handler))
+    first = client.image({"prompt": "p", "size": "8x8", "seed": 1})
+    second = client.image({"prompt": "p", "size": "8x8", "seed": 1})
+    assert first.ok and first.media == [{"width": 8, "height": 8, "frames": 1}] and first.latency_s > 0
+    assert first.server == {"peak_memory_mb": 812.5, "stage_durations": {"denoise": 0.2}, "inference_time_s": 0.25}
+    assert sent[0] == {"prompt": "p", "size": "8x8", "seed": 1}
+    assert not second.ok and second.error_kind == "undecodable"
+
+
+def test_video_form_is_multipart_polling_backs_off_and_a_failed_job_reports_the_servers_message():
+    forms, polls = [], []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            msg = BytesParser(policy=HTTP).parsebytes(
+                b"Content-Type: " + request.headers["content-type"].encode() + b"\r\n\r\n" + request.content)
+            forms.append({p.get_param("name", header="content-disposition"): p.get_payload(decode=True).decode()
+                          for p in msg.iter_parts()})
+            return httpx.Response(200, json={"id": "video_1", "status": "queued"})
+        polls.append(time.perf_counter())
+        if len(polls) < 6:
+            return httpx.Response(200, json={"id": "video_1", "status": "in_progress"})
+        return httpx.Response(200, json={"id": "video_1", "status": "failed",
+                                         "error": {"code": 500, "message": "CUDA out of memory"}})
+
+    client = OmniClient("http://127.0.0.1:1", 5, transport=httpx.MockTransport(handler))
+    out = client.video({"prompt": "a cat", "size": "64x64", "seed": 9, "fps": 8.0}, "poll", 0.005, 0.02)
+    assert forms == [{"prompt": "a cat", "size": "64x64", "seed": "9", "fps": "8.0"}]
+    assert not out.ok and out.error_kind == "job_failed" and out.error == "CUDA out of memory"
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    assert len(polls) == 6 and max(gaps) < 0.02 + 0.015  # the interval grows but never past poll_max_s
+
+
+def test_the_sampler_catches_a_50_ms_memory_spike_and_measures_its_own_cost(fake_gpus, tmp_path):
+    fake_gpus(gpus=[H200, H200])
+    state = tmp_path / "emu" / "emu-state" / "spike.json"
+    sampler = GpuSampler([0, 1], hz=200, keep_timeline=True).start()
+    sampler.phase("measured")
+    deadline = time.monotonic() + 5
+    while sampler.ticks < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    state.write_text(json.dumps({"pid": os.getpid(), "memory_mib": {"1": 8192}}))
+    time.sleep(0.05)
+    state.unlink()
+    deadline = time.monotonic() + 5
+    ticks = sampler.ticks
+    while sampler.ticks < ticks + 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    summary = sampler.stop()
+    assert summary.available and summary.rate_hz > 100 and 0 < summary.cpu_share < 1
+    gpu0, gpu1 = summary.gpus
+    assert (gpu0.memory_peak_mib, gpu1.memory_peak_mib) == (0, 8192) and gpu1.memory_start_mib == 0
+    assert 0 < gpu1.memory_mean_mib < 8192 and gpu0.name == "NVIDIA H200"
+    assert sum(1 for _, _, row in sampler.timeline() if row[1] == 8192) >= 3
+
+
+def test_no_nvml_is_a_reason_in_the_summary_not_a_failure(fake_gpus, monkeypatch):
+    fake_gpus(gpus=[H200])
+    monkeypatch.setenv("VLLM_EMU_NVML", "missing")
+    summary = GpuSampler([0]).start().stop()
+    assert summary.available is False and "NVML library not found" in summary.reason and summary.gpus == []
