@@ -28,8 +28,8 @@ def _finite_nonneg(text: str) -> float:
     return value
 
 
-def _readable_int(text: str) -> int:
-    """vLLM's human_readable_int: 25600, 25.6k, 1M, 1Gi ..."""
+def human_readable_int(text: str) -> int:
+    """vLLM's human_readable_int: 25600, 25.6k, 1M, 1Gi ... (named as the real one: argparse quotes the name)."""
     units = {"k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
     low = text.strip().lower()
     for suffix in sorted(units, key=len, reverse=True):
@@ -38,8 +38,14 @@ def _readable_int(text: str) -> int:
     return int(low)
 
 
+def human_readable_int_or_auto(text: str) -> int:
+    """--max-model-len: "auto" or -1 means fit the model, else a human-readable integer."""
+    return -1 if text.strip().lower() in ("auto", "-1") else human_readable_int(text)
+
+
 _TYPES = {"int": int, "float": float, "str": str, "loads": _json_value, "_json_object": _json_value,
-          "_nonneg_finite_float": _finite_nonneg, "human_readable_int": _readable_int}
+          "_nonneg_finite_float": _finite_nonneg, "human_readable_int": human_readable_int,
+          "human_readable_int_or_auto": human_readable_int_or_auto}
 
 
 @lru_cache(maxsize=1)
@@ -48,7 +54,7 @@ def actions() -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vllm serve", add_help=True)
+    parser = argparse.ArgumentParser(prog="vllm serve", usage="vllm serve [model_tag] --omni [options]", add_help=True)
     parser.add_argument("model_tag", nargs="?", default=None)
     for action in actions():
         flags = action.get("flags") or []

@@ -68,3 +68,78 @@ def make_emulator(root: Path) -> Emulator:
     emu = Emulator(root=root, shim=make_vllm_shim(root / "bin"), scenario_path=root / "scenario.json", state_dir=state)
     emu.write({})
     return emu
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    """A running emulated server started through the shim (for the emulator's own tests and benchmark)."""
+    proc: "subprocess.Popen"
+    port: int
+    log: Path
+    healthy_s: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> int:
+        import signal
+        import subprocess
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout)
+        return self.proc.returncode
+
+
+def start(emu: Emulator, model: str, *args: str, env: dict | None = None, wait: bool = True,
+          timeout: float = 20.0) -> Served:
+    """`vllm serve MODEL --omni --port P ...` in its own process group; waits (bounded) for /health == 200."""
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+    port = free_port()
+    log = emu.root / f"serve-{port}.log"
+    full_env = {**os.environ, **emu.env, **(env or {})}
+    began = time.perf_counter()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(emu.shim), "serve", model, "--omni", "--port", str(port), "--host", "127.0.0.1",
+                                 *args], stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+    served = Served(proc, port, log, 0.0)
+    deadline = began + timeout
+    while wait and time.perf_counter() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{served.url}/health", timeout=1) as r:
+                if r.status == 200:
+                    served.healthy_s = time.perf_counter() - began
+                    return served
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.01)
+    if wait and proc.poll() is None:
+        served.stop()
+        raise TimeoutError(f"emulator not healthy within {timeout} s:\n{log.read_text()}")
+    return served
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
+    """Poll ``predicate`` until it returns something truthy (that value) or fail after ``timeout`` seconds."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)

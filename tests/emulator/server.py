@@ -131,6 +131,54 @@ class Engine:
         return float((w.pixel_noise(self.world, self.cfg) ** 2 + step_noise ** 2) ** 0.5)
 
 
+_VALIDATORS: dict = {}
+
+
+def typed_form(form: dict[str, str], name: str) -> dict:
+    """Form strings converted to the declared field types, as pydantic does before validating."""
+    props = _openapi()["components"]["schemas"][name]["properties"]
+    out: dict = {}
+    for key, text in form.items():
+        kinds = [s.get("type") for s in props.get(key, {}).get("anyOf", [props.get(key, {})])]
+        value: object = text
+        for kind, conv in (("integer", int), ("number", float), ("boolean", _bool)):
+            if kind in kinds:
+                try:
+                    value = conv(text)
+                    break
+                except ValueError:
+                    continue
+        out[key] = value
+    return out
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _openapi() -> dict:
+    if "doc" not in _VALIDATORS:
+        _VALIDATORS["doc"] = json.loads((flags.REFERENCE.parent / "openapi.json").read_text())
+    return _VALIDATORS["doc"]
+
+
+def schema_errors(name: str, body) -> list[dict]:
+    """FastAPI/pydantic's 422 detail for a body that breaks the real request model (openapi.json's schema)."""
+    if name not in _VALIDATORS:
+        from jsonschema import Draft202012Validator
+        doc = _openapi()
+        _VALIDATORS[name] = Draft202012Validator({"$ref": f"#/components/schemas/{name}",
+                                                  "components": doc["components"]})
+    return [{"loc": ["body", *err.absolute_path] if err.absolute_path else ["body"], "msg": err.message,
+             "type": err.validator if isinstance(err.validator, str) else "value_error"}
+            for err in _VALIDATORS[name].iter_errors(body)]
+
+
 def parse_size(text: str | None, default: str) -> tuple[int, int]:
     m = SIZE.match(text or default)
     if not m:
@@ -158,6 +206,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def error(self, status: int, message: str, kind: str = "BadRequestError") -> None:
         self.reply(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+
+    def invalid(self, field: str, message: str, kind: str = "value_error") -> None:
+        """FastAPI's 422: {"detail": [{"loc", "msg", "type"}]} (HTTPValidationError in openapi.json)."""
+        self.reply(422, {"detail": [{"loc": ["body", field], "msg": message, "type": kind}]})
+
+    def form(self) -> dict[str, str]:
+        """Form fields, multipart or urlencoded (FastAPI's Form() takes both)."""
+        ctype = self.headers.get("Content-Type", "")
+        raw = self.body()
+        if ctype.startswith("multipart/form-data"):
+            msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
+            return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
+                    for part in msg.iter_parts()}
+        from urllib.parse import parse_qsl
+        return dict(parse_qsl(raw.decode(), keep_blank_values=True))
 
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -204,13 +267,12 @@ class Handler(BaseHTTPRequestHandler):
         try:
             req = json.loads(self.body() or b"{}")
         except json.JSONDecodeError:
-            return self.error(422, "Request body is not valid JSON.", "RequestValidationError")
-        if not isinstance(req.get("prompt"), str):
-            return self.error(422, "Field required: prompt", "RequestValidationError")
+            return self.invalid("body", "JSON decode error", "json_invalid")
+        problems = schema_errors("ImageGenerationRequest", req)
+        if problems:
+            return self.reply(422, {"detail": problems})
         n = int(req.get("n") or 1)
         steps = req.get("num_inference_steps") or e.world["model"]["default_steps"]
-        if not 1 <= n <= 10 or not 1 <= int(steps) <= 200:
-            return self.error(422, "n must be 1-10 and num_inference_steps 1-200.", "RequestValidationError")
         width, height = parse_size(req.get("size"), e.world["model"]["default_size"])
         index = e.next_index()
         fault = e.check_faults(index)
@@ -234,14 +296,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def videos(self, sync: bool) -> None:
         e = self.engine
-        ctype = self.headers.get("Content-Type", "")
-        if not ctype.startswith("multipart/form-data"):
-            return self.error(422, "Expected multipart/form-data.", "RequestValidationError")
-        msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + self.body())
-        form = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
-                for part in msg.iter_parts()}
-        if "prompt" not in form:
-            return self.error(422, "Field required: prompt", "RequestValidationError")
+        form = self.form()
+        schema = "Body_create_video_sync_v1_videos_sync_post" if sync else "Body_create_video_v1_videos_post"
+        problems = schema_errors(schema, typed_form(form, schema))
+        if problems:
+            return self.reply(422, {"detail": problems})
         width, height = parse_size(form.get("size"), e.world["model"]["default_size"])
         if form.get("width") and form.get("height"):
             width, height = int(form["width"]), int(form["height"])

@@ -19,6 +19,7 @@ DEFAULTS: dict = {
     "topology": "nvswitch",
     "model": {
         "pipeline_class": None,          # default: model_index.json's _class_name, or MODEL if it is a class name
+        "transformer_class": None,       # the DiT class (named in the TeaCache refusal); default: the pipeline
         "kind": "image",                 # image | video
         "uses_cfg": True,
         "dit_gib": 20.0, "text_encoder_gib": 8.0, "vae_gib": 0.5,
@@ -118,6 +119,12 @@ class Config:
                            "cfg": self.cache_config if self.cache_backend else {}}, sort_keys=True)
 
 
+# The transformer classes with TeaCache coefficients in 0.30.0 (diffusion/cache/teacache/config.py).
+TEACACHE_TRANSFORMERS = ["FluxTransformer2DModel", "Flux2Klein", "QwenImageTransformer2DModel", "Bagel",
+                         "SenseNovaU1ForCausalLM", "ZImageTransformer2DModel", "StableAudioDiTModel",
+                         "HunyuanImage3Pipeline", "Flux2Transformer2DModel", "LongCatImageTransformer2DModel",
+                         "MiniMaxH3DiTModel"]
+
 VALID_CACHE_BACKENDS = ("tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache")
 
 
@@ -132,7 +139,7 @@ def check_startup(world: dict, cfg: Config, visible_gpus: int, pipeline: str) ->
     if cfg.cfg not in (1, 2):
         raise Refusal(f"ValueError: cfg_parallel_size must be 1 or 2, got {cfg.cfg}.")
     if cfg.hsdp and cfg.tp > 1:
-        raise Refusal("ValueError: HSDP cannot be combined with tensor parallelism (tensor_parallel_size > 1).")
+        raise Refusal("ValueError: HSDP (FSDP2) is not compatible with TP")
     feature_used = {"cfg_parallel": cfg.cfg > 1, "tensor_parallel": cfg.tp > 1, "ulysses_sp": cfg.usp > 1,
                     "ring_sp": cfg.ring > 1, "vae_patch_parallel": cfg.vae_patch > 1, "hsdp": cfg.hsdp,
                     "cpu_offload": cfg.cpu_offload, "layerwise_offload": cfg.layerwise, "fp8": cfg.fp8,
@@ -147,12 +154,14 @@ def check_startup(world: dict, cfg: Config, visible_gpus: int, pipeline: str) ->
         raise Refusal(f"ValueError: Unknown cache backend: {cfg.cache_backend}. "
                       f"Supported: {', '.join(VALID_CACHE_BACKENDS)}.")
     if cfg.cache_backend == "tea_cache" and not model["tea_cache"]:
-        raise Refusal(f"ValueError: TeaCache is not supported for {pipeline}: no coefficients for its transformer.")
+        raise Refusal(f"KeyError: 'Cannot find coefficients for {model.get('transformer_class') or pipeline}. "
+                      f"Supported: {TEACACHE_TRANSFORMERS}'")
     if (cfg.usp > 1 or cfg.ring > 1) and not model["sp_plan"]:
-        warnings.append(f"WARNING: {pipeline} has no _sp_plan; sequence parallelism is not applied.")
+        warnings.append(f"Sequence parallelism is enabled (sp_size={cfg.usp * cfg.ring}) but no transformer with "
+                        "_sp_plan found. SP hooks not applied. Consider adding _sp_plan to your transformer model.")
     if cfg.cpu_offload and cfg.layerwise:
-        warnings.append("WARNING: both --enable-cpu-offload and --enable-layerwise-offload are set; "
-                        "layerwise offload takes precedence.")
+        warnings.append("Both enable_cpu_offload and enable_layerwise_offload are set; using layerwise offload "
+                        "(legacy flags resolve by priority: distributed layerwise > layerwise > model-level).")
     return warnings
 
 
