@@ -164,3 +164,11 @@ async def test_a_url_not_on_this_machine_or_two_targets_are_refused_with_the_fix
     assert far.is_error and "not on this machine" in far.content[0].text
     assert both.is_error and "server_id" in both.content[0].text
     assert dead.is_error and "not healthy" in dead.content[0].text and "Fix:" in dead.content[0].text
+
+
+async def test_a_duration_bounded_run_sends_for_that_long_and_counts_what_it_measured(emulator, tmp_path):
+    emulator.write(world(1, cost=known_latency(0.05)))
+    async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
+        sid = await launch(client, enforce_eager=True)
+        s = (await bench(client, sid, measured=None, duration_s=0.5))["summary"]
+    assert 8 <= s["requests_ok"] <= 12 and 0.5 <= s["measured_wall_s"] < 0.7
