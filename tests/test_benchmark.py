@@ -129,8 +129,13 @@ async def test_concurrency_queues_on_a_serial_engine_and_throughput_matches_it(e
     emulator.write(world(1, cost=known_latency(base)))
     async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
         sid = await launch(client, enforce_eager=True)
-        s = (await bench(client, sid, measured=16, concurrency=4))["summary"]
-    assert s["requests_ok"] == 16
+        seen = []
+
+        async def on_progress(progress, total, message):
+            seen.append(progress)
+
+        s = (await bench(client, sid, measured=16, concurrency=4, progress=on_progress))["summary"]
+    assert s["requests_ok"] == 16 and seen == list(range(1, 18))  # strictly increasing, one per request
     assert s["throughput_requests_per_s"] == pytest.approx(1 / base, rel=0.15)
     assert s["latency"]["p50_s"] == pytest.approx(4 * base, rel=0.2)  # each waits behind three others
 
@@ -170,5 +175,5 @@ async def test_a_duration_bounded_run_sends_for_that_long_and_counts_what_it_mea
     emulator.write(world(1, cost=known_latency(0.05)))
     async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
         sid = await launch(client, enforce_eager=True)
-        s = (await bench(client, sid, measured=None, duration_s=0.5))["summary"]
+        s = (await bench(client, sid, duration_s=0.5))["summary"]
     assert 8 <= s["requests_ok"] <= 12 and 0.5 <= s["measured_wall_s"] < 0.7

@@ -101,14 +101,13 @@ class _Run:
                 "server_metrics": dumps({**out.server, "client": client})})
             if out.ok and rec.phase == "measured" and self.w.save_outputs:
                 self._save_outputs(rec)
+            if self.progress:  # under the lock: progress values reach the client in increasing order
+                what = f"{out.latency_s:.3f} s" if out.ok else f"failed ({out.error_kind})"
+                self.progress(len(self.records), self.total, f"{rec.phase} request {rec.idx} (size "
+                              f"{rec.spec.size}, repeat {rec.repeat + 1}/{self.w.repeats}): {what}")
             if not out.ok and out.error_kind != "cancelled":
                 self.failures += 1
                 self._apply_failure_policy(rec)
-            done = len(self.records)
-        if self.progress:
-            what = f"{out.latency_s:.3f} s" if out.ok else f"failed ({out.error_kind})"
-            self.progress(done, self.total, f"{rec.phase} request {rec.idx} (size {rec.spec.size}, repeat "
-                                            f"{rec.repeat + 1}/{self.w.repeats}): {what}")
 
     def _save_outputs(self, rec: Record) -> None:
         kind = "video" if self.w.is_video else "image"

@@ -68,8 +68,10 @@ class RunSummary(BaseModel):
     requests_ok: int = 0
     requests_failed: int = 0
     latency: LatencyStats | None = Field(None, description="End-to-end latency of successful measured requests.")
-    cold_latency_s: float | None = Field(None, description="The run's first request (compiles, fills caches).")
-    cold_latency_by_size_s: dict[str, float] = Field(default_factory=dict, description="First request per size.")
+    cold_latency_s: float | None = Field(None, description="The run's first successful request (compiles, fills "
+                                                           "caches); never part of `latency` unless warmup=0.")
+    cold_latency_by_size_s: dict[str, float] = Field(default_factory=dict,
+                                                     description="First successful request per size.")
     warmup_latencies_s: list[float] = Field(default_factory=list)
     measured_wall_s: float = Field(0.0, description="Sum over repeats of first send to last completion.")
     throughput_requests_per_s: float | None = None
@@ -114,7 +116,7 @@ def summarize(base: dict[str, Any], records: list[Record], telemetry: TelemetryS
                    requests_failed=len([r for r in measured if not r.outcome.ok]),
                    latency=latency_stats(r.outcome.latency_s for r in ok), gpus=telemetry, aborted_reason=aborted,
                    warnings=warnings, outputs_saved=outputs_saved)
-    firsts = [r for r in records if r.outcome.latency_s is not None]
+    firsts = [r for r in records if r.outcome.ok]
     if firsts:
         s.cold_latency_s = firsts[0].outcome.latency_s
     for r in firsts:

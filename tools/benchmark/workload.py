@@ -70,7 +70,8 @@ class Workload(BaseModel):
                                                                "concurrency allows).")
     warmup: int = Field(1, ge=0, le=20, description="Untimed requests per measured size before timing "
                                                     "(torch.compile compiles per shape).")
-    measured: int | None = Field(8, ge=1, le=100000, description="Measured requests per repeat.")
+    measured: int | None = Field(8, ge=1, le=100000, description="Measured requests per repeat (with duration_s "
+                                                                 "given too: at most this many).")
     duration_s: float | None = Field(None, gt=0, le=86400,
                                      description="Measure for this long per repeat instead of a count.")
     repeats: int = Field(1, ge=1, le=20, description="Measured phases, each reported separately and pooled.")
@@ -97,6 +98,8 @@ class Workload(BaseModel):
     def _consistent(self) -> "Workload":
         if self.task == "text-to-video" and self.n != 1:
             raise ValueError("n > 1 is only for text-to-image; send more seeds instead")
+        if self.duration_s is not None and "measured" not in self.model_fields_set:
+            self.measured = None  # a duration alone decides; `measured` given too caps the count
         if self.measured is None and self.duration_s is None:
             raise ValueError("give `measured` (a count) or `duration_s`")
         if self.prompts is not None and not [p for p in self.prompts if p.strip()]:
