@@ -44,10 +44,12 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def video_frames(prompt: str, seed: int, width: int, height: int, frames: int, std: float, key: object,
-                 negative: str = "") -> list[np.ndarray]:
+def video_frames(prompt: str, seed: int, width: int, height: int, frames: int, steps: tuple[float, int],
+                 lossy: tuple[float, str], negative: str = "") -> list[np.ndarray]:
+    """A panning shot; ``steps`` = (std, step count) and ``lossy`` = (std, config key) deviations per frame."""
     base = base_image(prompt, seed, width + frames, height, negative)
-    return [deviate(base[:, i:i + width], std, key, i) for i in range(frames)]
+    return [deviate(deviate(base[:, i:i + width], steps[0], "steps", prompt, seed, steps[1], i),
+                    lossy[0], lossy[1], prompt, seed, steps[1], i) for i in range(frames)]
 
 
 def mp4_bytes(frames: list[np.ndarray], fps: float) -> bytes:

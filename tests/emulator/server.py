@@ -103,10 +103,13 @@ class Engine:
         mp = width * height / 1e6
         shape = (width, height, frames)
         peak = w.memory_per_gpu_mib(self.world, self.cfg, mp, frames)
-        total = min(g.get("memory_mib", 143771) for g in self.world["gpus"]) if self.world["gpus"] else 143771
+        sizes = [self.world["gpus"][g].get("memory_mib", 143771) for g in self.gpus if g < len(self.world["gpus"])]
+        total = min(sizes or [143771])
         if peak > total:
-            raise MemoryError(f"CUDA out of memory. Tried to allocate {(peak - self.load_mib) / 1024:.2f} GiB. "
-                              f"GPU 0 has a total capacity of {total / 1024:.2f} GiB")
+            message = (f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+                       f"{(peak - self.load_mib) / 1024:.2f} GiB. GPU 0 has a total capacity of {total / 1024:.2f} GiB")
+            log.error("Error in diffusion generation: %s", message)
+            raise MemoryError(message)
         with self.lock:
             seconds = w.seconds_per_request(self.world, self.cfg, mp, steps, frames, self.sm)
             jitter = self.world["cost"]["jitter"]
@@ -125,10 +128,10 @@ class Engine:
         return {"inference_time_s": elapsed, "peak_memory_mb": float(peak),
                 "stage_durations": {"text_encoder": elapsed * 0.04, "denoise": denoise, "vae_decode": elapsed * 0.06}}
 
-    def noise(self, steps: int) -> float:
+    def step_noise(self, steps: int) -> float:
+        """Fewer steps than the model's default: a deterministic deviation fixed by the step count alone."""
         default = self.world["model"]["default_steps"]
-        step_noise = 12.0 * max(0, default - steps) / default
-        return float((w.pixel_noise(self.world, self.cfg) ** 2 + step_noise ** 2) ** 0.5)
+        return self.world["cost"]["fewer_steps_noise"] * max(0, default - steps) / default
 
 
 _VALIDATORS: dict = {}
@@ -286,7 +289,8 @@ class Handler(BaseHTTPRequestHandler):
         data = []
         for i in range(n):
             img = media.base_image(req["prompt"], seed + i, width, height, req.get("negative_prompt") or "")
-            img = media.deviate(img, e.noise(int(steps)), e.cfg.lossless_key, req["prompt"], seed + i, steps)
+            img = media.deviate(img, e.step_noise(int(steps)), "steps", req["prompt"], seed + i, steps)
+            img = media.deviate(img, w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key, req["prompt"], seed + i, steps)
             png = media.png_bytes(img)
             if index in e.faults.get("bad_image_on", []):
                 png = b"\x89PNG garbage"
@@ -322,8 +326,10 @@ class Handler(BaseHTTPRequestHandler):
                 if fault:
                     raise RuntimeError(fault)
                 metrics = e.generate(width, height, steps, frames)
-                frames_px = media.video_frames(form["prompt"], seed, width, height, frames, e.noise(steps),
-                                               (e.cfg.lossless_key, steps), form.get("negative_prompt") or "")
+                frames_px = media.video_frames(form["prompt"], seed, width, height, frames,
+                                               (e.step_noise(steps), steps),
+                                               (w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key),
+                                               form.get("negative_prompt") or "")
                 job["_mp4"] = media.mp4_bytes(frames_px, fps)
                 job.update(metrics, status="completed", progress=100, completed_at=int(time.time()),
                            duration_s=frames / fps, file_name=f"{job['id']}.mp4")

@@ -43,8 +43,9 @@ DEFAULTS: dict = {
         "tea_cache": [[0.0, 1.0, 0.0], [0.1, 1.4, 0.6], [0.2, 1.5, 1.2], [0.4, 1.8, 4.0], [0.8, 2.25, 20.0]],
         "cache_dit": [[0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.5, 12.0]],
         "fp8_noise": 0.8,                # pixel noise std that FP8 adds
+        "fewer_steps_noise": 12.0,       # pixel noise std at 0 steps, scaled by (default - steps) / default
     },
-    "memory": {"activation_gib_per_megapixel": 2.0, "overhead_gib": 1.0},
+    "memory": {"activation_gib_per_megapixel": 2.0, "overhead_gib": 1.0, "layerwise_resident_fraction": 0.1},
     "faults": {},
 }
 
@@ -173,13 +174,14 @@ def memory_per_gpu_mib(world: dict, cfg: Config, megapixels: float, frames: int)
         dit /= max(cfg.world_size, 1)
     others = model["text_encoder_gib"] + model["vae_gib"]
     if cfg.layerwise:
-        resident = dit * 0.1 + others * 0.1
+        resident = (dit + others) * mem["layerwise_resident_fraction"]
     elif cfg.cpu_offload:
         resident = max(dit, others)
     else:
         resident = dit + others
     shard = max(cfg.usp * cfg.ring, 1)
-    activations = mem["activation_gib_per_megapixel"] * megapixels * max(frames, 1) / shard
+    cfg_batch = 2 if model["uses_cfg"] and cfg.cfg == 1 else 1  # CFG runs cond+uncond together unless split
+    activations = mem["activation_gib_per_megapixel"] * megapixels * max(frames, 1) * cfg_batch / shard
     if cfg.slicing or cfg.tiling:
         activations *= 0.6
     return int((resident + activations + mem["overhead_gib"]) * 1024)
@@ -200,9 +202,8 @@ def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int,
     if cfg.fp8:
         speed *= cost["fp8_speedup"] if tuple(sm) >= (8, 9) else cost["fp8_fallback_speedup"]
     if model["sp_plan"]:
-        speed *= 1 + (cfg.usp - 1) * cost["usp_efficiency"]
-        speed *= 1 + (cfg.ring - 1) * cost["ring_efficiency"]
-    speed *= 1 + (cfg.tp - 1) * cost["tp_efficiency"]
+        speed *= parallel_speedup(cfg.usp, cost["usp_efficiency"]) * parallel_speedup(cfg.ring, cost["ring_efficiency"])
+    speed *= parallel_speedup(cfg.tp, cost["tp_efficiency"])
     if cfg.cfg == 2 and model["uses_cfg"]:
         speed *= cost["cfg_parallel_speedup"]
     speed *= cache_speedup(world, cfg)
@@ -215,6 +216,11 @@ def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int,
     slow *= cost["vae_tiling_slowdown"] if cfg.tiling else 1.0
     slow *= cost["hsdp_slowdown"] if cfg.hsdp else 1.0
     return cost["fixed_s"] + t * slow / speed
+
+
+def parallel_speedup(degree: int, efficiency: float) -> float:
+    """n GPUs give n x efficiency^log2(n): each doubling keeps ``efficiency`` of the ideal gain (communication)."""
+    return degree * efficiency ** math.log2(degree) if degree > 1 else 1.0
 
 
 def cache_speedup(world: dict, cfg: Config) -> float:
