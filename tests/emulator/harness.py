@@ -85,6 +85,24 @@ class Served:
     port: int
     log: Path
     healthy_s: float
+    began: float = 0.0
+
+    def wait_healthy(self, timeout: float = 20.0) -> "Served":
+        """Bounded wait for /health == 200 (sets ``healthy_s``, from spawn); raises with the log if it exits or hangs."""
+        import time
+        import urllib.error
+        import urllib.request
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        self.healthy_s = time.perf_counter() - self.began
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.005)
+        self.stop()
+        raise RuntimeError(f"emulator not healthy (exit {self.proc.returncode}):\n{self.log.read_text()}")
 
     @property
     def url(self) -> str:
@@ -93,23 +111,23 @@ class Served:
     def stop(self, timeout: float = 10.0) -> int:
         import signal
         import subprocess
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the group: the leader and its workers
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout)
         return self.proc.returncode
 
 
 def start(emu: Emulator, model: str, *args: str, env: dict | None = None, wait: bool = True,
           timeout: float = 20.0) -> Served:
-    """`vllm serve MODEL --omni --port P ...` in its own process group; waits (bounded) for /health == 200."""
+    """`vllm serve MODEL --omni --port P ...` in its own process group; by default waits for /health == 200."""
     import subprocess
     import time
-    import urllib.error
-    import urllib.request
     port = free_port()
     log = emu.root / f"serve-{port}.log"
     full_env = {**os.environ, **emu.env, **(env or {})}
@@ -117,19 +135,9 @@ def start(emu: Emulator, model: str, *args: str, env: dict | None = None, wait: 
     with log.open("wb") as out:
         proc = subprocess.Popen([str(emu.shim), "serve", model, "--omni", "--port", str(port), "--host", "127.0.0.1",
                                  *args], stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
-    served = Served(proc, port, log, 0.0)
-    deadline = began + timeout
-    while wait and time.perf_counter() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{served.url}/health", timeout=1) as r:
-                if r.status == 200:
-                    served.healthy_s = time.perf_counter() - began
-                    return served
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.01)
-    if wait and proc.poll() is None:
-        served.stop()
-        raise TimeoutError(f"emulator not healthy within {timeout} s:\n{log.read_text()}")
+    served = Served(proc, port, log, 0.0, began)
+    if wait:
+        served.wait_healthy(timeout)
     return served
 
 

@@ -362,6 +362,7 @@ def resolve_pipeline(model: str, scenario: dict) -> str:
 
 def spawn_workers(count: int) -> list[subprocess.Popen]:
     """One extra process per additional GPU, like vLLM-Omni's workers: same process group, never detached."""
+    # Workers outlive a SIGKILLed leader, as multiprocessing workers do: only a group kill cleans up.
     code = "import time\nfor _ in range(3600):\n    time.sleep(1)\n"
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
 

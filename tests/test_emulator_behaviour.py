@@ -1,0 +1,336 @@
+"""The emulator's simulated world: deterministic outputs, lossy deviations, refusals, memory, cost and faults."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import re
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURE_MODELS, H200
+from tests.emulator.harness import make_emulator, start, wait_until
+
+ZIMAGE = str(FIXTURE_MODELS / "tiny-zimage")
+WAN = str(FIXTURE_MODELS / "tiny-wan")
+A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "compute_capability": [8, 0]}
+QUICK = {"startup_s": 0.05, "compile_penalty_s": 0.0}
+
+
+def image(served, timeout: float = 30, **body) -> tuple[np.ndarray, dict]:
+    body = {"prompt": "a lighthouse at dusk", "size": "64x64", "seed": 11, "num_inference_steps": 50, **body}
+    r = httpx.post(f"{served.url}/v1/images/generations", json=body, timeout=timeout)
+    assert r.status_code == 200, r.text
+    from PIL import Image
+    out = r.json()
+    png = base64.b64decode(out["data"][0]["b64_json"])
+    return np.asarray(Image.open(io.BytesIO(png)), dtype=np.float64), {**out["metrics"], "_png": png}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def launch_all(emu, model: str, configs: list[list[str]]) -> list:
+    """Start several servers at once (each in its own group), then wait for all of them."""
+    servers = [start(emu, model, *args, wait=False) for args in configs]
+    try:
+        return [s.wait_healthy() for s in servers]
+    except Exception:
+        for s in servers:
+            s.stop()
+        raise
+
+
+@pytest.fixture
+def emu(tmp_path):
+    return make_emulator(tmp_path)
+
+
+# -- outputs --------------------------------------------------------------------------------------------------
+
+def test_lossless_configurations_give_byte_identical_pngs_and_the_seed_and_prompt_matter(emu):
+    emu.write({"gpus": [H200] * 4, "cost": QUICK})
+    servers = launch_all(emu, ZIMAGE, [["--enforce-eager"], ["--usp", "2", "--cfg-parallel-size", "2"],
+                                       ["--enable-layerwise-offload", "--vae-use-slicing", "--vae-use-tiling"]])
+    try:
+        pngs = [image(s)[1]["_png"] for s in servers]
+        assert pngs[0] == pngs[1] == pngs[2]
+        assert image(servers[0], seed=12)[1]["_png"] != pngs[0]
+        assert image(servers[0], prompt="a barn")[1]["_png"] != pngs[0]
+        assert image(servers[0], size="96x64")[0].shape == (64, 96, 3)
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_lossy_settings_deviate_deterministically_and_more_with_aggressiveness(emu):
+    emu.write({"gpus": [H200], "cost": QUICK})
+    tea = ["--cache-backend", "tea_cache", "--cache-config"]
+    configs = [[], ["--quantization", "fp8"], [*tea, '{"rel_l1_thresh": 0.1}'], [*tea, '{"rel_l1_thresh": 0.2}'],
+               [*tea, '{"rel_l1_thresh": 0.4}'], [*tea, '{"rel_l1_thresh": 0.8}']]
+    servers = launch_all(emu, ZIMAGE, configs)
+    try:
+        base = image(servers[0])[0]
+        got = [image(s) for s in servers[1:]]
+        again = image(servers[3])
+        steps_40, steps_10 = image(servers[0], num_inference_steps=40)[0], image(servers[0], num_inference_steps=10)[0]
+    finally:
+        for s in servers:
+            s.stop()
+    assert again[1]["_png"] == got[2][1]["_png"]  # same lossy config, same bytes
+    scores = [psnr(base, g[0]) for g in got]
+    # Default curves: FP8 std 0.8 (~50 dB), TeaCache 0.1/0.2/0.4/0.8 std 0.6/1.2/4/20.
+    for score, std in zip(scores, [0.8, 0.6, 1.2, 4.0, 20.0]):
+        assert abs(score - 20 * math.log10(255 / std)) < 2.0, (scores, std)
+    assert scores[1] > scores[2] > scores[3] > scores[4]
+    assert psnr(base, steps_40) > psnr(base, steps_10) > 20
+
+
+def test_a_video_from_two_lossless_configurations_is_the_same_mp4(emu):
+    emu.write({"gpus": [H200] * 2, "model": {"kind": "video"}, "cost": QUICK})
+    servers = launch_all(emu, WAN, [["--enforce-eager"], ["--usp", "2"]])
+    form = {"prompt": "surf", "size": "32x32", "num_frames": "4", "fps": "8", "num_inference_steps": "50", "seed": "2"}
+    try:
+        mp4s = [httpx.post(f"{s.url}/v1/videos/sync", data=form, timeout=30).content for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    assert mp4s[0] == mp4s[1] and mp4s[0][4:8] == b"ftyp"
+
+
+# -- refusals and warnings ------------------------------------------------------------------------------------
+
+REFUSALS = [
+    ("world size over the GPUs", {"gpus": [H200] * 2}, ["--usp", "2", "--cfg-parallel-size", "2"],
+     "world_size (4)"),
+    ("model rejects a feature", {"model": {"rejects": ["cfg_parallel"]}, "gpus": [H200] * 2},
+     ["--cfg-parallel-size", "2"], "NotImplementedError: ZImagePipeline does not support cfg_parallel"),
+    ("TeaCache without coefficients", {"model": {"tea_cache": False, "transformer_class": "WanTransformer3DModel"}},
+     ["--cache-backend", "tea_cache"], "KeyError: 'Cannot find coefficients for WanTransformer3DModel."),
+    ("HSDP with TP", {"gpus": [H200] * 2}, ["--use-hsdp", "--tensor-parallel-size", "2"],
+     "ValueError: HSDP (FSDP2) is not compatible with TP"),
+    ("weights over GPU memory", {"gpus": [A100], "model": {"dit_gib": 90.0}}, [],
+     "torch.OutOfMemoryError: CUDA out of memory"),
+    ("unknown cache backend", {}, ["--cache-backend", "warp_cache"], "Unknown cache backend: warp_cache"),
+    ("TP not dividing the heads", {"gpus": [H200] * 4, "model": {"tp_divides": 30}}, ["-tp", "4"],
+     "must divide the number of attention heads"),
+]
+
+
+@pytest.mark.parametrize("name, scenario, args, needle", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refused_configurations_log_the_reason_and_exit_1_without_holding_memory(emu, name, scenario, args, needle):
+    emu.write(scenario, cost=QUICK)
+    served = start(emu, ZIMAGE, *args, wait=False)
+    assert served.proc.wait(30) == 1
+    log = served.log.read_text()
+    assert needle in log and "EngineCore failed to start" in log, log
+    assert list(emu.state_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("scenario, args, needle", [
+    ({"model": {"sp_plan": False}, "gpus": [H200] * 2}, ["--usp", "2"],
+     "Sequence parallelism is enabled (sp_size=2) but no transformer with _sp_plan found"),
+    ({}, ["--enable-cpu-offload", "--enable-layerwise-offload"], "Both enable_cpu_offload and enable_layerwise_offload"),
+])
+def test_what_vllm_omni_only_warns_about_still_serves(emu, scenario, args, needle):
+    emu.write(scenario, cost=QUICK)
+    served = start(emu, ZIMAGE, *args)
+    try:
+        assert needle in served.log.read_text()
+        image(served, num_inference_steps=2)
+    finally:
+        served.stop()
+
+
+def test_sp_without_sp_plan_gives_no_speed_up(emu):
+    emu.write({"gpus": [H200] * 2, "model": {"sp_plan": False}},
+              cost={**QUICK, "step_s_per_megapixel": 0.15 / (0.004096 * 10), "fixed_s": 0.0})
+    one, two = launch_all(emu, ZIMAGE, [["--enforce-eager"], ["--enforce-eager", "--usp", "2"]])
+    try:
+        t1 = image(one, num_inference_steps=10)[1]["inference_time_s"]
+        t2 = image(two, num_inference_steps=10)[1]["inference_time_s"]
+    finally:
+        one.stop(), two.stop()
+    assert t2 == pytest.approx(t1, rel=0.1)
+
+
+# -- memory ---------------------------------------------------------------------------------------------------
+
+def test_state_file_is_keyed_by_physical_gpu_and_removed_on_exit(emulator):
+    import pynvml  # the fake one, put first on sys.path by the fixture
+    emulator.write({"gpus": [H200] * 4, "cost": QUICK, "model": {"dit_gib": 10.0, "text_encoder_gib": 4.0,
+                                                                   "vae_gib": 0.5}})
+    served = start(emulator, ZIMAGE, "--usp", "2", env={"CUDA_VISIBLE_DEVICES": "2,3"})
+    try:
+        [state] = list(emulator.state_dir.iterdir())
+        held = json.loads(state.read_text())
+        expected = int((10.0 + 4.0 + 0.5 + 1.0) * 1024)
+        assert held == {"pid": served.proc.pid, "memory_mib": {"2": expected, "3": expected}}
+        pynvml.nvmlInit()
+        used = [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used // 2**20 for i in range(4)]
+        assert used == [0, 0, expected, expected]
+        assert emulator.live_pids() == [served.proc.pid]
+    finally:
+        served.stop()
+    assert list(emulator.state_dir.iterdir()) == [] and emulator.live_pids() == []
+
+
+def test_memory_follows_fp8_offload_and_request_size_and_an_oversized_request_is_a_500(emu):
+    emu.write({"gpus": [A100], "model": {"dit_gib": 40.0, "text_encoder_gib": 10.0, "vae_gib": 1.0,
+                                         "uses_cfg": False}, "memory": {"activation_gib_per_megapixel": 20.0}},
+              cost=QUICK)
+    servers = launch_all(emu, ZIMAGE, [[], ["--quantization", "fp8"], ["--enable-cpu-offload"]])
+    try:
+        small = [image(s, size="64x64", num_inference_steps=1)[1]["peak_memory_mb"] for s in servers]
+        bigger = image(servers[0], size="512x512", num_inference_steps=1)[1]["peak_memory_mb"]
+        oom = httpx.post(f"{servers[0].url}/v1/images/generations", timeout=30,
+                         json={"prompt": "x", "size": "2048x2048", "num_inference_steps": 1})
+        log = servers[0].log.read_text()
+    finally:
+        for s in servers:
+            s.stop()
+    assert small[1] == pytest.approx(small[0] - 20 * 1024, abs=2)   # FP8 halves the 40 GiB DiT
+    assert small[2] == pytest.approx(small[0] - 10 * 1024 - 1024, abs=2)  # model-level offload: only the DiT
+    assert bigger > small[0] + 4 * 1024
+    assert oom.status_code == 500 and "CUDA out of memory" in oom.json()["error"]["message"]
+    assert "CUDA out of memory" in log
+
+
+def test_video_model_fits_only_with_offload_in_the_video_offload_scenario(emu):
+    emu.write("video_offload")
+    baseline = start(emu, WAN, wait=False)
+    fp8 = start(emu, WAN, "--quantization", "fp8", wait=False)
+    assert baseline.proc.wait(30) == 1 and fp8.proc.wait(30) == 1
+    assert "CUDA out of memory" in baseline.log.read_text() and "CUDA out of memory" in fp8.log.read_text()
+    layerwise = start(emu, WAN, "--enable-layerwise-offload", "--vae-use-slicing")
+    try:
+        r = httpx.post(f"{layerwise.url}/v1/videos/sync", timeout=30,
+                       data={"prompt": "p", "size": "64x64", "num_frames": "5", "num_inference_steps": "4", "seed": "1"})
+        assert r.status_code == 200 and float(r.headers["X-Peak-Memory-MB"]) < 23034
+    finally:
+        layerwise.stop()
+
+
+# -- cost model -----------------------------------------------------------------------------------------------
+
+def per_request(seconds: float, steps: int = 10, size: int = 64) -> dict:
+    """Cost fields under which one eager 1-GPU request at size x size and ``steps`` steps takes ``seconds``."""
+    return {"step_s_per_megapixel": seconds / (size * size / 1e6 * steps), "fixed_s": 0.0, "startup_s": 0.05}
+
+
+def test_compile_pays_a_penalty_once_per_new_shape_and_eager_never(emu):
+    emu.write({"gpus": [H200]}, cost={**per_request(0.05), "compile_speedup": 1.0, "compile_penalty_s": 0.3})
+    compiled, eager = launch_all(emu, ZIMAGE, [[], ["--enforce-eager"]])
+    try:
+        t = [image(compiled, num_inference_steps=10, **kw)[1]["inference_time_s"]
+             for kw in ({}, {}, {"size": "64x32"}, {"size": "64x32"}, {})]
+        e = [image(eager, num_inference_steps=10)[1]["inference_time_s"] for _ in range(2)]
+    finally:
+        compiled.stop(), eager.stop()
+    assert t[0] == pytest.approx(0.35, abs=0.03) and t[1] == pytest.approx(0.05, abs=0.02)
+    assert t[2] == pytest.approx(0.025 + 0.3, abs=0.03) and t[3] < 0.06 and t[4] < 0.07
+    assert all(x == pytest.approx(0.05, abs=0.02) for x in e)
+
+
+def test_fp8_speeds_up_on_hopper_and_falls_back_to_no_gain_below_sm89(emu):
+    timings = {}
+    for name, gpu in (("h200", H200), ("a100", A100)):
+        emu.write({"gpus": [gpu]}, cost={**per_request(0.2), "fp8_speedup": 1.6})
+        base, fp8 = launch_all(emu, ZIMAGE, [["--enforce-eager"], ["--enforce-eager", "--quantization", "fp8"]])
+        try:
+            timings[name] = [image(s, num_inference_steps=10)[1]["inference_time_s"] for s in (base, fp8)]
+        finally:
+            base.stop(), fp8.stop()
+    assert timings["h200"][0] / timings["h200"][1] == pytest.approx(1.6, rel=0.1)
+    assert timings["a100"][0] / timings["a100"][1] == pytest.approx(1.0, rel=0.1)
+
+
+def test_in_the_cfg_scenario_cfg_parallel_times_ulysses_beats_pure_ulysses(emu):
+    emu.write("cfg4_qwen_image", cost={"compile_penalty_s": 0.0})
+    servers = launch_all(emu, ZIMAGE, [["--usp", "4"], ["--cfg-parallel-size", "2", "--usp", "2"],
+                                       ["--enforce-eager"]])
+    try:
+        t = [min(image(s, size="128x128", num_inference_steps=20)[1]["inference_time_s"] for _ in range(2))
+             for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    assert t[1] < t[0] * 0.9 and t[0] < t[2] / 2
+
+
+def test_in_the_lossy_cliff_scenario_a_low_threshold_is_inert_and_a_high_one_ruins_quality(emu):
+    emu.write("lossy_cliff", cost={"compile_penalty_s": 0.0})
+    tea = ["--enforce-eager", "--cache-backend", "tea_cache", "--cache-config"]
+    servers = launch_all(emu, ZIMAGE, [["--enforce-eager"], [*tea, '{"rel_l1_thresh": 0.05}'],
+                                       [*tea, '{"rel_l1_thresh": 0.2}'], [*tea, '{"rel_l1_thresh": 0.4}']])
+    try:
+        got = [image(s, size="128x128", num_inference_steps=50) for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    times = [g[1]["inference_time_s"] for g in got]
+    assert got[1][1]["_png"] == got[0][1]["_png"] and times[1] == pytest.approx(times[0], rel=0.15)
+    assert psnr(got[0][0], got[2][0]) > 40 and times[2] < times[0] / 1.4
+    assert psnr(got[0][0], got[3][0]) < 20 and times[3] < times[2]
+
+
+def test_jitter_is_seeded(emu):
+    emu.write({"gpus": [H200]}, cost={**per_request(0.05), "jitter": 0.3, "jitter_seed": 4})
+    a, b = launch_all(emu, ZIMAGE, [["--enforce-eager"], ["--enforce-eager"]])
+    try:
+        ta = [image(a, num_inference_steps=10)[1]["inference_time_s"] for _ in range(6)]
+        tb = [image(b, num_inference_steps=10)[1]["inference_time_s"] for _ in range(6)]
+    finally:
+        a.stop(), b.stop()
+    assert np.std(ta) > 0.005
+    assert all(abs(x - y) < 0.005 for x, y in zip(ta, tb)), (ta, tb)
+
+
+# -- faults ---------------------------------------------------------------------------------------------------
+
+def test_fault_knobs_500_bad_image_hang_and_death(emu):
+    emu.write({"gpus": [H200]}, cost=per_request(0.01),
+              faults={"error_500_on": [2], "bad_image_on": [3], "hang_on": [4], "hang_s": 5, "die_after_requests": 4})
+    served = start(emu, ZIMAGE, "--enforce-eager")
+    url = f"{served.url}/v1/images/generations"
+    body = {"prompt": "x", "size": "32x32", "num_inference_steps": 2, "seed": 1}
+    try:
+        assert httpx.post(url, json=body, timeout=10).status_code == 200
+        err = httpx.post(url, json=body, timeout=10)
+        assert err.status_code == 500 and err.json()["error"]["code"] == 500
+        bad = httpx.post(url, json=body, timeout=10).json()["data"][0]["b64_json"]
+        from PIL import Image, UnidentifiedImageError
+        with pytest.raises((UnidentifiedImageError, OSError, SyntaxError)):
+            Image.open(io.BytesIO(base64.b64decode(bad))).load()
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url, json=body, timeout=0.5)
+        with pytest.raises(httpx.TransportError):
+            httpx.post(url, json=body, timeout=10)
+        assert served.proc.wait(10) == 1
+        assert "EngineDeadError" in served.log.read_text()
+        assert list(emu.state_dir.iterdir()) == []
+    finally:
+        served.stop()
+
+
+def test_startup_crash_exits_1_after_loading_and_workers_share_the_process_group(emu):
+    import psutil
+    emu.write({"gpus": [H200] * 2, "cost": QUICK})
+    ok = start(emu, ZIMAGE, "--usp", "2")
+    try:
+        children = psutil.Process(ok.proc.pid).children()
+        assert len(children) == 1 and os.getpgid(children[0].pid) == os.getpgid(ok.proc.pid)
+    finally:
+        ok.stop()
+    wait_until(lambda: not children[0].is_running() or children[0].status() == psutil.STATUS_ZOMBIE)
+    emu.write({"gpus": [H200], "cost": QUICK, "faults": {"startup_crash": True}})
+    crash = start(emu, ZIMAGE, wait=False)
+    assert crash.proc.wait(30) == 1
+    assert re.search(r"RuntimeError: simulated crash while loading", crash.log.read_text())
