@@ -1,0 +1,276 @@
+"""Per-method support for one registered pipeline, decided by reading its code (see README of the guide).
+
+Rules, each reported with the lines that decided it:
+- a marker counts only if the installed generic code reads it (facts) and the class or an in-package
+  base assigns it a non-empty value (comments and strings are invisible to ``ast``);
+- SP and CFG parallel may be implemented without markers (model code calling the SP / CFG groups);
+  inheriting ``CFGParallelMixin`` without ever reaching its parallel path is not support;
+- TeaCache and Cache-DiT look models up by exact runtime class name (pipeline enablers, then the DiT
+  class for TeaCache's extractors), exactly as their backends do;
+- a refusal in the model's own code (``if tp > 1: raise``) overrides everything: status ``rejected``.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+from tools.capabilities.classes import ModelClasses, methods
+from tools.capabilities.facts import VersionFacts
+from tools.capabilities.rejections import Finding, scan
+from tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport
+from tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, dotted_name, is_empty
+
+MODELS_DIR = "diffusion/models/"
+TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
+SP_CALLS = {"get_sequence_parallel_world_size", "get_ulysses_parallel_world_size", "get_ring_parallel_world_size",
+            "get_sp_group", "get_sequence_parallel_rank"}
+CFG_CALLS = {"get_classifier_free_guidance_world_size", "get_cfg_group", "get_classifier_free_guidance_rank"}
+MOE_NAMES = {"FusedMoE", "enable_expert_parallel"}
+CFG_HINTS = {"do_classifier_free_guidance", "true_cfg_scale", "negative_prompt_embeds", "do_true_cfg", "guidance_scale"}
+
+
+@dataclass
+class Analysis:
+    methods: dict[str, MethodSupport]
+    constraints: list[Constraint]
+    uses_cfg: bool | None
+
+
+def own(cls: ClassRef) -> bool:
+    """Model-specific code lives in a model folder (not in shared mixins such as models/interface.py)."""
+    return cls.module.rel.startswith(MODELS_DIR) and cls.module.rel.count("/") >= 3
+
+
+def _names(node: ast.AST):
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            yield n.id, n
+        elif isinstance(n, ast.Attribute):
+            yield n.attr, n
+
+
+def _first_use(mods: list[Module], names: set[str], skip_imports: bool = True) -> str | None:
+    for mod in mods:
+        for stmt in mod.tree.body:
+            if skip_imports and isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                continue
+            for name, node in _names(stmt):
+                if name in names:
+                    return mod.at(node)
+    return None
+
+
+def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str, str, bool] | None:
+    """(evidence, attr name, deprecated?) of a non-empty marker the installed code reads."""
+    consumed = facts.markers.get(family, {})
+    if not consumed:
+        return None
+    found = class_attr(mro, tuple(consumed))
+    if found is None or is_empty(found[3]):
+        return None
+    cls, name, stmt, _ = found
+    preferred = sorted(consumed, key=len)[-1]  # the current name is the longest of a family (…_attrs)
+    return cls.at(stmt), name, (family == "layerwise" and name != preferred)
+
+
+def _cfg_reach(mc: ModelClasses, own_mods: list[Module]) -> str | None:
+    """Line in the model's own code that reaches the CFG-parallel path (directly or via self-methods)."""
+    table = methods(mc.pipeline_mro + [c for c in mc.dit_mro if own(c)])
+    aware: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, (_, fn) in table.items():
+            if name in aware:
+                continue
+            for ident, node in _names(fn):
+                if ident in CFG_CALLS or (isinstance(node, ast.Attribute) and ident in aware
+                                          and dotted_name(node.value) == "self"):
+                    aware.add(name)
+                    changed = True
+                    break
+    for cls in [*mc.pipeline_mro, *mc.dit_mro]:
+        if not own(cls):
+            continue
+        for stmt in cls.node.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for ident, node in _names(stmt):
+                    if ident in CFG_CALLS or (isinstance(node, ast.Attribute) and ident in aware
+                                              and dotted_name(node.value) == "self"):
+                        return cls.at(node)
+    return _first_use(own_mods, CFG_CALLS)
+
+
+def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str,
+            no_cache: dict[str, str]) -> Analysis:
+    pipe, dit = mc.pipeline, mc.dit
+    dit_mro = mc.dit_mro
+    own_classes = [c for c in [*mc.pipeline_mro, *dit_mro] if own(c)]
+    own_mods = list({c.module.name: c.module for c in own_classes}.values())
+    dit_mods = list({c.module.name: c.module for c in dit_mro if own(c)}.values())
+    m: dict[str, MethodSupport] = {}
+
+    def put(key: str, status: str, evidence: list[str | None], notes: str) -> None:
+        m[key] = MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes)
+
+    dit_name = dit.name if dit else None
+    no_dit = "the DiT class could not be resolved from the pipeline's code"
+
+    # Sequence parallel (Ulysses / Ring): _sp_plan on the DiT, or SP implemented by hand.
+    sp = _marker(dit_mro, facts, "sp_plan") if dit else None
+    sp_custom = _first_use(own_mods, SP_CALLS)
+    for key, label in (("ulysses_sp", "Ulysses"), ("ring_sp", "Ring")):
+        if sp:
+            put(key, "supported", [sp[0], *facts.markers["sp_plan"].values()],
+                f"{dit_name} declares {sp[1]}; the SP hooks shard it for {label} attention.")
+        elif sp_custom:
+            put(key, "supported", [sp_custom],
+                f"no _sp_plan, but the model's own code drives sequence parallelism ({label} via the SP group).")
+        elif dit is None:
+            put(key, "unknown", [], no_dit)
+        else:
+            put(key, "unsupported", [dit.at(), facts.sp_no_plan_warning],
+                f"{dit_name} (and its in-package bases) declares no _sp_plan and the model has no manual SP: "
+                "vLLM-Omni warns and runs without sequence parallelism.")
+
+    # CFG parallel: the model's code must reach the CFG group (predict_noise_maybe_with_cfg et al.).
+    reach = _cfg_reach(mc, own_mods)
+    mixin = next((c for c in mc.pipeline_mro if c.name == "CFGParallelMixin"), None)
+    if reach:
+        put("cfg_parallel", "supported", [reach, mixin.at() if mixin else None],
+            "the denoising code splits the positive/negative branches over the CFG group.")
+    elif mixin is not None:
+        put("cfg_parallel", "unsupported", [pipe.at(), mixin.at()],
+            f"{pipe.name} inherits CFGParallelMixin but its code never reaches the CFG-parallel path.")
+    else:
+        put("cfg_parallel", "unsupported", [pipe.at()], f"{pipe.name} has no CFG-parallel code path.")
+
+    # Tensor parallel: the DiT is built from vLLM's parallel linear layers.
+    tp = _first_use(dit_mods, TP_LAYERS)
+    if dit is None:
+        put("tensor_parallel", "unknown", [], no_dit)
+    elif tp:
+        put("tensor_parallel", "supported", [tp], f"{dit_name} uses vLLM parallel linear layers (sharded by TP).")
+    else:
+        put("tensor_parallel", "unsupported", [dit.at()], f"{dit_name} uses no vLLM parallel linear layers.")
+
+    # VAE patch parallel: the VAE class must be a DistributedVaeMixin.
+    vae_mro = index.mro(mc.vae)[0] if mc.vae else []
+    dist = next((c for c in vae_mro if c.name == "DistributedVaeMixin"), None)
+    if dist is not None:
+        put("vae_patch_parallel", "supported", [mc.vae_evidence, dist.at()],
+            f"the VAE ({mc.vae.name}) is a DistributedVaeMixin; patch parallel also enables VAE tiling.")
+    else:
+        vname = mc.vae.name if mc.vae else "not an in-package class"
+        put("vae_patch_parallel", "unsupported", [mc.vae_evidence, facts.vae_pp_warning],
+            f"the VAE ({vname}) is not a DistributedVaeMixin: vae_patch_parallel_size is ignored with a warning.")
+
+    # Marker-driven methods on the DiT.
+    for key, family, what in (("hsdp", "hsdp", "HSDP shards the blocks it names"),
+                              ("regional_compile", "repeated_blocks", "torch.compile compiles each repeated block"),
+                              ("layerwise_offload", "layerwise", "layerwise offload streams these blocks")):
+        if dit is None:
+            put(key, "unknown", [], no_dit)
+            continue
+        found = _marker(dit_mro, facts, family)
+        if found:
+            note = f"{dit_name} declares {found[1]}; {what}."
+            if found[2]:
+                note += f" {found[1]} is the deprecated spelling, still read by the installed offloader."
+            put(key, "supported", [found[0], facts.markers[family].get(found[1])], note)
+        else:
+            names = " / ".join(facts.markers.get(family, {})) or family
+            put(key, "unsupported", [dit.at()], f"{dit_name} declares no non-empty {names}.")
+
+    # Model-level CPU offload is generic (whole components move between CPU and GPU).
+    put("cpu_offload", "supported", [pipe.at()],
+        "model-level offload moves whole pipeline components; it needs no model marker.")
+
+    # Expert parallel: only MoE DiTs.
+    moe = _first_use(own_mods, MOE_NAMES)
+    put("expert_parallel", "supported" if moe else "unsupported", [moe or (dit.at() if dit else pipe.at())],
+        "the model has MoE layers (expert parallel applies)." if moe else "no MoE layers: expert parallel does not apply.")
+
+    _caches(m, put, facts, mc, arch, no_cache)
+
+    # FP8: the DiT must accept vLLM's quant_config (its linear layers are then quantized).
+    if dit is None:
+        put("fp8", "unknown", [], no_dit)
+    else:
+        init = methods(dit_mro).get("__init__")
+        args = [a.arg for a in (init[1].args.args + init[1].args.kwonlyargs)] if init else []
+        if "quant_config" in args:
+            put("fp8", "supported", [init[0].at(init[1])], f"{dit_name} takes quant_config (--quantization fp8).")
+        else:
+            put("fp8", "unsupported", [init[0].at(init[1]) if init else dit.at()],
+                f"{dit_name}'s constructor takes no quant_config: --quantization leaves it unquantized.")
+
+    constraints = _refusals(m, own_classes, own_mods)
+    uses_cfg = True if m["cfg_parallel"].status == "supported" else (
+        True if _first_use([pipe.module], CFG_HINTS) else None)
+    assert set(m) == set(METHOD_KEYS)
+    return Analysis({k: m[k] for k in METHOD_KEYS}, constraints, uses_cfg)
+
+
+def _caches(m, put, facts: VersionFacts, mc: ModelClasses, arch: str, no_cache: dict[str, str]) -> None:
+    pipe, dit = mc.pipeline, mc.dit
+    if arch in no_cache:
+        for key in ("tea_cache", "cache_dit"):
+            put(key, "unsupported", [no_cache[arch]], f"{arch} is listed in _NO_CACHE_ACCELERATION.")
+        return
+    tea_enablers = facts.tables.get("CUSTOM_TEACACHE_ENABLERS", {})
+    extractors = facts.tables.get("EXTRACTOR_REGISTRY", {})
+    if pipe.name in tea_enablers:
+        put("tea_cache", "supported", [tea_enablers[pipe.name]], f"custom TeaCache enabler for {pipe.name}.")
+    elif dit is not None and dit.name in extractors:
+        put("tea_cache", "supported", [extractors[dit.name]], f"TeaCache extractor registered for {dit.name}.")
+    elif dit is None:
+        put("tea_cache", "unknown", [], "the DiT class could not be resolved, and TeaCache is keyed on its name")
+    else:
+        near = [k for k in extractors if k in {c.name for c in mc.dit_mro}]
+        note = f"TeaCache looks up the exact class name {dit.name}, which has no extractor"
+        note += f" (its base {near[0]} has one, but the lookup is by exact name)." if near else "."
+        put("tea_cache", "unsupported", [facts.tables_defined.get("EXTRACTOR_REGISTRY"), facts.teacache_miss], note)
+    dit_enablers = facts.tables.get("CUSTOM_DIT_ENABLERS", {})
+    adapter = _marker(mc.dit_mro, facts, "cache_dit_adapter") if dit else None
+    if pipe.name in dit_enablers:
+        put("cache_dit", "supported", [dit_enablers[pipe.name]], f"custom Cache-DiT enabler for {pipe.name}.")
+    elif adapter:
+        put("cache_dit", "supported", [adapter[0]], f"{dit.name} declares {adapter[1]}.")
+    else:
+        put("cache_dit", "unknown", [facts.cachedit_fallback],
+            "no vLLM-Omni enabler or adapter config: Cache-DiT falls back to the cache-dit library's built-in "
+            f"adapters for {dit.name if dit else 'the DiT'}, which live outside vllm_omni (try it, compare outputs).")
+
+
+def _refusals(m: dict[str, MethodSupport], classes: list[ClassRef], mods: list[Module]) -> list[Constraint]:
+    findings: list[Finding] = []
+    seen: set[int] = set()
+    for cls in classes:
+        for stmt in cls.node.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(stmt) not in seen:
+                seen.add(id(stmt))
+                findings += scan(cls.module, stmt)
+    for mod in mods:
+        for fn in mod.functions.values():
+            if id(fn) not in seen:
+                seen.add(id(fn))
+                findings += scan(mod, fn)
+    out: list[Constraint] = []
+    for f in findings:
+        if f.kind == "rejected":
+            for key in f.methods:
+                prev = m[key]
+                if prev.status != "rejected":
+                    m[key] = MethodSupport(status="rejected", evidence=[f.evidence, *prev.evidence],
+                                           notes=f"the model raises when {f.condition}: {f.message!r}")
+        elif f.kind == "one_of":
+            out.append(Constraint(kind="one_of", parameter=f.parameter, values=f.values, methods=list(f.methods),
+                                  condition=f.condition, description=f"{f.parameter} must be one of {f.values}: "
+                                  f"{f.message}", evidence=[f.evidence]))
+        else:
+            out.append(Constraint(kind="raises", parameter=f.parameter, methods=list(f.methods), condition=f.condition,
+                                  description=f"the model refuses the combination {f.condition}: {f.message}",
+                                  evidence=[f.evidence]))
+    return out

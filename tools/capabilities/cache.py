@@ -1,0 +1,94 @@
+"""The analysis cache: keyed by vllm-omni version and package folder, invalidated by file mtimes.
+
+Each analysis records every file it parsed; a cached result is reused only while all of those files
+keep their mtimes (an edited checkout or an upgraded install is re-read). Kept in memory and in
+``<workspace>/cache/`` so that a restarted omnitune answers from disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+SCHEMA = 1
+
+
+class CacheData(BaseModel):
+    schema_: int = Field(SCHEMA, alias="schema")
+    version: str
+    root: str
+    files: dict[str, float] = Field(default_factory=dict)
+    entries: dict[str, dict] = Field(default_factory=dict)   # key -> JSON of a pydantic model
+
+    model_config = {"populate_by_name": True}
+
+
+class AnalysisCache:
+    """Thread-safe cache of JSON-able analysis results for one located package."""
+
+    def __init__(self, root: Path, version: str, cache_dir: Path | None) -> None:
+        self.root, self.version = root, version
+        key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+        self.path = cache_dir / f"capabilities-{version}-{key}.json" if cache_dir else None
+        self._lock = threading.Lock()
+        self._dirty = False
+        self.data = self._load() or CacheData(version=version, root=str(root))
+
+    def _load(self) -> CacheData | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            data = CacheData.model_validate_json(self.path.read_bytes())
+        except (OSError, ValueError):
+            log.info("ignoring unreadable capability cache %s", self.path)
+            return None
+        if data.schema_ != SCHEMA or data.version != self.version or data.root != str(self.root):
+            return None
+        return data if self._valid(data.files) else None
+
+    def _valid(self, files: dict[str, float]) -> bool:
+        for rel, mtime in files.items():
+            try:
+                if os.stat(self.root / rel).st_mtime != mtime:
+                    return False
+            except OSError:
+                return False
+        return True
+
+    def check(self) -> None:
+        """Drop everything if a file an analysis read has changed since."""
+        with self._lock:
+            if not self._valid(self.data.files):
+                log.info("vllm-omni sources under %s changed: re-reading", self.root)
+                self.data = CacheData(version=self.version, root=str(self.root))
+                self._dirty = True
+
+    def get(self, key: str) -> dict | None:
+        return self.data.entries.get(key)
+
+    def put(self, key: str, value: dict, files: dict[str, float]) -> None:
+        with self._lock:
+            self.data.entries[key] = value
+            self.data.files.update(files)
+            self._dirty = True
+
+    def flush(self) -> None:
+        """Write to disk (atomically); best effort: a read-only workspace only loses the warm start."""
+        if self.path is None or not self._dirty:
+            return
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text(json.dumps(self.data.model_dump(mode="json", by_alias=True)), encoding="utf-8")
+                os.replace(tmp, self.path)
+                self._dirty = False
+            except OSError as exc:
+                log.warning("could not write the capability cache %s: %s", self.path, exc)

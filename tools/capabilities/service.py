@@ -1,0 +1,144 @@
+"""Orchestration: locate vllm-omni, analyse pipelines (cached), assemble reports and the support table."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from tools.capabilities.analysis import analyse
+from tools.capabilities.cache import AnalysisCache
+from tools.capabilities.classes import model_classes
+from tools.capabilities.facts import read_facts
+from tools.capabilities.flags import serve_flags
+from tools.capabilities.locate import Located, locate
+from tools.capabilities.registry import read_registry
+from tools.capabilities.report import Constraint, MethodSupport
+from tools.capabilities.source import SourceIndex
+from tools.errors import CapabilityError
+from tools.settings import Settings
+
+
+class VersionInfo(BaseModel):
+    registered: list[str]
+    cache_backends: list[str]
+    cache_backends_evidence: str | None = None
+    quantization_methods: list[str]
+    quantization_evidence: str | None = None
+    omni_flags: dict[str, str]
+    all_flags: list[str]
+    flags_how: str
+    ulysses_heads_evidence: str | None = None
+
+
+class PipelineAnalysis(BaseModel):
+    pipeline_class: str
+    pipeline_impl: str
+    pipeline_module: str
+    dit_class: str | None = None
+    dit_module: str | None = None
+    dit_classes: list[str] = Field(default_factory=list)
+    dit_attrs: list[str] = Field(default_factory=list)
+    methods: dict[str, MethodSupport] = Field(default_factory=dict)
+    constraints: list[Constraint] = Field(default_factory=list)
+    uses_cfg: bool | None = None
+    error: str | None = None
+
+
+class Analyzer:
+    """All analyses of one located vllm-omni; parsing state is shared, results are cached."""
+
+    def __init__(self, located: Located, cache_dir: Path | None) -> None:
+        self.located = located
+        self.cache = AnalysisCache(located.root, located.version, cache_dir)
+        self._lock = threading.RLock()
+        self._index: SourceIndex | None = None
+        self._facts = None
+        self._registry = None
+
+    def _state(self):
+        if self._index is None:
+            self._index = SourceIndex(self.located.root)
+            self._registry = read_registry(self._index)
+            self._facts = read_facts(self._index)
+        return self._index, self._facts, self._registry
+
+    def _reset_if_changed(self) -> None:
+        before = self.cache.data
+        self.cache.check()
+        if self.cache.data is not before:
+            self._index = self._facts = self._registry = None
+
+    def version_info(self) -> VersionInfo:
+        with self._lock:
+            self._reset_if_changed()
+            hit = self.cache.get("version")
+            if hit is not None:
+                return VersionInfo.model_validate(hit)
+            index, facts, registry = self._state()
+            every, own, how = serve_flags(index)
+            info = VersionInfo(registered=sorted(registry.entries), cache_backends=facts.cache_backends,
+                               cache_backends_evidence=facts.cache_backends_evidence,
+                               quantization_methods=facts.quantization_methods,
+                               quantization_evidence=facts.quantization_evidence, omni_flags=own,
+                               all_flags=sorted(every), flags_how=how,
+                               ulysses_heads_evidence=facts.ulysses_heads_evidence)
+            self.cache.put("version", info.model_dump(mode="json"), index.files)
+            return info
+
+    def pipeline(self, arch: str) -> PipelineAnalysis:
+        """The analysis of one registered `_class_name` (CapabilityError if not registered)."""
+        with self._lock:
+            self._reset_if_changed()
+            hit = self.cache.get("pipeline:" + arch)
+            if hit is not None:
+                return PipelineAnalysis.model_validate(hit)
+            index, facts, registry = self._state()
+            entry = registry.get(arch)
+            result = self._analyse(index, facts, registry, entry)
+            self.cache.put("pipeline:" + arch, result.model_dump(mode="json"), index.files)
+            return result
+
+    def _analyse(self, index, facts, registry, entry) -> PipelineAnalysis:
+        mod = index.module(entry.module)
+        cls = index.resolve_class(mod, entry.cls) if mod else None
+        if cls is None:
+            return PipelineAnalysis(pipeline_class=entry.arch, pipeline_impl=entry.cls,
+                                    pipeline_module=entry.module, error=(
+                                        f"{entry.cls} was not found in {entry.module} (registered at {entry.evidence})"))
+        mc = model_classes(index, cls)
+        result = analyse(index, facts, mc, entry.arch, registry.no_cache)
+        dit = mc.dit
+        return PipelineAnalysis(
+            pipeline_class=entry.arch, pipeline_impl=cls.name, pipeline_module=cls.at(),
+            dit_class=dit.name if dit else None, dit_module=dit.at() if dit else None,
+            dit_classes=list(dict.fromkeys(c.name for c in mc.dits.values())), dit_attrs=list(mc.dits),
+            methods=result.methods, constraints=result.constraints, uses_cfg=result.uses_cfg)
+
+    def table(self) -> list[PipelineAnalysis]:
+        info = self.version_info()
+        rows = [self.pipeline(arch) for arch in info.registered]
+        self.cache.flush()
+        return rows
+
+    def flush(self) -> None:
+        self.cache.flush()
+
+
+_ANALYZERS: dict[tuple[str, str, str], Analyzer] = {}
+_GUARD = threading.Lock()
+
+
+def analyzer(settings: Settings) -> Analyzer:
+    """The (process-wide) analyzer of the vllm-omni these settings locate."""
+    located = locate(settings)
+    cache_dir = settings.workspace / "cache"
+    key = (str(located.root), located.version, str(cache_dir))
+    with _GUARD:
+        found = _ANALYZERS.get(key)
+        if found is None or found.located != located:
+            found = _ANALYZERS[key] = Analyzer(located, cache_dir)
+        return found
+
+

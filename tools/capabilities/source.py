@@ -1,0 +1,236 @@
+"""An `ast` view of the vllm_omni package: modules parsed on demand, names resolved through imports.
+
+Nothing is imported: a class is found by parsing the module that defines it and following
+``import``/``from ... import`` (absolute and relative, re-exports in ``__init__``) inside the package.
+Base classes outside the package (torch, diffusers) are kept as names. Every file read is
+recorded so that the analysis cache can be invalidated by file mtimes.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PKG = "vllm_omni"
+
+
+@dataclass
+class Module:
+    name: str                     # dotted, e.g. vllm_omni.diffusion.registry
+    path: Path
+    rel: str                      # path relative to the package folder's parent's package: diffusion/registry.py
+    tree: ast.Module
+    imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # local -> (module, attr|None)
+    classes: dict[str, ast.ClassDef] = field(default_factory=dict)
+    functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
+
+    def at(self, node: ast.AST) -> str:
+        return f"{self.rel}:{getattr(node, 'lineno', 0)}"
+
+
+@dataclass
+class ClassRef:
+    module: Module
+    node: ast.ClassDef
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.module.name, self.node.name)
+
+    def at(self, node: ast.AST | None = None) -> str:
+        return self.module.at(node or self.node)
+
+
+def _top_level(tree: ast.Module):
+    """Top-level statements, including those inside ``if``/``try`` blocks (TYPE_CHECKING, fallbacks)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, (ast.If, ast.Try)):
+            stack[:0] = [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", []),
+                         *[s for h in getattr(node, "handlers", []) for s in h.body]]
+            continue
+        yield node
+
+
+class SourceIndex:
+    """Parses modules of one vllm_omni package folder lazily and resolves names across them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._modules: dict[str, Module | None] = {}
+        self.files: dict[str, float] = {}     # rel path -> mtime of every file read
+
+    # -- modules ------------------------------------------------------------------------------------
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def path_of(self, dotted: str) -> Path | None:
+        parts = dotted.split(".")
+        if parts[0] != PKG:
+            return None
+        base = self.root.joinpath(*parts[1:])
+        for cand in (base.with_suffix(".py") if len(parts) > 1 else None, base / "__init__.py"):
+            if cand is not None and cand.is_file():
+                return cand
+        return None
+
+    def module(self, dotted: str) -> Module | None:
+        if dotted in self._modules:
+            return self._modules[dotted]
+        path = self.path_of(dotted)
+        mod = None
+        if path is not None:
+            try:
+                text = path.read_text(encoding="utf-8")
+                tree = ast.parse(text, filename=str(path))
+            except (OSError, SyntaxError, ValueError):
+                tree = None
+            if tree is not None:
+                mod = Module(dotted, path, self.rel(path), tree)
+                self.files[mod.rel] = path.stat().st_mtime
+                self._index(mod, is_pkg=path.name == "__init__.py")
+        self._modules[dotted] = mod
+        return mod
+
+    def module_at(self, rel: str) -> Module | None:
+        dotted = PKG + "." + rel[:-3].replace("/", ".")
+        return self.module(dotted[: -len(".__init__")] if dotted.endswith(".__init__") else dotted)
+
+    def _index(self, mod: Module, is_pkg: bool) -> None:
+        pkg_parts = mod.name.split(".") if is_pkg else mod.name.split(".")[:-1]
+        for node in _top_level(mod.tree):
+            if isinstance(node, ast.ClassDef):
+                mod.classes[node.name] = node
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                mod.functions[node.name] = node
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:
+                        mod.imports[a.asname] = (a.name, None)
+                    else:
+                        mod.imports.setdefault(a.name.split(".")[0], (a.name.split(".")[0], None))
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = pkg_parts[: len(pkg_parts) - (node.level - 1)] if node.level > 1 else pkg_parts
+                    src = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                else:
+                    src = node.module or ""
+                for a in node.names:
+                    if a.name != "*":
+                        mod.imports[a.asname or a.name] = (src, a.name)
+
+    # -- names --------------------------------------------------------------------------------------
+    def resolve_class(self, mod: Module, name: str, depth: int = 0) -> ClassRef | None:
+        """The class ``name`` means inside ``mod`` (a dotted ``a.B`` follows module aliases)."""
+        if depth > 12:
+            return None
+        if "." in name:
+            head, _, attr = name.rpartition(".")
+            target = mod.imports.get(head.split(".")[0])
+            if target is None:
+                return None
+            dotted = target[0] if target[1] is None else f"{target[0]}.{target[1]}"
+            rest = head.split(".")[1:]
+            other = self.module(".".join([dotted, *rest]))
+            return self.resolve_class(other, attr, depth + 1) if other else None
+        if name in mod.classes:
+            return ClassRef(mod, mod.classes[name])
+        target = mod.imports.get(name)
+        if target is None or not target[0].startswith(PKG):
+            return None
+        src, attr = target
+        if attr is None:
+            return None
+        other = self.module(src)
+        if other is not None:
+            found = self.resolve_class(other, attr, depth + 1)
+            if found:
+                return found
+        sub = self.module(f"{src}.{attr}")  # `from pkg import submodule` is not a class
+        return None if sub is not None else None
+
+    def external_name(self, mod: Module, name: str) -> str:
+        """A readable name for a base outside the package (e.g. ``diffusers...ModelMixin`` -> ModelMixin)."""
+        return name.rpartition(".")[2]
+
+    def mro(self, cls: ClassRef) -> tuple[list[ClassRef], list[str]]:
+        """The class and its in-package bases (depth first, left to right), plus external base names."""
+        seen: dict[tuple[str, str], ClassRef] = {}
+        external: list[str] = []
+
+        def walk(c: ClassRef, depth: int) -> None:
+            if c.key in seen or depth > 30:
+                return
+            seen[c.key] = c
+            for base in c.node.bases:
+                name = dotted_name(base)
+                if not name:
+                    continue
+                found = self.resolve_class(c.module, name)
+                if found is not None:
+                    walk(found, depth + 1)
+                elif self.external_name(c.module, name) not in external:
+                    external.append(self.external_name(c.module, name))
+
+        walk(cls, 0)
+        return list(seen.values()), external
+
+
+def dotted_name(node: ast.AST) -> str | None:
+    """``a.b.C`` for Name/Attribute chains (subscripts like ``Generic[T]`` give ``Generic``)."""
+    if isinstance(node, ast.Subscript):
+        return dotted_name(node.value)
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def class_attr(mro: list[ClassRef], names: tuple[str, ...]) -> tuple[ClassRef, str, ast.AST, ast.AST] | None:
+    """The first class-level assignment of any of ``names`` along the MRO: (class, name, stmt, value)."""
+    for cls in mro:
+        for stmt in cls.node.body:
+            targets: list[ast.AST] = []
+            value = None
+            if isinstance(stmt, ast.Assign):
+                targets, value = stmt.targets, stmt.value
+            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+                targets, value = [stmt.target], stmt.value
+            for t in targets:
+                if isinstance(t, ast.Name) and t.id in names:
+                    return cls, t.id, stmt, value
+    return None
+
+
+def is_empty(value: ast.AST) -> bool:
+    """A marker assigned None, False, or an empty literal does not enable anything."""
+    if isinstance(value, ast.Constant):
+        return not value.value
+    if isinstance(value, (ast.List, ast.Tuple, ast.Set)):
+        return not value.elts
+    if isinstance(value, ast.Dict):
+        return not value.keys
+    if isinstance(value, ast.Call) and not value.args and not value.keywords:
+        return dotted_name(value.func) in ("dict", "list", "tuple", "set")
+    return False
+
+
+def string_keys(node: ast.AST) -> list[tuple[str, int]]:
+    """String keys (or elements) of a dict/set/list literal, with their lines."""
+    if isinstance(node, ast.Dict):
+        return [(k.value, k.lineno) for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+    if isinstance(node, (ast.Set, ast.List, ast.Tuple)):
+        return [(e.value, e.lineno) for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    if isinstance(node, ast.Call) and dotted_name(node.func) in ("set", "frozenset", "dict") and node.args:
+        return string_keys(node.args[0])
+    return []
