@@ -41,7 +41,7 @@ def check(name: str, ok: bool, detail: str) -> None:
 def install(wheels: Path) -> None:
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
-                    "mcp[cli]==2.3.0", "av"], check=True)
+                    "mcp[cli]==2.3.0"], check=True)  # numpy, Pillow, torch, psutil: already on GPU hosts
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                     *map(str, wheels.glob("omnitune-*.whl"))], check=True)
     say(f"installed omnitune and its wheels from {wheels} in {time.perf_counter() - t:.1f} s")
