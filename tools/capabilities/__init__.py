@@ -33,7 +33,7 @@ def inspect_model(settings: Settings, model: str) -> CapabilityReport:
     resolved = resolve_model(settings, model)
     an = analyzer(settings)
     info = an.version_info()
-    result = an.pipeline(resolved.arch)
+    result = an.pipeline(resolved.arch, check=False)
     an.flush()
     constraints = list(result.constraints)
     constraints += _model_constraints(result, resolved.path, info.ulysses_heads_evidence)
@@ -85,9 +85,14 @@ def _model_constraints(result, path, ulysses_evidence) -> list[Constraint]:
 def support_table(settings: Settings) -> SupportTable:
     """The support table for every registered pipeline of the located vllm-omni (cached)."""
     an = analyzer(settings)
-    info = an.version_info()
+    analyses = an.table()                # checks the files once, re-reads what changed
+    found = an.memo("support_table")
+    if found is not None:
+        return found
+    info = an.version_info(check=False)
     rows = [SupportRow(pipeline_class=r.pipeline_class, pipeline_impl=r.pipeline_impl, dit_class=r.dit_class,
-                       methods=r.methods, uses_cfg=r.uses_cfg, error=r.error) for r in an.table()]
-    return SupportTable(vllm_omni_version=an.located.version, located_via=an.located.via,
-                        vllm_omni_path=str(an.located.root), cache_backends=info.cache_backends,
-                        quantization_methods=info.quantization_methods, rows=rows)
+                       methods=r.methods, uses_cfg=r.uses_cfg, error=r.error) for r in analyses]
+    table = SupportTable(vllm_omni_version=an.located.version, located_via=an.located.via,
+                         vllm_omni_path=str(an.located.root), cache_backends=info.cache_backends,
+                         quantization_methods=info.quantization_methods, rows=rows)
+    return an.memo("support_table", table)

@@ -19,7 +19,7 @@ from tools.capabilities.classes import ModelClasses, methods
 from tools.capabilities.facts import VersionFacts
 from tools.capabilities.rejections import Finding, scan
 from tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport
-from tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, dotted_name, is_empty
+from tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, is_empty, names_of, self_calls
 
 MODELS_DIR = "diffusion/models/"
 TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
@@ -42,22 +42,12 @@ def own(cls: ClassRef) -> bool:
     return cls.module.rel.startswith(MODELS_DIR) and cls.module.rel.count("/") >= 3
 
 
-def _names(node: ast.AST):
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            yield n.id, n
-        elif isinstance(n, ast.Attribute):
-            yield n.attr, n
-
-
-def _first_use(mods: list[Module], names: set[str], skip_imports: bool = True) -> str | None:
+def _first_use(mods: list[Module], names: set[str]) -> str | None:
+    """First line (outside imports) in ``mods`` that uses any of ``names``."""
     for mod in mods:
-        for stmt in mod.tree.body:
-            if skip_imports and isinstance(stmt, (ast.Import, ast.ImportFrom)):
-                continue
-            for name, node in _names(stmt):
-                if name in names:
-                    return mod.at(node)
+        hits = [node for ident, node in mod.idents.items() if ident in names]
+        if hits:
+            return mod.at(min(hits, key=lambda n: n.lineno))
     return None
 
 
@@ -77,28 +67,23 @@ def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str,
 def _cfg_reach(mc: ModelClasses, own_mods: list[Module]) -> str | None:
     """Line in the model's own code that reaches the CFG-parallel path (directly or via self-methods)."""
     table = methods(mc.pipeline_mro + [c for c in mc.dit_mro if own(c)])
-    aware: set[str] = set()
+    aware = {name for name, (_, fn) in table.items() if CFG_CALLS & names_of(fn).keys()}
     changed = True
     while changed:
         changed = False
         for name, (_, fn) in table.items():
-            if name in aware:
-                continue
-            for ident, node in _names(fn):
-                if ident in CFG_CALLS or (isinstance(node, ast.Attribute) and ident in aware
-                                          and dotted_name(node.value) == "self"):
-                    aware.add(name)
-                    changed = True
-                    break
+            if name not in aware and aware & self_calls(fn).keys():
+                aware.add(name)
+                changed = True
     for cls in [*mc.pipeline_mro, *mc.dit_mro]:
         if not own(cls):
             continue
         for stmt in cls.node.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                for ident, node in _names(stmt):
-                    if ident in CFG_CALLS or (isinstance(node, ast.Attribute) and ident in aware
-                                              and dotted_name(node.value) == "self"):
-                        return cls.at(node)
+                direct = [n for i, n in names_of(stmt).items() if i in CFG_CALLS]
+                via = [n for i, n in self_calls(stmt).items() if i in aware]
+                if direct or via:
+                    return cls.at(min(direct + via, key=lambda n: n.lineno))
     return _first_use(own_mods, CFG_CALLS)
 
 

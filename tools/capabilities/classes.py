@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, dotted_name, string_keys
+from tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, dotted_name, facts_of, string_keys
 
 FACTORY_SUFFIXES = ("from_pretrained", "from_config", "from_single_file", "from_od_config", "from_model_config")
 DEFAULT_DIT_ATTRS = ("transformer", "transformer_2")
@@ -48,19 +48,27 @@ class _Resolver:
     def __init__(self, index: SourceIndex, mro: list[ClassRef]) -> None:
         self.index = index
         self.methods = methods(mro)
+        self.mro = mro
+
+    def _local(self, mod: Module, name: str, func: ast.AST | None, depth: int) -> ClassRef | None:
+        """A variable: its assignments in the same function first, then in the pipeline's other methods."""
+        scopes = [func] if func is not None else []
+        scopes += [fn for cls in self.mro if cls.module is mod for fn in cls.node.body
+                   if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn is not func]
+        for scope in scopes:
+            for node in facts_of(scope).local_assigns.get(name, ()):
+                found = self.from_expr(mod, node.value, scope, depth + 1)
+                if found:
+                    return found
+        return None
 
     def from_expr(self, mod: Module, expr: ast.AST | None, func: ast.AST | None, depth: int = 0) -> ClassRef | None:
         if expr is None or depth > 6:
             return None
         if isinstance(expr, ast.IfExp):
             return self.from_expr(mod, expr.body, func, depth + 1) or self.from_expr(mod, expr.orelse, func, depth + 1)
-        if isinstance(expr, ast.Name) and func is not None:  # a local variable assigned earlier in the function
-            for node in ast.walk(func):
-                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == expr.id for t in node.targets):
-                    found = self.from_expr(mod, node.value, func, depth + 1)
-                    if found:
-                        return found
-            return None
+        if isinstance(expr, ast.Name):  # a class itself (class-valued variable), or a local variable
+            return self.index.resolve_class(mod, expr.id) or self._local(mod, expr.id, func, depth)
         if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr == "to":
             return self.from_expr(mod, expr.func.value, func, depth + 1)
         if not isinstance(expr, ast.Call):
@@ -78,7 +86,9 @@ class _Resolver:
         if found is not None:
             return found
         fn_mod, fn = self._function(mod, name)
-        return self._from_function(fn_mod, fn, depth) if fn is not None else None
+        if fn is not None:
+            return self._from_function(fn_mod, fn, depth)
+        return self._local(mod, name, func, depth) if "." not in name else None  # `transformer_cls(...)`
 
     def _function(self, mod: Module, name: str):
         if name in mod.functions:
@@ -118,24 +128,17 @@ def model_classes(index: SourceIndex, pipeline: ClassRef) -> ModelClasses:
     wanted = set(attrs) | {"vae"}
     for cls in mro:  # the pipeline's own assignments first, then its bases'
         for fn in (s for s in cls.node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))):
-            for node in ast.walk(fn):
-                if not isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for attr, node in facts_of(fn).self_assigns:
+                if attr not in wanted or (attr == "vae" and out.vae) or attr in out.dits:
                     continue
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                for t in targets:
-                    if not (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
-                            and t.attr in wanted):
-                        continue
-                    if (t.attr == "vae" and out.vae) or t.attr in out.dits:
-                        continue
-                    found = resolver.from_expr(cls.module, node.value, fn)
-                    if found is None:
-                        continue
-                    if t.attr == "vae":
-                        out.vae, out.vae_evidence = found, cls.at(node)
-                    else:
-                        out.dits[t.attr] = found
-                        out.dit_evidence[t.attr] = cls.at(node)
+                found = resolver.from_expr(cls.module, node.value, fn)
+                if found is None:
+                    continue
+                if attr == "vae":
+                    out.vae, out.vae_evidence = found, cls.at(node)
+                else:
+                    out.dits[attr] = found
+                    out.dit_evidence[attr] = cls.at(node)
     ordered = {a: out.dits[a] for a in attrs if a in out.dits}
     out.dits = ordered
     if out.dit is not None:

@@ -48,10 +48,22 @@ class VersionFacts:
     cachedit_fallback: str | None = None
 
 
+# Text a consumer file must contain to be worth parsing (ast then decides what it means).
+SEEDS = ("_sp_plan", "_repeated_blocks", "_hsdp_shard_conditions", "_layerwise_offload_blocks",
+         "_cache_dit_adapter_config", "_dit_modules", "VAE patch parallel", *TABLES, "cache_backend", "enable_cache")
+
+
 def _modules(index: SourceIndex, globs: tuple[str, ...]) -> list[Module]:
     out = []
     for pattern in globs:
         for path in sorted(index.root.glob(pattern)):
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError:
+                continue
+            if not any(seed in text for seed in SEEDS):
+                index.files[index.rel(path)] = path.stat().st_mtime  # still part of the cache fingerprint
+                continue
             mod = index.module_at(index.rel(path))
             if mod is not None:
                 out.append(mod)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from tools.capabilities.source import Module, dotted_name, string_keys
+from tools.capabilities.source import Module, dotted_name, facts_of, string_keys
 
 # Setting name (attribute, local variable or getattr string) -> method keys.
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -146,7 +146,10 @@ def _raises(body: list[ast.stmt]) -> ast.Raise | None:
 def scan(mod: Module, fn: ast.AST) -> list[Finding]:
     """Refusals of features inside one function (or a whole module body)."""
     out: list[Finding] = []
-    for node in ast.walk(fn):
+    facts = facts_of(fn)
+    if not FEATURES.keys() & facts.names.keys():
+        return out
+    for node in facts.checks:
         if isinstance(node, ast.If):
             raise_ = _raises(node.body)
             if raise_ is None:

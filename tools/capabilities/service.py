@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -46,6 +48,18 @@ class PipelineAnalysis(BaseModel):
     error: str | None = None
 
 
+@contextmanager
+def _no_gc():
+    """Parsing builds millions of AST objects; the cyclic GC rescanning them costs more than the parse."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class Analyzer:
     """All analyses of one located vllm-omni; parsing state is shared, results are cached."""
 
@@ -56,6 +70,22 @@ class Analyzer:
         self._index: SourceIndex | None = None
         self._facts = None
         self._registry = None
+        self._objects: dict[str, BaseModel] = {}   # validated views of cache entries
+
+    def _cached(self, key: str, model: type[BaseModel]):
+        obj = self._objects.get(key)
+        if obj is None:
+            raw = self.cache.get(key)
+            if raw is None:
+                return None
+            obj = self._objects[key] = model.model_validate(raw)
+        return obj
+
+    def memo(self, key: str, value: BaseModel | None = None):
+        """Derived objects (the assembled table) kept until the sources change."""
+        if value is not None:
+            self._objects["memo:" + key] = value
+        return self._objects.get("memo:" + key)
 
     def _state(self):
         if self._index is None:
@@ -69,35 +99,45 @@ class Analyzer:
         self.cache.check()
         if self.cache.data is not before:
             self._index = self._facts = self._registry = None
+            self._objects.clear()
 
-    def version_info(self) -> VersionInfo:
+    def version_info(self, check: bool = True) -> VersionInfo:
         with self._lock:
-            self._reset_if_changed()
-            hit = self.cache.get("version")
+            if check:
+                self._reset_if_changed()
+            hit = self._cached("version", VersionInfo)
             if hit is not None:
-                return VersionInfo.model_validate(hit)
-            index, facts, registry = self._state()
-            every, own, how = serve_flags(index)
-            info = VersionInfo(registered=sorted(registry.entries), cache_backends=facts.cache_backends,
-                               cache_backends_evidence=facts.cache_backends_evidence,
-                               quantization_methods=facts.quantization_methods,
-                               quantization_evidence=facts.quantization_evidence, omni_flags=own,
-                               all_flags=sorted(every), flags_how=how,
-                               ulysses_heads_evidence=facts.ulysses_heads_evidence)
-            self.cache.put("version", info.model_dump(mode="json"), index.files)
-            return info
+                return hit
+            with _no_gc():
+                return self._version_info()
 
-    def pipeline(self, arch: str) -> PipelineAnalysis:
+    def _version_info(self) -> VersionInfo:
+        index, facts, registry = self._state()
+        every, own, how = serve_flags(index)
+        info = VersionInfo(registered=sorted(registry.entries), cache_backends=facts.cache_backends,
+                           cache_backends_evidence=facts.cache_backends_evidence,
+                           quantization_methods=facts.quantization_methods,
+                           quantization_evidence=facts.quantization_evidence, omni_flags=own,
+                           all_flags=sorted(every), flags_how=how,
+                           ulysses_heads_evidence=facts.ulysses_heads_evidence)
+        self.cache.put("version", info.model_dump(mode="json"), index.files)
+        self._objects["version"] = info
+        return info
+
+    def pipeline(self, arch: str, check: bool = True) -> PipelineAnalysis:
         """The analysis of one registered `_class_name` (CapabilityError if not registered)."""
         with self._lock:
-            self._reset_if_changed()
-            hit = self.cache.get("pipeline:" + arch)
+            if check:
+                self._reset_if_changed()
+            hit = self._cached("pipeline:" + arch, PipelineAnalysis)
             if hit is not None:
-                return PipelineAnalysis.model_validate(hit)
-            index, facts, registry = self._state()
-            entry = registry.get(arch)
-            result = self._analyse(index, facts, registry, entry)
+                return hit
+            with _no_gc():
+                index, facts, registry = self._state()
+                entry = registry.get(arch)
+                result = self._analyse(index, facts, registry, entry)
             self.cache.put("pipeline:" + arch, result.model_dump(mode="json"), index.files)
+            self._objects["pipeline:" + arch] = result
             return result
 
     def _analyse(self, index, facts, registry, entry) -> PipelineAnalysis:
@@ -117,8 +157,9 @@ class Analyzer:
             methods=result.methods, constraints=result.constraints, uses_cfg=result.uses_cfg)
 
     def table(self) -> list[PipelineAnalysis]:
-        info = self.version_info()
-        rows = [self.pipeline(arch) for arch in info.registered]
+        with self._lock, _no_gc():
+            info = self.version_info()
+            rows = [self.pipeline(arch, check=False) for arch in info.registered]
         self.cache.flush()
         return rows
 

@@ -24,6 +24,19 @@ class Module:
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # local -> (module, attr|None)
     classes: dict[str, ast.ClassDef] = field(default_factory=dict)
     functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)   # `Alias = Original` at module level
+    _idents: dict[str, ast.AST] | None = None
+
+    @property
+    def idents(self) -> dict[str, ast.AST]:
+        """Identifier (Name id or Attribute attr) -> its first node outside import statements (one walk)."""
+        if self._idents is None:
+            self._idents = {}
+            for stmt in self.tree.body:
+                if not isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                    for ident, node in names_of(stmt).items():
+                        self._idents.setdefault(ident, node)
+        return self._idents
 
     def at(self, node: ast.AST) -> str:
         return f"{self.rel}:{getattr(node, 'lineno', 0)}"
@@ -109,6 +122,9 @@ class SourceIndex:
                 mod.classes[node.name] = node
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 mod.functions[node.name] = node
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                    and isinstance(node.value, (ast.Name, ast.Attribute)):
+                mod.aliases[node.targets[0].id] = dotted_name(node.value) or ""
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     if a.asname:
@@ -141,6 +157,8 @@ class SourceIndex:
             return self.resolve_class(other, attr, depth + 1) if other else None
         if name in mod.classes:
             return ClassRef(mod, mod.classes[name])
+        if mod.aliases.get(name) and mod.aliases[name] != name:
+            return self.resolve_class(mod, mod.aliases[name], depth + 1)
         target = mod.imports.get(name)
         if target is None or not target[0].startswith(PKG):
             return None
@@ -180,6 +198,55 @@ class SourceIndex:
 
         walk(cls, 0)
         return list(seen.values()), external
+
+
+@dataclass
+class Facts:
+    """What one walk over a function (or statement) finds; memoised on the node itself."""
+
+    names: dict[str, ast.AST] = field(default_factory=dict)         # identifier -> first node
+    self_uses: dict[str, ast.AST] = field(default_factory=dict)     # self.<attr> -> first node
+    self_assigns: list[tuple[str, ast.AST]] = field(default_factory=list)  # (attr, Assign/AnnAssign)
+    local_assigns: dict[str, list[ast.AST]] = field(default_factory=dict)  # name -> its Assign/AnnAssign nodes
+    checks: list[ast.AST] = field(default_factory=list)             # If / Assert nodes
+
+
+def facts_of(node: ast.AST) -> Facts:
+    found = getattr(node, "_omnitune_facts", None)
+    if found is not None:
+        return found
+    f = Facts()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            prev = f.names.get(n.id)
+            if prev is None or n.lineno < prev.lineno:
+                f.names[n.id] = n
+        elif isinstance(n, ast.Attribute):
+            prev = f.names.get(n.attr)
+            if prev is None or n.lineno < prev.lineno:
+                f.names[n.attr] = n
+            if isinstance(n.value, ast.Name) and n.value.id == "self":
+                f.self_uses.setdefault(n.attr, n)
+        elif isinstance(n, (ast.If, ast.Assert)):
+            f.checks.append(n)
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                    f.self_assigns.append((t.attr, n))
+                elif isinstance(t, ast.Name):
+                    f.local_assigns.setdefault(t.id, []).append(n)
+    node._omnitune_facts = f  # type: ignore[attr-defined]  # the memo lives and dies with the tree
+    return f
+
+
+def names_of(node: ast.AST) -> dict[str, ast.AST]:
+    """Identifiers used under ``node`` (Name ids and Attribute attrs) -> first node."""
+    return facts_of(node).names
+
+
+def self_calls(node: ast.AST) -> dict[str, ast.AST]:
+    """``self.<name>`` uses under ``node`` -> first node."""
+    return facts_of(node).self_uses
 
 
 def dotted_name(node: ast.AST) -> str | None:
