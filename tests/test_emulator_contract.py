@@ -232,3 +232,34 @@ def test_help_exits_zero_with_the_flags(tmp_path):
                           env={**__import__("os").environ, **emu.env})
     assert done.returncode == 0 and "--ulysses-degree" in done.stdout and "--cache-backend" in done.stdout
     assert sys.executable in emu.shim.read_text().splitlines()[0]
+
+
+def test_video_job_routes_answer_as_the_real_api_server_for_failed_running_missing_and_deleted_jobs(tmp_path):
+    emu = make_emulator(tmp_path)
+    emu.write(FAST, faults={"error_500_on": [1], "hang_on": [2], "hang_s": 5})
+    server = start(emu, WAN)
+    form = {"prompt": "p", "size": "32x32", "num_frames": "2", "num_inference_steps": "2", "seed": "1"}
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            failed = c.post("/v1/videos", data=form).json()["id"]
+            status = wait_until(lambda: (r := c.get(f"/v1/videos/{failed}")).json()["status"] == "failed" and r)
+            assert status.status_code == 500 and status.json()["error"]["code"] == 500  # status = the error code
+            check({"$ref": "#/components/schemas/VideoResponse"}, status.json())
+            assert c.get(f"/v1/videos/{failed}/content").status_code == 422
+            running = c.post("/v1/videos", data=form).json()["id"]
+            wait_until(lambda: c.get(f"/v1/videos/{running}").json()["status"] == "in_progress")
+            assert c.get(f"/v1/videos/{running}/content").status_code == 404
+            assert c.delete(f"/v1/videos/{running}").status_code == 409
+            listed = c.get("/v1/videos", params={"limit": 1})
+            check_response("/v1/videos", "get", listed)
+            assert len(listed.json()["data"]) == 1 and listed.json()["has_more"] is True
+            assert {j["id"] for j in c.get("/v1/videos").json()["data"]} == {failed, running}
+            deleted = c.delete(f"/v1/videos/{failed}")
+            check_response("/v1/videos/{video_id}", "delete", deleted)
+            assert deleted.json() == {"id": failed, "object": "video.deleted", "deleted": True}
+            missing = c.get(f"/v1/videos/{failed}")
+            assert missing.status_code == 404 and missing.json()["error"]["message"] == "Video not found"
+            check({"$ref": "#/components/schemas/ErrorResponse"}, missing.json())
+            assert c.get("/version").json() == {"version": "0.30.0"}
+    finally:
+        server.stop()

@@ -137,6 +137,11 @@ class Engine:
 _VALIDATORS: dict = {}
 
 
+def public(job: dict) -> dict:
+    """A video job as the API shows it (private fields such as the MP4 bytes start with an underscore)."""
+    return {k: v for k, v in job.items() if not k.startswith("_")}
+
+
 def typed_form(form: dict[str, str], name: str) -> dict:
     """Form strings converted to the declared field types, as pydantic does before validating."""
     props = _openapi()["components"]["schemas"][name]["properties"]
@@ -238,17 +243,48 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/metrics":
             text = f"# TYPE vllm_omni_requests_total counter\nvllm_omni_requests_total {e.count}\n"
             return self.reply(200, text.encode(), "text/plain; version=1.0.0; charset=utf-8")
-        m = re.match(r"^/v1/videos/([\w-]+)(/content)?$", self.path)
-        if m and m.group(1) in e.videos:
-            job = e.videos[m.group(1)]
-            if m.group(2):
-                if job["status"] != "completed":
-                    return self.error(400, f"Video {m.group(1)} is not completed (status: {job['status']}).")
-                return self.reply(200, job["_mp4"], "video/mp4")
-            return self.reply(200, {k: v for k, v in job.items() if not k.startswith("_")})
-        if m:
-            return self.error(404, f"Video {m.group(1)} not found", "NotFoundError")
-        self.error(404, "Not Found", "NotFoundError")
+        if self.path == "/version":
+            return self.reply(200, {"version": "0.30.0"})
+        path, _, query = self.path.partition("?")
+        if path == "/v1/videos":
+            return self.list_videos(query)
+        m = re.match(r"^/v1/videos/([\w-]+)(/content)?$", path)
+        job = e.videos.get(m.group(1)) if m else None
+        if m and job is None:
+            return self.error(404, "Video not found", "Not Found")
+        if m and m.group(2):
+            if job["status"] == "failed":  # as api_server.download_video
+                return self.error(422, "Video generation failed. Check job status for error details.",
+                                  "Unprocessable Entity")
+            if job["status"] != "completed":
+                return self.error(404, "Generation is still in-progress", "Not Found")
+            return self.reply(200, job["_mp4"], "video/mp4")
+        if m:  # a failed job answers with its error code as the status, as api_server.retrieve_video
+            return self.reply(job["error"]["code"] if job["status"] == "failed" else 200, public(job))
+        self.error(404, "Not Found", "Not Found")
+
+    def list_videos(self, query: str) -> None:
+        from urllib.parse import parse_qs
+        q = {k: v[-1] for k, v in parse_qs(query).items()}
+        jobs = sorted(self.engine.videos.values(), key=lambda j: j["created_at"], reverse=q.get("order", "desc") == "desc")
+        if q.get("after"):
+            ids = [j["id"] for j in jobs]
+            jobs = jobs[ids.index(q["after"]) + 1:] if q["after"] in ids else []
+        limit = int(q["limit"]) if q.get("limit") else None
+        more = limit is not None and len(jobs) > limit
+        jobs = jobs[:limit] if limit is not None else jobs
+        self.reply(200, {"object": "list", "data": [public(j) for j in jobs], "has_more": more,
+                         "first_id": jobs[0]["id"] if jobs else None, "last_id": jobs[-1]["id"] if jobs else None})
+
+    def do_DELETE(self) -> None:
+        m = re.match(r"^/v1/videos/([\w-]+)$", self.path)
+        job = self.engine.videos.get(m.group(1)) if m else None
+        if job is None:
+            return self.error(404, "Video not found" if m else "Not Found", "Not Found")
+        if job["status"] not in ("completed", "failed"):
+            return self.error(409, "Video output not yet available. Please try again later.", "Conflict")
+        del self.engine.videos[job["id"]]
+        self.reply(200, {"id": job["id"], "object": "video.deleted", "deleted": True})
 
     def do_POST(self) -> None:
         e = self.engine
@@ -338,13 +374,15 @@ class Handler(BaseHTTPRequestHandler):
 
         if not sync:
             threading.Thread(target=run, daemon=True).start()
-            return self.reply(200, {k: v for k, v in job.items() if not k.startswith("_")})
+            return self.reply(200, public(job))
         run()
+        del e.videos[job["id"]]  # the sync route keeps no job record
         if job["status"] != "completed":
-            return self.error(500, job["error"]["message"], "InternalServerError")
+            return self.error(500, f"Video generation failed: {job['error']['message']}", "Internal Server Error")
         self.reply(200, job["_mp4"], "video/mp4", {
-            "X-Inference-Time-S": f"{job['inference_time_s']:.6f}", "X-Peak-Memory-MB": f"{job['peak_memory_mb']:.1f}",
-            "X-Stage-Durations": json.dumps(job["stage_durations"])})
+            "X-Request-Id": f"video_sync-{uuid.uuid4().hex}", "X-Model": e.served,
+            "X-Inference-Time-S": f"{job['inference_time_s']:.3f}", "X-Peak-Memory-MB": f"{job['peak_memory_mb']:.3f}",
+            "X-Stage-Durations": json.dumps(job["stage_durations"], separators=(",", ":"))})
 
 
 def resolve_pipeline(model: str, scenario: dict) -> str:
