@@ -51,6 +51,20 @@ def _first_use(mods: list[Module], names: set[str]) -> str | None:
     return None
 
 
+def _folder_imports(index: SourceIndex, mod: Module, have: list[Module]) -> list[Module]:
+    """Modules of the pipeline's own model folder that its module imports (one level: SP/CFG helpers)."""
+    folder = mod.name.rpartition(".")[0] + "."
+    names = {m.name for m in have}
+    out = []
+    for src, _ in mod.imports.values():
+        if src.startswith(folder) and src not in names:
+            found = index.module(src)
+            if found is not None:
+                names.add(src)
+                out.append(found)
+    return out
+
+
 def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str, str, bool] | None:
     """(evidence, attr name, deprecated?) of a non-empty marker the installed code reads."""
     consumed = facts.markers.get(family, {})
@@ -93,6 +107,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     dit_mro = mc.dit_mro
     own_classes = [c for c in [*mc.pipeline_mro, *dit_mro] if own(c)]
     own_mods = list({c.module.name: c.module for c in own_classes}.values())
+    own_mods += _folder_imports(index, pipe.module, own_mods)
     dit_mods = list({c.module.name: c.module for c in dit_mro if own(c)}.values())
     m: dict[str, MethodSupport] = {}
 

@@ -87,8 +87,21 @@ class _Resolver:
             return found
         fn_mod, fn = self._function(mod, name)
         if fn is not None:
-            return self._from_function(fn_mod, fn, depth)
-        return self._local(mod, name, func, depth) if "." not in name else None  # `transformer_cls(...)`
+            found = self._from_function(fn_mod, fn, depth)
+            if found is not None:
+                return found
+        if "." not in name:
+            found = self._local(mod, name, func, depth)  # `transformer_cls(...)`
+            if found is not None:
+                return found
+        # A loader helper given the constructor: helper(X.from_pretrained, ...)
+        for arg in expr.args:
+            ref = dotted_name(arg)
+            if ref and ref.rpartition(".")[2] in FACTORY_SUFFIXES:
+                found = self.index.resolve_class(mod, ref.rpartition(".")[0])
+                if found is not None:
+                    return found
+        return None
 
     def _function(self, mod: Module, name: str):
         if name in mod.functions:

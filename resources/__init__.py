@@ -1,0 +1,1 @@
+"""Data and renderers behind omnitune's MCP resources (support tables, recipes, the decision flowchart)."""

@@ -1,0 +1,32 @@
+"""Markdown renderings of the support table and one model's report (for humans and agents that prefer text)."""
+
+from __future__ import annotations
+
+from tools.capabilities.report import METHOD_KEYS, CapabilityReport, SupportTable
+
+MARK = {"supported": "yes", "unsupported": "-", "rejected": "REJECTS", "unknown": "?"}
+
+
+def support_markdown(table: SupportTable) -> str:
+    head = ["pipeline", "DiT", *METHOD_KEYS]
+    lines = [f"# vLLM-Omni {table.vllm_omni_version}: what each pipeline supports",
+             "", f"Read from {table.vllm_omni_path} ({table.located_via}). yes = supported, - = not supported, "
+             "REJECTS = the model raises when asked, ? = unknown (see omnitune://support/{pipeline} for evidence).",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows:
+        cells = [MARK[row.methods[k].status] if k in row.methods else "?" for k in METHOD_KEYS]
+        lines.append(f"| {row.pipeline_class} | {row.dit_class or row.error or '?'} | " + " | ".join(cells) + " |")
+    lines += ["", f"Cache backends: {', '.join(table.cache_backends)}.",
+              f"Quantization methods (vllm-omni's own; vLLM's fp8 etc. too): {', '.join(table.quantization_methods)}."]
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(report: CapabilityReport) -> str:
+    lines = [f"# {report.pipeline_class} ({report.pipeline_impl}) in vLLM-Omni {report.vllm_omni_version}",
+             "", f"DiT: {report.dit_class or 'unresolved'} ({report.dit_module or '-'})", "",
+             "| method | status | evidence | notes |", "|---|---|---|---|"]
+    for key, m in report.methods.items():
+        lines.append(f"| {key} | {m.status} | {', '.join(m.evidence[:3])} | {m.notes} |")
+    if report.constraints:
+        lines += ["", "## Constraints"] + [f"- {c.description} ({', '.join(c.evidence)})" for c in report.constraints]
+    return "\n".join(lines) + "\n"
