@@ -109,7 +109,8 @@ def test_a_video_from_two_lossless_configurations_is_the_same_mp4(emu):
 
 REFUSALS = [
     ("world size over the GPUs", {"gpus": [H200] * 2}, ["--usp", "2", "--cfg-parallel-size", "2"],
-     "world_size (4)"),
+     "RuntimeError: Stage 0 requires 4 device(s) based on parallel_config, but only 2 device(s) are available: "
+     "[0, 1]"),
     ("model rejects a feature", {"model": {"rejects": ["cfg_parallel"]}, "gpus": [H200] * 2},
      ["--cfg-parallel-size", "2"], "NotImplementedError: ZImagePipeline does not support cfg_parallel"),
     ("TeaCache without coefficients", {"model": {"tea_cache": False, "transformer_class": "WanTransformer3DModel"}},

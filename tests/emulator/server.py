@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pipeline = resolve_pipeline(model, scenario)
         cfg = w.Config.from_args(ns)
-        for warning in w.check_startup(scenario, cfg, len(gpus), pipeline):
+        for warning in w.check_startup(scenario, cfg, gpus, pipeline):
             log.warning(warning)
         load_mib = w.load_memory_mib(scenario, cfg)
         for g in gpus[: cfg.world_size]:

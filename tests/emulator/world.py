@@ -129,14 +129,17 @@ TEACACHE_TRANSFORMERS = ["FluxTransformer2DModel", "Flux2Klein", "QwenImageTrans
 VALID_CACHE_BACKENDS = ("tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache")
 
 
-def check_startup(world: dict, cfg: Config, visible_gpus: int, pipeline: str) -> list[str]:
-    """Refusals (raise) and warnings (returned) at startup, as vLLM-Omni 0.30.0 gives them."""
+def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -> list[str]:
+    """Refusals (raise) and warnings (returned) at startup, as vLLM-Omni 0.30.0 gives them.
+
+    ``devices``: the physical GPU indices the server sees (CUDA_VISIBLE_DEVICES, else all).
+    """
     model = world["model"]
     warnings = []
-    if cfg.world_size > visible_gpus:
-        raise Refusal(f"ValueError: world_size ({cfg.world_size}) = ulysses_degree {cfg.usp} x ring_degree {cfg.ring}"
-                      f" x cfg_parallel_size {cfg.cfg} x tensor_parallel_size {cfg.tp} exceeds the number of "
-                      f"available devices ({visible_gpus}).")
+    if cfg.world_size > len(devices):  # engine/stage_init_utils.py
+        raise Refusal(f"RuntimeError: Stage 0 requires {cfg.world_size} device(s) based on parallel_config, but only "
+                      f"{len(devices)} device(s) are available: {devices} (world_size = ulysses {cfg.usp} x ring "
+                      f"{cfg.ring} x cfg {cfg.cfg} x tp {cfg.tp})")
     if cfg.cfg not in (1, 2):
         raise Refusal(f"ValueError: cfg_parallel_size must be 1 or 2, got {cfg.cfg}.")
     if cfg.hsdp and cfg.tp > 1:
