@@ -21,14 +21,19 @@ def _recipes(settings) -> str:
                        "recipes": check_recipes(installed_serve_flags(settings), support)}, indent=1)
 
 
+# Static resources cannot receive the Context (they need omnitune's settings), so the resources computed from
+# the installed vLLM-Omni are templates with one optional query variable: `omnitune://support` still matches.
+Refresh = str | None
+
+
 def register(mcp: MCPServer) -> None:
-    @mcp.resource("omnitune://support", mime_type="application/json", title="Support table (JSON)")
-    async def support(ctx: Context) -> str:
+    @mcp.resource("omnitune://support{?refresh}", mime_type="application/json", title="Support table (JSON)")
+    async def support(ctx: Context, refresh: Refresh = None) -> str:
         """Every registered pipeline of the installed vLLM-Omni: method -> supported/unsupported/rejected/unknown."""
         return _dump(await in_thread(support_table, state_of(ctx).settings))
 
-    @mcp.resource("omnitune://support.md", mime_type="text/markdown", title="Support table (markdown)")
-    async def support_md(ctx: Context) -> str:
+    @mcp.resource("omnitune://support.md{?refresh}", mime_type="text/markdown", title="Support table (markdown)")
+    async def support_md(ctx: Context, refresh: Refresh = None) -> str:
         """The support table as a markdown table."""
         return support_markdown(await in_thread(support_table, state_of(ctx).settings))
 
@@ -37,16 +42,16 @@ def register(mcp: MCPServer) -> None:
         """The capability report (with evidence) of one pipeline class, e.g. omnitune://support/QwenImagePipeline."""
         return _dump(await in_thread(inspect_model, state_of(ctx).settings, pipeline))
 
-    @mcp.resource("omnitune://serve-flags", mime_type="application/json", title="Serve flags")
-    async def serve_flags(ctx: Context) -> str:
+    @mcp.resource("omnitune://serve-flags{?refresh}", mime_type="application/json", title="Serve flags")
+    async def serve_flags(ctx: Context, refresh: Refresh = None) -> str:
         """Every option `vllm serve MODEL --omni` accepts in the installed version (see how it is derived)."""
         settings = state_of(ctx).settings
         flags = await in_thread(installed_serve_flags, settings)
         report = await in_thread(support_table, settings)
         return json.dumps({"vllm_omni_version": report.vllm_omni_version, "flags": sorted(flags)}, indent=1)
 
-    @mcp.resource("omnitune://recipes", mime_type="application/json", title="Recipes of the guide")
-    async def recipes(ctx: Context) -> str:
+    @mcp.resource("omnitune://recipes{?refresh}", mime_type="application/json", title="Recipes of the guide")
+    async def recipes(ctx: Context, refresh: Refresh = None) -> str:
         """Recipes A-G of the guide with their `vllm serve` commands, checked against the installed flags/support."""
         return await in_thread(_recipes, state_of(ctx).settings)
 
