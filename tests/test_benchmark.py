@@ -102,7 +102,7 @@ async def test_with_jitter_percentiles_fall_inside_the_known_distributions_confi
         sid = await launch(client, enforce_eager=True)
         s = (await bench(client, sid, measured=n, warmup=1))["summary"]
     truth = NormalDist(base, base * jitter)  # the emulator multiplies by gauss(1, jitter)
-    overhead = 0.006  # the emulator's own request handling and the client, measured well under this
+    overhead = 0.008  # the emulator's own request handling (2-6 ms on a loaded 2-core box) and the client
     for q, key in ((0.5, "p50_s"), (0.9, "p90_s")):
         # 99.9% distribution-free bounds on the sample quantile: ranks of a Binomial(n, q).
         half = 3.3 * math.sqrt(n * q * (1 - q))
@@ -176,4 +176,5 @@ async def test_a_duration_bounded_run_sends_for_that_long_and_counts_what_it_mea
     async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
         sid = await launch(client, enforce_eager=True)
         s = (await bench(client, sid, duration_s=0.5))["summary"]
-    assert 8 <= s["requests_ok"] <= 12 and 0.5 <= s["measured_wall_s"] < 0.7
+    # ~10 at 0.05 s each (fewer on a loaded machine); none sent after 0.5 s, the last one finished.
+    assert 5 <= s["requests_ok"] == s["requests_measured"] <= 11 and 0.5 <= s["measured_wall_s"] < 0.8
