@@ -173,7 +173,7 @@ def test_state_file_is_keyed_by_physical_gpu_and_removed_on_exit(emulator):
         [state] = list(emulator.state_dir.iterdir())
         held = json.loads(state.read_text())
         expected = int((10.0 + 4.0 + 0.5 + 1.0) * 1024)
-        assert held == {"pid": served.proc.pid, "memory_mib": {"2": expected, "3": expected}}
+        assert held == {"pid": served.proc.pid, "memory_mib": {"2": expected, "3": expected}, "busy": False}
         pynvml.nvmlInit()
         used = [pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used // 2**20 for i in range(4)]
         assert used == [0, 0, expected, expected]
@@ -181,6 +181,30 @@ def test_state_file_is_keyed_by_physical_gpu_and_removed_on_exit(emulator):
     finally:
         served.stop()
     assert list(emulator.state_dir.iterdir()) == [] and emulator.live_pids() == []
+
+
+def test_fake_nvml_sees_utilisation_and_activation_memory_only_while_a_request_computes(emulator):
+    import threading
+
+    import pynvml
+    emulator.write({"gpus": [H200], "model": {"uses_cfg": False}, "memory": {"activation_gib_per_megapixel": 1024.0}},
+                   cost={**per_request(0.6, steps=10, size=32), "compile_penalty_s": 0.0})
+    served = start(emulator, ZIMAGE, "--enforce-eager")
+    pynvml.nvmlInit()
+    gpu = pynvml.nvmlDeviceGetHandleByIndex(0)
+    try:
+        idle_mib = pynvml.nvmlDeviceGetMemoryInfo(gpu).used // 2**20
+        assert pynvml.nvmlDeviceGetUtilizationRates(gpu).gpu == 0
+        request = threading.Thread(target=image, args=(served,), kwargs={"size": "32x32", "num_inference_steps": 10})
+        request.start()
+        wait_until(lambda: pynvml.nvmlDeviceGetUtilizationRates(gpu).gpu == 90)
+        busy_mib = pynvml.nvmlDeviceGetMemoryInfo(gpu).used // 2**20
+        request.join(10)
+        assert busy_mib - idle_mib == pytest.approx(1024 * 32 * 32 / 1e6 * 1024, abs=2)
+        wait_until(lambda: pynvml.nvmlDeviceGetUtilizationRates(gpu).gpu == 0)
+        assert pynvml.nvmlDeviceGetMemoryInfo(gpu).used // 2**20 == idle_mib
+    finally:
+        served.stop()
 
 
 def test_memory_follows_fp8_offload_and_request_size_and_an_oversized_request_is_a_500(emu):

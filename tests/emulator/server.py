@@ -49,10 +49,12 @@ class Engine:
         self.held: list = []
 
     # -- memory as NVML sees it -----------------------------------------------------------------
-    def publish_memory(self, mib: int) -> None:
+    def publish_memory(self, mib: int, busy: bool = False) -> None:
+        """The state file the fake NVML reads: MiB held per physical GPU, and whether a request is computing."""
         if self.state_file:
             tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "memory_mib": {str(g): mib for g in self.gpus}}))
+            tmp.write_text(json.dumps({"pid": os.getpid(), "memory_mib": {str(g): mib for g in self.gpus},
+                                       "busy": busy}))
             tmp.replace(self.state_file)
         if os.environ.get("VLLM_EMU_HOLD_GPU_MEMORY") == "1":
             self._hold_real(mib)
@@ -119,7 +121,7 @@ class Engine:
             if not self.cfg.eager and shape not in self.compiled:
                 compile_s = self.world["cost"]["compile_penalty_s"]
                 self.compiled.add(shape)
-            self.publish_memory(peak)
+            self.publish_memory(peak, busy=True)
             start = time.perf_counter()
             time.sleep(seconds + compile_s)
             elapsed = time.perf_counter() - start

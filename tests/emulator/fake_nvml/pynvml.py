@@ -127,8 +127,11 @@ def nvmlDeviceGetPciInfo(handle: int) -> PciInfo:
     return PciInfo(busId=f"00000000:{0x18 + handle:02X}:00.0")
 
 
-def _live_usage() -> dict[int, dict[int, int]]:
-    """{physical index: {pid: MiB}} from the state files of emulated servers that are still alive."""
+def _live_usage(busy_only: bool = False) -> dict[int, dict[int, int]]:
+    """{physical index: {pid: MiB}} from the state files of emulated servers that are still alive.
+
+    ``busy_only``: only servers computing a request (``"busy": true``; a file without the key counts as busy).
+    """
     usage: dict[int, dict[int, int]] = {}
     state_dir = os.environ.get("VLLM_EMU_STATE_DIR")
     if not state_dir or not Path(state_dir).is_dir():
@@ -139,6 +142,8 @@ def _live_usage() -> dict[int, dict[int, int]]:
             pid = int(data["pid"])
             os.kill(pid, 0)
         except (OSError, ValueError, KeyError):
+            continue
+        if busy_only and not data.get("busy", True):
             continue
         for idx, mib in data.get("memory_mib", {}).items():
             usage.setdefault(int(idx), {})[pid] = int(mib)
@@ -171,8 +176,10 @@ def nvmlDeviceGetNumaNodeId(handle: int) -> int:
 
 def nvmlDeviceGetUtilizationRates(handle: int) -> Utilization:
     _refuses(handle, "utilization")
-    busy = bool(_live_usage().get(handle))
-    return Utilization(gpu=int(_gpu(handle).get("busy_utilization", 90)) if busy else 0, memory=0)
+    gpu = _gpu(handle)
+    busy = bool(_live_usage(busy_only=True).get(handle))
+    percent = int(gpu.get("busy_utilization", 90)) if busy else int(gpu.get("idle_utilization", 0))
+    return Utilization(gpu=percent, memory=percent // 3)
 
 
 def nvmlDeviceGetComputeRunningProcesses(handle: int) -> list[Process]:
