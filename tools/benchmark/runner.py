@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from pydantic import BaseModel, Field
 
-from tools.benchmark.client import OmniClient, Outcome
+from tools.benchmark.client import OmniClient
 from tools.benchmark.summary import Record, RunStatus, RunSummary, summarize
 from tools.benchmark.target import BenchmarkTarget, Resolved, config_key, resolve
 from tools.benchmark.telemetry import GpuSampler
