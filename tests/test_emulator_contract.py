@@ -153,6 +153,29 @@ def test_health_is_503_while_loading_and_requests_are_refused_until_then(tmp_pat
         server.stop()
 
 
+def test_in_block_mode_the_port_accepts_connections_but_answers_only_once_loaded(tmp_path):
+    import time
+    emu = make_emulator(tmp_path)
+    emu.write(FAST, cost={"startup_s": 0.8}, api={"while_loading": "block"})
+    server = start(emu, ZIMAGE, wait=False)
+    try:
+        with httpx.Client(base_url=server.url) as c:
+            def connects():
+                try:
+                    c.get("/health", timeout=0.1)
+                    return "answered"
+                except httpx.ReadTimeout:
+                    return "accepted, no answer"
+                except httpx.ConnectError:
+                    return None
+            assert wait_until(connects) == "accepted, no answer"
+            began = time.perf_counter()
+            assert c.get("/health", timeout=10).status_code == 200  # waited for the load, then 200
+            assert time.perf_counter() - began > 0.05
+    finally:
+        server.stop()
+
+
 # -- flags ------------------------------------------------------------------------------------------------------
 
 def valid_value(action: dict) -> list[str]:

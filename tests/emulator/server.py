@@ -34,6 +34,10 @@ class Engine:
     def __init__(self, scenario: dict, cfg: w.Config, pipeline: str, served: str, gpus: list[int]) -> None:
         self.world, self.cfg, self.pipeline, self.served, self.gpus = scenario, cfg, pipeline, served, gpus
         self.ready = False
+        self.loaded = threading.Event()
+        # "503": answer /health 503 while loading (the issue's contract); "block": as 0.30.0, whose socket is bound
+        # (connections accepted) before the engine loads but whose HTTP app only answers once it has loaded.
+        self.while_loading = scenario.get("api", {}).get("while_loading", "503")
         self.lock = threading.Lock()
         self.compiled: set[tuple] = set()
         self.count = 0
@@ -234,6 +238,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def handle_one_request(self) -> None:
+        """Requests that arrive while loading wait for the load in "block" mode (bounded by an hour)."""
+        if self.engine.while_loading == "block" and not self.engine.ready:
+            self.engine.loaded.wait(3600)
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         e = self.engine
@@ -471,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         engine.publish_memory(engine.load_mib)
         engine.ready = True
+        engine.loaded.set()
         log.info("Application startup complete.")
 
     threading.Thread(target=load, daemon=True).start()
