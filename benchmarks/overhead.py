@@ -284,7 +284,8 @@ def main() -> None:
     print(f"SUMMARY video detection: back-off p50 {vb['delay_p50_ms']:.1f} ms max {vb['delay_max_ms']:.1f} ms "
           f"({'OK' if vb['delay_max_ms'] <= 100 else 'OVER'}, target <= 100 ms); sync p50 "
           f"{results['video_sync']['delay_p50_ms']:.1f} ms"
-          + (f"; fixed 2 s poll p50 {fixed['delay_p50_ms']:.0f} ms max {fixed['delay_max_ms']:.0f} ms" if fixed else ""))
+          + (f"; fixed 2 s poll p50 {fixed['delay_p50_ms']:.0f} ms max {fixed['delay_max_ms']:.0f} ms"
+             if fixed else ""))
 
 
 if __name__ == "__main__":

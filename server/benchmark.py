@@ -11,7 +11,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field, ValidationError
 
 from server.state import AppState, agent_errors, annotations, in_thread, state_of
-from tools.benchmark import BenchmarkResult, BenchmarkTarget, Workload, run_benchmark
+from tools.benchmark import BenchmarkResult, BenchmarkTarget, Workload, plan, run_benchmark
+from tools.benchmark.target import resolve
 from tools.errors import BenchmarkError, InvalidRequestError
 from tools.jobs import FINISHED, JobStatus
 from tools.workspace import new_id
@@ -57,6 +58,8 @@ def register(mcp: MCPServer) -> None:
                         base_url: BaseUrlArg = None, gpus: GpusArg = None,
                         wait_s: Annotated[float, Field(ge=1, le=600, description="Longest time this call blocks, "
                                                                                   "seconds.")] = 300,
+                        dry_run: Annotated[bool, Field(description="Send nothing: return the exact requests "
+                                                                   "(endpoint, fields) the run would send.")] = False,
                         ) -> BenchmarkResult:
         """Measure a running vLLM-Omni server: warm-up at each measured size, then timed requests.
 
@@ -66,10 +69,14 @@ def register(mcp: MCPServer) -> None:
         at 200 Hz, failures with their errors, and the run folder with the PNG/MP4 outputs that
         compare_outputs pairs by prompt, seed and index. Sends a progress notification per request.
         If the run outlasts `wait_s` it keeps going as a job: the result then has status 'running' and a
-        job_id to follow with job_wait. For long runs call benchmark_start instead.
+        job_id to follow with job_wait. For long runs call benchmark_start instead. dry_run=true shows
+        the exact requests without sending any.
         """
         state = state_of(ctx)
         target = _target(server_id, base_url, gpus)
+        if dry_run:
+            await in_thread(resolve, state.workspace.store, target)  # the target must exist all the same
+            return BenchmarkResult(run_id=None, status="dry_run", plan=plan(workload))
         events: queue.SimpleQueue = queue.SimpleQueue()
         status, run_id = await in_thread(_start, state, target, workload, events)
 

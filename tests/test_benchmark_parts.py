@@ -138,3 +138,20 @@ def test_no_nvml_is_a_reason_in_the_summary_not_a_failure(fake_gpus, monkeypatch
     monkeypatch.setenv("VLLM_EMU_NVML", "missing")
     summary = GpuSampler([0]).start().stop()
     assert summary.available is False and "NVML library not found" in summary.reason and summary.gpus == []
+
+
+@pytest.mark.anyio
+async def test_a_dry_run_lists_the_exact_requests_and_sends_nothing(settings):
+    workload = {"task": "text-to-video", "sizes": ["832x480", "480x832"], "seeds": [1, 2], "prompt_count": 1,
+                "num_frames": 33, "fps": 16, "warmup": 1, "measured": 100}
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("benchmark", {"base_url": "http://127.0.0.1:9", "workload": workload,
+                                                      "dry_run": True})
+    out = result.structured_content
+    assert result.is_error is False and out["status"] == "dry_run" and out["run_id"] is None
+    assert [(p["phase"], p["params"]["size"], p["params"]["seed"]) for p in out["plan"]] == [
+        ("warmup", "832x480", 1), ("warmup", "480x832", 1), ("measured", "832x480", 1), ("measured", "832x480", 2),
+        ("measured", "480x832", 1), ("measured", "480x832", 2)]
+    assert {(p["method"], p["path"], p["content_type"]) for p in out["plan"]} == \
+        {("POST", "/v1/videos", "multipart/form-data")}
+    assert out["plan"][0]["params"]["num_frames"] == 33

@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,12 +35,41 @@ Progress = Callable[[float, float | None, str], None]
 CANCEL_GRACE_S = 2.0
 
 
+class PlannedRequest(BaseModel):
+    phase: str = Field(description="warmup or measured.")
+    method: str
+    path: str
+    content_type: str = Field(description="application/json (images) or multipart/form-data (videos).")
+    params: dict[str, Any] = Field(description="The exact fields sent.")
+
+
 class BenchmarkResult(BaseModel):
-    run_id: str
-    status: RunStatus
-    run_dir: str = Field(description="Folder with outputs/ (PNG/MP4), summary.json, workload.json, telemetry.csv.")
-    summary: RunSummary | None = Field(None, description="None only while the run is still going (see job_id).")
+    run_id: str | None = Field(description="None for a dry run.")
+    status: RunStatus | Literal["dry_run"]
+    run_dir: str | None = Field(None, description="Folder with outputs/ (PNG/MP4), summary.json, workload.json, "
+                                                  "telemetry.csv.")
+    summary: RunSummary | None = Field(None, description="None only while the run is still going (see job_id) "
+                                                         "or for a dry run.")
     job_id: str | None = Field(None, description="The background job running it (follow with job_wait/job_status).")
+    plan: list[PlannedRequest] | None = Field(None, description="Dry run: the requests that would be sent, in order "
+                                                                "(the measured cycle shown once).")
+
+
+def plan(workload: Workload) -> list[PlannedRequest]:
+    """What a run sends, without sending it: warm-up, then one cycle of the measured requests."""
+    if workload.is_video:
+        method_path, ctype = ("/v1/videos/sync" if workload.video_mode == "sync" else "/v1/videos"), \
+            "multipart/form-data"
+    else:
+        method_path, ctype = "/v1/images/generations", "application/json"
+    out = [PlannedRequest(phase="warmup", method="POST", path=method_path, content_type=ctype, params=s.params)
+           for s in workload.warmup_plan()]
+    cycle = len(workload.sizes) * len(workload.prompt_list) * len(workload.seeds)
+    count = min(cycle, workload.measured or cycle)
+    measured = workload.measured_plan()
+    out += [PlannedRequest(phase="measured", method="POST", path=method_path, content_type=ctype,
+                           params=next(measured).params) for _ in range(count)]
+    return out
 
 
 class _Run:
