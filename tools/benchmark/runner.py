@@ -130,6 +130,7 @@ class _Run:
                 "server_metrics": dumps({**out.server, "client": client})})
             if out.ok and rec.phase == "measured" and self.w.save_outputs:
                 self._save_outputs(rec)
+            out.outputs = [b""] * len(out.outputs)  # saved or not needed: keep the count, not megabytes per request
             if self.progress:  # under the lock: progress values reach the client in increasing order
                 what = f"{out.latency_s:.3f} s" if out.ok else f"failed ({out.error_kind})"
                 self.progress(len(self.records), self.total, f"{rec.phase} request {rec.idx} (size "
