@@ -45,9 +45,9 @@ def own(cls: ClassRef) -> bool:
 def _first_use(mods: list[Module], names: set[str]) -> str | None:
     """First line (outside imports) in ``mods`` that uses any of ``names``."""
     for mod in mods:
-        hits = [node for ident, node in mod.idents.items() if ident in names]
-        if hits:
-            return mod.at(min(hits, key=lambda n: n.lineno))
+        node = mod.first_use(names)
+        if node is not None:
+            return mod.at(node)
     return None
 
 

@@ -160,6 +160,9 @@ class Analyzer:
         with self._lock, _no_gc():
             info = self.version_info()
             rows = [self.pipeline(arch, check=False) for arch in info.registered]
+            # Every result is cached now: drop the parsed trees while the GC is still paused, so that it
+            # never has to scan them (they are re-parsed only if a file changes or a new key is asked for).
+            self._index = self._facts = self._registry = None
         self.cache.flush()
         return rows
 

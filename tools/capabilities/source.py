@@ -9,6 +9,8 @@ recorded so that the analysis cache can be invalidated by file mtimes.
 from __future__ import annotations
 
 import ast
+import bisect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,18 +27,36 @@ class Module:
     classes: dict[str, ast.ClassDef] = field(default_factory=dict)
     functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)   # `Alias = Original` at module level
-    _idents: dict[str, ast.AST] | None = None
+    text: str = ""
+    _starts: list[int] | None = None
+    _lines: list[int] | None = None
 
-    @property
-    def idents(self) -> dict[str, ast.AST]:
-        """Identifier (Name id or Attribute attr) -> its first node outside import statements (one walk)."""
-        if self._idents is None:
-            self._idents = {}
-            for stmt in self.tree.body:
-                if not isinstance(stmt, (ast.Import, ast.ImportFrom)):
-                    for ident, node in names_of(stmt).items():
-                        self._idents.setdefault(ident, node)
-        return self._idents
+    def first_use(self, names: set[str]) -> ast.AST | None:
+        """The first node (outside imports) using any of ``names`` as a Name or Attribute.
+
+        The text finds candidate lines cheaply; ``ast`` confirms each (comments and strings do not count).
+        """
+        if self._starts is None:
+            self._starts = [stmt.lineno for stmt in self.tree.body]
+            self._lines = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        best: ast.AST | None = None
+        for name in names:
+            if name not in self.text:
+                continue
+            for m in re.finditer(r"\b" + re.escape(name) + r"\b", self.text):
+                line = bisect.bisect_right(self._lines, m.start())
+                i = bisect.bisect_right(self._starts, line) - 1
+                if i < 0:
+                    continue
+                stmt = self.tree.body[i]
+                if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                    continue
+                node = facts_of(stmt).names.get(name)
+                if node is not None:
+                    if best is None or node.lineno < best.lineno:
+                        best = node
+                    break
+        return best
 
     def at(self, node: ast.AST) -> str:
         return f"{self.rel}:{getattr(node, 'lineno', 0)}"
@@ -105,7 +125,7 @@ class SourceIndex:
             except (OSError, SyntaxError, ValueError):
                 tree = None
             if tree is not None:
-                mod = Module(dotted, path, self.rel(path), tree)
+                mod = Module(dotted, path, self.rel(path), tree, text=text)
                 self.files[mod.rel] = path.stat().st_mtime
                 self._index(mod, is_pkg=path.name == "__init__.py")
         self._modules[dotted] = mod
