@@ -263,3 +263,18 @@ def test_reports_of_the_two_versions_differ_where_the_code_does(omni030, omni022
     new = inspect_model(omni030, "WanS2VPipeline").methods["ulysses_sp"]
     old = inspect_model(omni022, "WanS2VPipeline").methods["ulysses_sp"]
     assert (new.status, old.status) == ("supported", "unsupported")
+
+
+def test_docs_of_a_source_checkout_are_compared_with_the_code(tmp_path):
+    checkout = tmp_path / "vllm-omni"
+    shutil.copytree(SRC / "0.30.0" / "vllm_omni", checkout / "vllm_omni", ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "docs").mkdir()
+    (checkout / "docs" / "support.md").write_text(
+        "| Model | Ulysses SP | TeaCache | FP8 |\n|---|---|---|---|\n"
+        "| `ZImagePipeline` | ✅ | ✅ | ✅ |\n"
+        "| `WanPipeline` | ✅ | ✅ | ❌ |\n")
+    settings = Settings(workspace=tmp_path / "ws", vllm_omni_source=checkout)
+    assert inspect_model(settings, "ZImagePipeline").docs_disagreements == []
+    wan = inspect_model(settings, "WanPipeline").docs_disagreements
+    assert {(d.method, d.code_says) for d in wan} == {("tea_cache", "unsupported"), ("fp8", "supported")}
+    assert all("docs/support.md:4" in d.docs_say for d in wan)
