@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repo, not this folder, on the path: a script here named like a stdlib module must not shadow it.
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path[1:]]
 
 from tools.benchmark.telemetry import GpuSampler  # noqa: E402
 

@@ -29,7 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# The repo, not this folder, on the path: a script here named like a stdlib module must not shadow it.
+sys.path[:] = [str(REPO)] + sys.path[1:]
 
 
 # -- the stub server (runs in its own process: `overhead.py --serve PORT`) -----------------------------
