@@ -117,6 +117,12 @@ REFUSALS = [
      ["--cache-backend", "tea_cache"], "KeyError: 'Cannot find coefficients for WanTransformer3DModel."),
     ("HSDP with TP", {"gpus": [H200] * 2}, ["--use-hsdp", "--tensor-parallel-size", "2"],
      "ValueError: HSDP (FSDP2) is not compatible with TP"),
+    ("standalone HSDP without a shard size", {}, ["--use-hsdp"],
+     "ValueError: Cannot auto-calculate hsdp_shard_size when other parallelism is all 1"),
+    ("HSDP dimensions not matching", {"gpus": [H200] * 4}, ["--use-hsdp", "--usp", "4", "--hsdp-shard-size", "3"],
+     "HSDP dimensions (1 × 3 = 3) must equal world_size from other parallelism (4)"),
+    ("full compile with SP", {"gpus": [H200] * 2}, ["--usp", "2", "--diffusion-compile-granularity", "full"],
+     "diffusion_compile_granularity='full' is incompatible with sequence parallelism"),
     ("weights over GPU memory", {"gpus": [A100], "model": {"dit_gib": 90.0}}, [],
      "torch.OutOfMemoryError: CUDA out of memory"),
     ("unknown cache backend", {}, ["--cache-backend", "warp_cache"], "Unknown cache backend: warp_cache"),
@@ -226,6 +232,23 @@ def test_memory_follows_fp8_offload_and_request_size_and_an_oversized_request_is
     assert bigger > small[0] + 4 * 1024
     assert oom.status_code == 500 and "CUDA out of memory" in oom.json()["error"]["message"]
     assert "CUDA out of memory" in log
+
+
+def test_hsdp_shards_the_dit_across_its_shard_group(emu):
+    emu.write({"gpus": [H200] * 2, "model": {"dit_gib": 40.0, "text_encoder_gib": 8.0, "vae_gib": 0.5}}, cost=QUICK)
+    plain = start(emu, ZIMAGE, "--usp", "2")
+    try:
+        plain_mib = json.loads(next(emu.state_dir.iterdir()).read_text())["memory_mib"]
+    finally:
+        plain.stop()
+    standalone = start(emu, ZIMAGE, "--use-hsdp", "--hsdp-shard-size", "2")
+    try:
+        hsdp_mib = json.loads(next(emu.state_dir.iterdir()).read_text())["memory_mib"]
+        assert len(__import__("psutil").Process(standalone.proc.pid).children()) == 1  # world size 2: one worker
+    finally:
+        standalone.stop()
+    assert set(plain_mib) == set(hsdp_mib) == {"0", "1"}
+    assert plain_mib["0"] - hsdp_mib["0"] == 20 * 1024
 
 
 def test_video_model_fits_only_with_offload_in_the_video_offload_scenario(emu):

@@ -95,6 +95,9 @@ class Config:
     fp8: bool = False
     cache_backend: str | None = None
     cache_config: dict = field(default_factory=dict)
+    hsdp_shard: int = -1                 # --hsdp-shard-size (-1: derived from the other parallelism)
+    hsdp_replicate: int = 1              # --hsdp-replicate-size
+    compile_full: bool = False           # --diffusion-compile-granularity full
 
     @classmethod
     def from_args(cls, ns) -> "Config":
@@ -107,11 +110,27 @@ class Config:
                    tp=ns.tensor_parallel_size or 1, vae_patch=ns.vae_patch_parallel_size or 1, hsdp=ns.use_hsdp,
                    eager=bool(ns.enforce_eager), cpu_offload=ns.enable_cpu_offload,
                    layerwise=ns.enable_layerwise_offload, slicing=ns.vae_use_slicing, tiling=ns.vae_use_tiling,
-                   fp8=(ns.quantization or "").lower() == "fp8", cache_backend=cache, cache_config=cache_cfg)
+                   fp8=(ns.quantization or "").lower() == "fp8", cache_backend=cache, cache_config=cache_cfg,
+                   hsdp_shard=ns.hsdp_shard_size, hsdp_replicate=ns.hsdp_replicate_size,
+                   compile_full=ns.diffusion_compile_granularity == "full")
+
+    @property
+    def parallel_world(self) -> int:
+        return self.usp * self.ring * self.cfg * self.tp
 
     @property
     def world_size(self) -> int:
-        return self.usp * self.ring * self.cfg * self.tp
+        """As DiffusionParallelConfig: standalone HSDP (other parallelism all 1) sets it, else the product."""
+        if self.hsdp and self.parallel_world == 1 and self.hsdp_shard > 0:
+            return self.hsdp_shard * self.hsdp_replicate
+        return self.parallel_world
+
+    @property
+    def hsdp_shards(self) -> int:
+        """How many ways HSDP shards the DiT weights (1 without HSDP)."""
+        if not self.hsdp:
+            return 1
+        return self.hsdp_shard if self.hsdp_shard > 0 else max(self.parallel_world // max(self.hsdp_replicate, 1), 1)
 
     @property
     def lossless_key(self) -> str:
@@ -136,14 +155,20 @@ def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -
     """
     model = world["model"]
     warnings = []
+    _check_hsdp(cfg)
+    if cfg.compile_full:
+        blockers = [name for name, on in (("HSDP", cfg.hsdp), ("sequence parallelism", cfg.usp * cfg.ring > 1),
+                                          ("layerwise offload", cfg.layerwise),
+                                          ("CPU offload", cfg.cpu_offload and not cfg.layerwise)) if on]
+        if blockers:
+            raise Refusal(f"ValueError: diffusion_compile_granularity='full' is incompatible with {', '.join(blockers)}; "
+                          "use 'regional' compilation instead")
     if cfg.world_size > len(devices):  # engine/stage_init_utils.py
         raise Refusal(f"RuntimeError: Stage 0 requires {cfg.world_size} device(s) based on parallel_config, but only "
                       f"{len(devices)} device(s) are available: {devices} (world_size = ulysses {cfg.usp} x ring "
                       f"{cfg.ring} x cfg {cfg.cfg} x tp {cfg.tp})")
     if cfg.cfg not in (1, 2):
         raise Refusal(f"ValueError: cfg_parallel_size must be 1 or 2, got {cfg.cfg}.")
-    if cfg.hsdp and cfg.tp > 1:
-        raise Refusal("ValueError: HSDP (FSDP2) is not compatible with TP")
     feature_used = {"cfg_parallel": cfg.cfg > 1, "tensor_parallel": cfg.tp > 1, "ulysses_sp": cfg.usp > 1,
                     "ring_sp": cfg.ring > 1, "vae_patch_parallel": cfg.vae_patch > 1, "hsdp": cfg.hsdp,
                     "cpu_offload": cfg.cpu_offload, "layerwise_offload": cfg.layerwise, "fp8": cfg.fp8,
@@ -169,12 +194,32 @@ def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -
     return warnings
 
 
+def _check_hsdp(cfg: Config) -> None:
+    """DiffusionParallelConfig.__post_init__'s HSDP rules (diffusion/data.py)."""
+    if not cfg.hsdp:
+        return
+    if cfg.tp > 1:
+        raise Refusal("ValueError: HSDP (FSDP2) is not compatible with TP")
+    other = cfg.parallel_world
+    if cfg.hsdp_shard == -1:
+        if cfg.hsdp_replicate <= 0:
+            raise Refusal("ValueError: hsdp_replicate_size must be > 0")
+        if other == 1:
+            raise Refusal("ValueError: Cannot auto-calculate hsdp_shard_size when other parallelism is all 1. "
+                          "Please specify hsdp_shard_size explicitly for standalone HSDP.")
+        if other % cfg.hsdp_replicate:
+            raise Refusal(f"ValueError: Invalid HSDP configuration: replicate_size ({cfg.hsdp_replicate}) must evenly "
+                          f"divide world_size ({other}) when shard_size is -1.")
+    elif other != 1 and cfg.hsdp_shard * cfg.hsdp_replicate != other:
+        raise Refusal(f"ValueError: HSDP dimensions ({cfg.hsdp_replicate} × {cfg.hsdp_shard} = "
+                      f"{cfg.hsdp_replicate * cfg.hsdp_shard}) must equal world_size from other parallelism ({other})")
+
+
 def memory_per_gpu_mib(world: dict, cfg: Config, megapixels: float, frames: int) -> int:
     """Peak memory each GPU holds while serving a request of that shape."""
     model, mem = world["model"], world["memory"]
     dit = model["dit_gib"] * (0.5 if cfg.fp8 else 1.0) / cfg.tp
-    if cfg.hsdp:
-        dit /= max(cfg.world_size, 1)
+    dit /= cfg.hsdp_shards
     others = model["text_encoder_gib"] + model["vae_gib"]
     if cfg.layerwise:
         resident = (dit + others) * mem["layerwise_resident_fraction"]

@@ -1,0 +1,130 @@
+"""The simulated diffusion engine behind the HTTP routes: timing, memory as NVML sees it, faults.
+
+One request occupies the simulated GPUs at a time (others queue), as in a single diffusion engine. Memory
+is published in the state file the fake NVML reads, and optionally held for real on a GPU host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from tests.emulator import world as w
+
+log = logging.getLogger("vllm_omni.emulator")
+
+
+class Engine:
+    """The simulated diffusion engine behind the HTTP routes."""
+
+    def __init__(self, scenario: dict, cfg: w.Config, pipeline: str, served: str, gpus: list[int]) -> None:
+        self.world, self.cfg, self.pipeline, self.served, self.gpus = scenario, cfg, pipeline, served, gpus
+        self.ready = False
+        self.loaded = threading.Event()
+        # "503": answer /health 503 while loading (the issue's contract); "block": as 0.30.0, whose socket is bound
+        # (connections accepted) before the engine loads but whose HTTP app only answers once it has loaded.
+        self.while_loading = scenario.get("api", {}).get("while_loading", "503")
+        self.lock = threading.Lock()
+        self.compiled: set[tuple] = set()
+        self.count = 0
+        self.count_lock = threading.Lock()
+        self.videos: dict[str, dict] = {}
+        self.jitter = __import__("random").Random(scenario["cost"]["jitter_seed"])
+        self.faults = scenario.get("faults", {})
+        sm = scenario["gpus"][gpus[0]]["compute_capability"] if gpus and gpus[0] < len(scenario["gpus"]) else [9, 0]
+        self.sm = tuple(sm)
+        self.load_mib = w.load_memory_mib(scenario, cfg)
+        self.state_file = Path(os.environ["VLLM_EMU_STATE_DIR"]) / f"{os.getpid()}.json" \
+            if os.environ.get("VLLM_EMU_STATE_DIR") else None
+        self.held: list = []
+
+    # -- memory as NVML sees it -----------------------------------------------------------------
+    def publish_memory(self, mib: int, busy: bool = False) -> None:
+        """The state file the fake NVML reads: MiB held per physical GPU, and whether a request is computing."""
+        if self.state_file:
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "memory_mib": {str(g): mib for g in self.gpus},
+                                       "busy": busy}))
+            tmp.replace(self.state_file)
+        if os.environ.get("VLLM_EMU_HOLD_GPU_MEMORY") == "1":
+            self._hold_real(mib)
+
+    def _hold_real(self, mib: int) -> None:
+        """Hold real GPU memory on every visible GPU (GPU hosts only; torch imported here alone).
+
+        Weights stay allocated from load on; what a request adds above them is freed (and returned to the
+        driver) when it ends, so NVML sees the same rise and fall as the simulated footprint.
+        """
+        import torch
+        devices = range(torch.cuda.device_count())
+        if not self.held:
+            self.held = [torch.empty(mib * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{d}") for d in devices]
+            self.held_mib = mib
+            torch.cuda.synchronize()
+            return
+        self.extra = [torch.empty((mib - self.held_mib) * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{d}")
+                      for d in devices] if mib > self.held_mib else []
+        if not self.extra:
+            torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+
+    def clear_memory(self) -> None:
+        if self.state_file:
+            self.state_file.unlink(missing_ok=True)
+
+    # -- generation -----------------------------------------------------------------------------
+    def next_index(self) -> int:
+        with self.count_lock:
+            self.count += 1
+            return self.count
+
+    def check_faults(self, index: int) -> str | None:
+        f = self.faults
+        if f.get("die_after_requests") and index > int(f["die_after_requests"]):
+            log.error("simulated engine crash: worker died (EngineDeadError)")
+            self.clear_memory()
+            os._exit(1)
+        if index in f.get("hang_on", []):
+            time.sleep(float(f.get("hang_s", 3600)))
+        if index in f.get("error_500_on", []):
+            return "simulated internal error"
+        return None
+
+    def generate(self, width: int, height: int, steps: int, frames: int) -> dict:
+        """Occupy the simulated GPUs for as long as the request takes; its metrics."""
+        mp = width * height / 1e6
+        shape = (width, height, frames)
+        peak = w.memory_per_gpu_mib(self.world, self.cfg, mp, frames)
+        sizes = [self.world["gpus"][g].get("memory_mib", 143771) for g in self.gpus if g < len(self.world["gpus"])]
+        total = min(sizes or [143771])
+        if peak > total:
+            message = (f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+                       f"{(peak - self.load_mib) / 1024:.2f} GiB. GPU 0 has a total capacity of {total / 1024:.2f} GiB")
+            log.error("Error in diffusion generation: %s", message)
+            raise MemoryError(message)
+        with self.lock:
+            seconds = w.seconds_per_request(self.world, self.cfg, mp, steps, frames, self.sm)
+            jitter = self.world["cost"]["jitter"]
+            if jitter:
+                seconds *= max(0.05, self.jitter.gauss(1.0, jitter))
+            compile_s = 0.0
+            if not self.cfg.eager and shape not in self.compiled:
+                compile_s = self.world["cost"]["compile_penalty_s"]
+                self.compiled.add(shape)
+            self.publish_memory(peak, busy=True)
+            start = time.perf_counter()
+            time.sleep(seconds + compile_s)
+            elapsed = time.perf_counter() - start
+            self.publish_memory(self.load_mib)
+        denoise = elapsed * 0.9
+        return {"inference_time_s": elapsed, "peak_memory_mb": float(peak),
+                "stage_durations": {"text_encoder": elapsed * 0.04, "denoise": denoise, "vae_decode": elapsed * 0.06}}
+
+    def step_noise(self, steps: int) -> float:
+        """Fewer steps than the model's default: a deterministic deviation fixed by the step count alone."""
+        default = self.world["model"]["default_steps"]
+        return self.world["cost"]["fewer_steps_noise"] * max(0, default - steps) / default
