@@ -6,6 +6,12 @@ Exits 1 when the report contradicts the expectations (so a wrong detection canno
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# benchmarks/inspect.py would shadow the stdlib `inspect` for scripts run from this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os

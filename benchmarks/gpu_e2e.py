@@ -14,6 +14,12 @@ and no process is left. Prints every tool call with its elapsed time; exits 1 on
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# benchmarks/inspect.py would shadow the stdlib `inspect` for scripts run from this folder.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import json
 import os
@@ -127,7 +133,7 @@ async def run(args: argparse.Namespace) -> None:
                    ("candidate", {"cfg_parallel_size": 2, "gpus": [0, 1]} if args.gpus == 2 else
                     {"cfg_parallel_size": 2, "usp": 2, "gpus": [0, 1, 2, 3]})]
         for name, layout in layouts:
-            launched = await call("launch_server", config={"model": model, **layout})
+            launched = await call("launch_server", config={"model": model, "health_timeout_s": 180, **layout})
             server = launched["server"]
             cfg = emu_world.Config(usp=layout.get("usp", 1), cfg=layout.get("cfg_parallel_size", 1),
                                    eager=layout.get("enforce_eager", False))
