@@ -73,7 +73,21 @@ def _docs_for(pkg: Path) -> Path | None:
     return docs if docs.is_dir() else None
 
 
+_PROBED: dict[tuple[str, float], Path | None] = {}
+
+
 def _from_serving_python(python: Path) -> Path | None:
+    """Ask once per interpreter (path, mtime): the package folder does not move; its files are re-checked by the cache."""
+    try:
+        key = (str(python), python.stat().st_mtime)
+    except OSError:
+        key = (str(python), 0.0)
+    if key not in _PROBED:
+        _PROBED[key] = _probe(python)
+    return _PROBED[key]
+
+
+def _probe(python: Path) -> Path | None:
     try:
         out = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
