@@ -144,7 +144,8 @@ def test_refused_configurations_log_the_reason_and_exit_1_without_holding_memory
 @pytest.mark.parametrize("scenario, args, needle", [
     ({"model": {"sp_plan": False}, "gpus": [H200] * 2}, ["--usp", "2"],
      "Sequence parallelism is enabled (sp_size=2) but no transformer with _sp_plan found"),
-    ({}, ["--enable-cpu-offload", "--enable-layerwise-offload"], "Both enable_cpu_offload and enable_layerwise_offload"),
+    ({}, ["--enable-cpu-offload", "--enable-layerwise-offload"],
+     "Both enable_cpu_offload and enable_layerwise_offload"),
 ])
 def test_what_vllm_omni_only_warns_about_still_serves(emu, scenario, args, needle):
     emu.write(scenario, cost=QUICK)
@@ -260,7 +261,8 @@ def test_video_model_fits_only_with_offload_in_the_video_offload_scenario(emu):
     layerwise = start(emu, WAN, "--enable-layerwise-offload", "--vae-use-slicing")
     try:
         r = httpx.post(f"{layerwise.url}/v1/videos/sync", timeout=30,
-                       data={"prompt": "p", "size": "64x64", "num_frames": "5", "num_inference_steps": "4", "seed": "1"})
+                       data={"prompt": "p", "size": "64x64", "num_frames": "5", "num_inference_steps": "4",
+                             "seed": "1"})
         assert r.status_code == 200 and float(r.headers["X-Peak-Memory-MB"]) < 23034
     finally:
         layerwise.stop()
@@ -298,6 +300,21 @@ def test_fp8_speeds_up_on_hopper_and_falls_back_to_no_gain_below_sm89(emu):
             base.stop(), fp8.stop()
     assert timings["h200"][0] / timings["h200"][1] == pytest.approx(1.6, rel=0.1)
     assert timings["a100"][0] / timings["a100"][1] == pytest.approx(1.0, rel=0.1)
+
+
+def test_vae_patch_parallel_splits_the_decode_over_the_gpus(emu):
+    vae_only = {"step_s_per_megapixel": 0.0, "fixed_s": 0.0, "vae_s_per_megapixel": 0.2 / (64 * 64 / 1e6),
+                "compile_penalty_s": 0.0, "startup_s": 0.05}
+    emu.write({"gpus": [H200] * 4}, cost=vae_only)
+    servers = launch_all(emu, ZIMAGE, [["--usp", "4"], ["--usp", "4", "--vae-patch-parallel-size", "4"],
+                                       ["--vae-patch-parallel-size", "4"]])
+    try:
+        t = [image(s, num_inference_steps=2)[1]["inference_time_s"] for s in servers]
+    finally:
+        for s in servers:
+            s.stop()
+    assert t[0] == pytest.approx(0.2, abs=0.02) and t[1] == pytest.approx(0.05, abs=0.02)
+    assert t[2] == pytest.approx(0.2, abs=0.02)  # world size 1: nothing to split over
 
 
 def test_in_the_cfg_scenario_cfg_parallel_times_ulysses_beats_pure_ulysses(emu):

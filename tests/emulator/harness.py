@@ -88,7 +88,7 @@ class Served:
     began: float = 0.0
 
     def wait_healthy(self, timeout: float = 20.0) -> "Served":
-        """Bounded wait for /health == 200 (sets ``healthy_s``, from spawn); raises with the log if it exits or hangs."""
+        """Bounded wait for /health == 200 (sets ``healthy_s``, from spawn); raises with the log on exit or hang."""
         import time
         import urllib.error
         import urllib.request

@@ -77,10 +77,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         e = self.engine
         if self.path == "/health":
-            return self.reply(200, b"", "application/json") if e.ready else self.error(503, "loading", "ServiceUnavailable")
+            if not e.ready:
+                return self.error(503, "loading", "ServiceUnavailable")
+            return self.reply(200, b"", "application/json")
         if self.path == "/v1/models":
-            return self.reply(200, {"object": "list", "data": [{"id": e.served, "object": "model",
-                                                                 "created": int(time.time()), "owned_by": "vllm-omni"}]})
+            model = {"id": e.served, "object": "model", "created": int(time.time()), "owned_by": "vllm-omni"}
+            return self.reply(200, {"object": "list", "data": [model]})
         if self.path == "/metrics":
             text = f"# TYPE vllm_omni_requests_total counter\nvllm_omni_requests_total {e.count}\n"
             return self.reply(200, text.encode(), "text/plain; version=1.0.0; charset=utf-8")
@@ -107,7 +109,8 @@ class Handler(BaseHTTPRequestHandler):
     def list_videos(self, query: str) -> None:
         from urllib.parse import parse_qs
         q = {k: v[-1] for k, v in parse_qs(query).items()}
-        jobs = sorted(self.engine.videos.values(), key=lambda j: j["created_at"], reverse=q.get("order", "desc") == "desc")
+        jobs = sorted(self.engine.videos.values(), key=lambda j: j["created_at"],
+                      reverse=q.get("order", "desc") == "desc")
         if q.get("after"):
             ids = [j["id"] for j in jobs]
             jobs = jobs[ids.index(q["after"]) + 1:] if q["after"] in ids else []

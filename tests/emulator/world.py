@@ -32,7 +32,8 @@ DEFAULTS: dict = {
     "cost": {
         "startup_s": 0.2,
         "step_s_per_megapixel": 0.004,   # eager, 1 GPU, per megapixel per step (per frame for video)
-        "fixed_s": 0.002,                # text encode + VAE, per request
+        "fixed_s": 0.002,                # text encode, per request
+        "vae_s_per_megapixel": 0.0,      # VAE decode per megapixel (per frame), split by --vae-patch-parallel-size
         "compile_speedup": 1.25, "compile_penalty_s": 0.3,
         "fp8_speedup": 1.4, "fp8_fallback_speedup": 1.0,
         "usp_efficiency": 0.9, "ring_efficiency": 0.8, "tp_efficiency": 0.7, "cfg_parallel_speedup": 1.9,
@@ -161,8 +162,8 @@ def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -
                                           ("layerwise offload", cfg.layerwise),
                                           ("CPU offload", cfg.cpu_offload and not cfg.layerwise)) if on]
         if blockers:
-            raise Refusal(f"ValueError: diffusion_compile_granularity='full' is incompatible with {', '.join(blockers)}; "
-                          "use 'regional' compilation instead")
+            raise Refusal("ValueError: diffusion_compile_granularity='full' is incompatible with "
+                          f"{', '.join(blockers)}; use 'regional' compilation instead")
     if cfg.world_size > len(devices):  # engine/stage_init_utils.py
         raise Refusal(f"RuntimeError: Stage 0 requires {cfg.world_size} device(s) based on parallel_config, but only "
                       f"{len(devices)} device(s) are available: {devices} (world_size = ulysses {cfg.usp} x ring "
@@ -230,7 +231,7 @@ def memory_per_gpu_mib(world: dict, cfg: Config, megapixels: float, frames: int)
     shard = max(cfg.usp * cfg.ring, 1)
     cfg_batch = 2 if model["uses_cfg"] and cfg.cfg == 1 else 1  # CFG runs cond+uncond together unless split
     activations = mem["activation_gib_per_megapixel"] * megapixels * max(frames, 1) * cfg_batch / shard
-    if cfg.slicing or cfg.tiling:
+    if cfg.slicing or cfg.tiling or cfg.vae_patch > 1:  # VAE patch parallel decodes in tiles
         activations *= 0.6
     return int((resident + activations + mem["overhead_gib"]) * 1024)
 
@@ -263,7 +264,8 @@ def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int,
     slow *= cost["vae_slicing_slowdown"] if cfg.slicing else 1.0
     slow *= cost["vae_tiling_slowdown"] if cfg.tiling else 1.0
     slow *= cost["hsdp_slowdown"] if cfg.hsdp else 1.0
-    return cost["fixed_s"] + t * slow / speed
+    vae = cost["vae_s_per_megapixel"] * megapixels * max(frames, 1) / min(cfg.vae_patch, max(cfg.world_size, 1))
+    return cost["fixed_s"] + vae + t * slow / speed
 
 
 def parallel_speedup(degree: int, efficiency: float) -> float:
