@@ -131,6 +131,18 @@ REFUSALS = [
 ]
 
 
+def test_model_is_a_model_folder_or_a_pipeline_class_name_and_a_missing_folder_is_refused(emu, tmp_path):
+    emu.write({"cost": QUICK})
+    by_class = start(emu, "QwenImagePipeline")
+    try:
+        assert "(QwenImagePipeline)" in by_class.log.read_text()
+    finally:
+        by_class.stop()
+    missing = start(emu, str(tmp_path / "no-such-model"), wait=False)
+    assert missing.proc.wait(30) == 1
+    assert "is not a local folder with a model_index.json" in missing.log.read_text()
+
+
 @pytest.mark.parametrize("name, scenario, args, needle", REFUSALS, ids=[r[0] for r in REFUSALS])
 def test_refused_configurations_log_the_reason_and_exit_1_without_holding_memory(emu, name, scenario, args, needle):
     emu.write(scenario, cost=QUICK)
@@ -399,3 +411,55 @@ def test_startup_crash_exits_1_after_loading_and_workers_share_the_process_group
     crash = start(emu, ZIMAGE, wait=False)
     assert crash.proc.wait(30) == 1
     assert re.search(r"RuntimeError: simulated crash while loading", crash.log.read_text())
+
+
+FAKE_TORCH = '''
+"""A stand-in torch recording what the emulator holds per device: {device: MiB live} after each change."""
+import json, os, weakref
+_live = {}
+def _dump():
+    with open(os.environ["FAKE_TORCH_LOG"], "a") as f:
+        f.write(json.dumps(_live) + "\\n")
+class _Tensor:
+    def __init__(self, nbytes, device):
+        self.device = device
+        _live[device] = _live.get(device, 0) + nbytes // 2**20
+        weakref.finalize(self, _free, device, nbytes)
+def _free(device, nbytes):
+    _live[device] -= nbytes // 2**20
+uint8 = "uint8"
+def empty(nbytes, dtype=None, device=None):
+    return _Tensor(nbytes, device)
+class cuda:
+    @staticmethod
+    def device_count():
+        return len(os.environ["CUDA_VISIBLE_DEVICES"].split(","))
+    @staticmethod
+    def synchronize():
+        _dump()
+    @staticmethod
+    def empty_cache():
+        pass
+'''
+
+
+def test_holding_real_gpu_memory_follows_the_footprint_on_the_servers_gpus_only(emu, tmp_path):
+    (tmp_path / "faketorch").mkdir()
+    (tmp_path / "faketorch" / "torch.py").write_text(FAKE_TORCH)
+    log = tmp_path / "torch.log"
+    emu.write({"gpus": [H200] * 4, "model": {"dit_gib": 4.0, "text_encoder_gib": 2.0, "vae_gib": 0.0,
+                                             "uses_cfg": False}, "memory": {"activation_gib_per_megapixel": 256.0}},
+              cost={**QUICK, "step_s_per_megapixel": 0.001})
+    env = {"VLLM_EMU_HOLD_GPU_MEMORY": "1", "FAKE_TORCH_LOG": str(log), "CUDA_VISIBLE_DEVICES": "1,2,3",
+           "PYTHONPATH": str(tmp_path / "faketorch")}
+    served = start(emu, ZIMAGE, "--usp", "2", env=env)
+    try:
+        image(served, size="64x64", num_inference_steps=2)
+    finally:
+        served.stop()
+    states = [json.loads(line) for line in log.read_text().splitlines()]
+    weights = int((4.0 + 2.0 + 1.0) * 1024)
+    peak = weights + int(256.0 * 64 * 64 / 1e6 / 2 * 1024)  # activations split over Ulysses 2
+    assert states[0] == {"cuda:0": weights, "cuda:1": weights}  # the world-size GPUs only, not cuda:2
+    assert {"cuda:0": peak, "cuda:1": peak} in states
+    assert states[-1] == {"cuda:0": weights, "cuda:1": weights}

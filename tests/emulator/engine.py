@@ -60,7 +60,7 @@ class Engine:
         driver) when it ends, so NVML sees the same rise and fall as the simulated footprint.
         """
         import torch
-        devices = range(torch.cuda.device_count())
+        devices = range(min(len(self.gpus), torch.cuda.device_count()))  # the first world-size visible GPUs
         if not self.held:
             self.held = [torch.empty(mib * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{d}") for d in devices]
             self.held_mib = mib

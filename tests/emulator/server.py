@@ -231,14 +231,15 @@ class Handler(BaseHTTPRequestHandler):
 
 def resolve_pipeline(model: str, scenario: dict) -> str:
     """The pipeline class: scenario override, model_index.json's _class_name, or MODEL as a class name."""
-    if scenario["model"].get("pipeline_class"):
-        return scenario["model"]["pipeline_class"]
     path = Path(model)
-    if (path / "model_index.json").is_file():
-        return json.loads((path / "model_index.json").read_text())["_class_name"]
-    if model.startswith(("/", ".", "~")) or path.exists():
+    local = (path / "model_index.json").is_file()
+    if not local and (model.startswith(("/", ".", "~")) or path.exists()):
         raise FileNotFoundError(f"OSError: {model} is not a local folder with a model_index.json and is not a valid "
                                 f"model identifier listed on 'https://huggingface.co/models'")
+    if scenario["model"].get("pipeline_class"):
+        return scenario["model"]["pipeline_class"]
+    if local:
+        return json.loads((path / "model_index.json").read_text())["_class_name"]
     return model.rsplit("/", 1)[-1]
 
 
