@@ -138,3 +138,21 @@ async def test_benchmark_start_runs_as_a_job_and_cancel_keeps_the_partial_run_an
     assert statuses == ["cancelled", "completed", "cancelled"]
     n_rows = len(rows(settings, "SELECT * FROM requests WHERE run_id = ?", final["result"]["run_id"]))
     assert n_rows == summary["requests_measured"] + 1
+
+
+async def test_a_run_left_running_by_a_dead_omnitune_is_closed_as_failed_with_its_rows_kept(emulator, tmp_path):
+    from tools.store import now
+    from tools.workspace import Workspace
+    emulator.write(world(1, cost=known_latency(0.01)))
+    settings = emulator_settings(emulator, tmp_path)
+    ws = Workspace.open(settings)
+    ws.store.insert("runs", {"id": "bench-old", "created_at": now(), "kind": "benchmark", "status": "running",
+                             "run_dir": str(tmp_path / "old"), "data": {"owner_pid": 2 ** 22 + 7}})
+    ws.store.insert("requests", {"run_id": "bench-old", "idx": 0, "phase": "measured", "latency_s": 1.0, "ok": 1})
+    ws.close()
+    async with Client(build_server(settings)) as client:
+        sid = await launch(client, enforce_eager=True)
+        await bench(client, sid, measured=1)
+    [old] = rows(settings, "SELECT status, data FROM runs WHERE id = 'bench-old'")
+    assert old["status"] == "failed" and "omnitune stopped" in json.loads(old["data"])["aborted_reason"]
+    assert len(rows(settings, "SELECT * FROM requests WHERE run_id = 'bench-old'")) == 1

@@ -11,7 +11,9 @@ decoded output sizes, and for videos ``detected_s`` / ``download_s`` / ``polls``
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import threading
 import time
@@ -233,9 +235,23 @@ class _Run:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+def close_orphaned_runs(ws: Workspace) -> list[str]:
+    """Runs left 'running' by an omnitune that is gone can never finish: mark them failed, rows kept."""
+    closed = []
+    for row in ws.store.query("SELECT id, data FROM runs WHERE kind = 'benchmark' AND status = 'running'"):
+        data = json.loads(row["data"] or "{}")
+        if data.get("owner_pid") == os.getpid():
+            continue
+        data["aborted_reason"] = "omnitune stopped while this run ran; its requests and outputs rows are kept"
+        ws.store.update("runs", {"id": row["id"]}, {"status": "failed", "finished_at": now(), "data": data})
+        closed.append(row["id"])
+    return closed
+
+
 def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, progress: Progress | None = None,
                   cancel: threading.Event | None = None, run_id: str | None = None) -> BenchmarkResult:
     """Measure ``target`` under ``workload``; returns when done, cancelled, or ended by the failure policy."""
+    close_orphaned_runs(ws)
     resolved = resolve(ws.store, target)
     cancel = cancel or threading.Event()
     probe = OmniClient(resolved.base_url, 10.0)
@@ -256,6 +272,7 @@ def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, pr
         "id": run_id, "created_at": now(), "kind": "benchmark", "status": "running", "server_id": resolved.server_id,
         "model": resolved.model, "config_key": None, "workload": workload.model_dump(mode="json"),
         "run_dir": str(run_dir), "data": {"base_url": resolved.base_url, "gpus": resolved.gpus, "version": version,
+                                          "owner_pid": os.getpid(),
                                           "config": resolved.config}})
     warnings = []
     if workload.warmup == 0:
