@@ -249,6 +249,16 @@ def test_ten_invalid_invocations_fail_like_argparse(tmp_path):
         assert out == ""
 
 
+def test_help_all_and_version_answer_as_the_real_cli(tmp_path):
+    emu = make_emulator(tmp_path)
+    env = {**__import__("os").environ, **emu.env}
+    done = subprocess.run([str(emu.shim), "serve", "--omni", "--help=all"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0 and done.stdout == (REFERENCE / "serve-help-all.txt").read_text()
+    version = subprocess.run([str(emu.shim), "--version"], capture_output=True, text=True, timeout=60, env=env)
+    assert version.returncode == 0 and version.stdout.strip() == "0.30.0"
+
+
 def test_help_exits_zero_with_the_flags(tmp_path):
     emu = make_emulator(tmp_path)
     done = subprocess.run([str(emu.shim), "serve", "--omni", "--help"], capture_output=True, text=True, timeout=60,
