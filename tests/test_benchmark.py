@@ -61,7 +61,7 @@ async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and
     lat = s["latency"]
     assert lat["count"] == 4 and s["requests_ok"] == 4 and s["requests_failed"] == 0
     assert abs(lat["p50_s"] - truth) <= max(0.01 * truth, 0.002), lat
-    assert lat["min_s"] >= truth and lat["max_s"] < truth * 1.05 and lat["std_s"] < 0.005
+    assert lat["min_s"] >= truth and lat["max_s"] < truth * 1.05 and lat["std_s"] < 0.01
     assert abs(s["server"]["inference_time_s"]["p50_s"] - truth) < 0.002
     assert set(s["server"]["stage_durations_mean_s"]) == {"text_encoder", "denoise", "vae_decode"}
     assert s["cold_latency_s"] is not None and s["warmup_latencies_s"] == [s["cold_latency_s"]]
@@ -136,8 +136,9 @@ async def test_concurrency_queues_on_a_serial_engine_and_throughput_matches_it(e
 
         s = (await bench(client, sid, measured=16, concurrency=4, progress=on_progress))["summary"]
     assert s["requests_ok"] == 16 and seen == list(range(1, 18))  # strictly increasing, one per request
-    assert s["throughput_requests_per_s"] == pytest.approx(1 / base, rel=0.15)
-    assert s["latency"]["p50_s"] == pytest.approx(4 * base, rel=0.2)  # each waits behind three others
+    # A serial engine caps throughput at 1/base (a loaded machine only lowers it); each waits behind three others.
+    assert 0.7 / base < s["throughput_requests_per_s"] <= 1.02 / base
+    assert 3 * base < s["latency"]["p50_s"] < 5 * base
 
 
 async def test_request_rate_spaces_arrivals_and_n_images_count_in_throughput(emulator, tmp_path):
