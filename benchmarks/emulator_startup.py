@@ -13,10 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# benchmarks/ holds an inspect.py that would shadow the stdlib module for a script run from here.
+sys.path[:] = [str(REPO)] + [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
+
+import httpx  # noqa: E402
 
 from tests.emulator.harness import make_emulator, start  # noqa: E402
 
