@@ -125,6 +125,8 @@ REFUSALS = [
      "diffusion_compile_granularity='full' is incompatible with sequence parallelism"),
     ("weights over GPU memory", {"gpus": [A100], "model": {"dit_gib": 90.0}}, [],
      "torch.OutOfMemoryError: CUDA out of memory"),
+    ("TeaCache threshold not positive", {}, ["--cache-backend", "tea_cache", "--cache-config", '{"rel_l1_thresh": 0}'],
+     "ValueError: rel_l1_thresh must be positive, got 0"),
     ("unknown cache backend", {}, ["--cache-backend", "warp_cache"], "Unknown cache backend: warp_cache"),
     ("TP not dividing the heads", {"gpus": [H200] * 4, "model": {"tp_divides": 30}}, ["-tp", "4"],
      "must divide the number of attention heads"),

@@ -42,7 +42,7 @@ DEFAULTS: dict = {
         "jitter": 0.0, "jitter_seed": 0,
         # threshold -> (speed-up, pixel noise std); linear between points, flat outside
         "tea_cache": [[0.0, 1.0, 0.0], [0.1, 1.4, 0.6], [0.2, 1.5, 1.2], [0.4, 1.8, 4.0], [0.8, 2.25, 20.0]],
-        "cache_dit": [[0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.5, 12.0]],
+        "cache_dit": [[0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.2, 3.5], [0.5, 2.6, 20.0]],
         "fp8_noise": 0.8,                # pixel noise std that FP8 adds
         "fewer_steps_noise": 12.0,       # pixel noise std at 0 steps, scaled by (default - steps) / default
     },
@@ -183,6 +183,9 @@ def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -
     if cfg.cache_backend and cfg.cache_backend not in VALID_CACHE_BACKENDS:
         raise Refusal(f"ValueError: Unknown cache backend: {cfg.cache_backend}. "
                       f"Supported: {', '.join(VALID_CACHE_BACKENDS)}.")
+    threshold = cfg.cache_config.get("rel_l1_thresh")
+    if cfg.cache_backend == "tea_cache" and threshold is not None and float(threshold) <= 0:
+        raise Refusal(f"ValueError: rel_l1_thresh must be positive, got {threshold}")
     if cfg.cache_backend == "tea_cache" and not model["tea_cache"]:
         raise Refusal(f"KeyError: 'Cannot find coefficients for {model.get('transformer_class') or pipeline}. "
                       f"Supported: {TEACACHE_TRANSFORMERS}'")
@@ -289,5 +292,5 @@ def _cache_effect(world: dict, cfg: Config) -> tuple[float, float]:
     key = LOSSY_CACHE_KEY.get(cfg.cache_backend or "")
     if not key:
         return 1.0, 0.0
-    default = {"tea_cache": 0.2, "cache_dit": 0.12}[cfg.cache_backend]
+    default = {"tea_cache": 0.2, "cache_dit": 0.24}[cfg.cache_backend]  # 0.30.0's defaults (DiffusionCacheConfig)
     return interpolate(world["cost"][cfg.cache_backend], float(cfg.cache_config.get(key, default)))
