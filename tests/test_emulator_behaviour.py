@@ -127,7 +127,7 @@ REFUSALS = [
      "torch.OutOfMemoryError: CUDA out of memory"),
     ("TeaCache threshold not positive", {}, ["--cache-backend", "tea_cache", "--cache-config", '{"rel_l1_thresh": 0}'],
      "ValueError: rel_l1_thresh must be positive, got 0"),
-    ("unknown cache backend", {}, ["--cache-backend", "warp_cache"], "Unknown cache backend: warp_cache"),
+    ("unknown cache backend", {}, ["--cache-backend", "warp_cache"], "Unsupported cache backend: warp_cache"),
     ("TP not dividing the heads", {"gpus": [H200] * 4, "model": {"tp_divides": 30}}, ["-tp", "4"],
      "must divide the number of attention heads"),
 ]

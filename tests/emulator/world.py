@@ -146,7 +146,8 @@ TEACACHE_TRANSFORMERS = ["FluxTransformer2DModel", "Flux2Klein", "QwenImageTrans
                          "HunyuanImage3Pipeline", "Flux2Transformer2DModel", "LongCatImageTransformer2DModel",
                          "MiniMaxH3DiTModel"]
 
-VALID_CACHE_BACKENDS = ("tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache")
+# diffusion/cache/selector.py (step_cache also answers to stepcache and step_cache_dit).
+VALID_CACHE_BACKENDS = ("tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache", "stepcache", "step_cache_dit")
 
 
 def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -> list[str]:
@@ -181,8 +182,8 @@ def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -
         raise Refusal(f"AssertionError: tensor_parallel_size {cfg.tp} must divide the number of attention heads "
                       f"({model['tp_divides']}).")
     if cfg.cache_backend and cfg.cache_backend not in VALID_CACHE_BACKENDS:
-        raise Refusal(f"ValueError: Unknown cache backend: {cfg.cache_backend}. "
-                      f"Supported: {', '.join(VALID_CACHE_BACKENDS)}.")
+        raise Refusal(f"ValueError: Unsupported cache backend: {cfg.cache_backend}. "
+                      "Supported: 'cache_dit', 'tea_cache', 'mag_cache', 'sea_cache', 'step_cache'")
     threshold = cfg.cache_config.get("rel_l1_thresh")
     if cfg.cache_backend == "tea_cache" and threshold is not None and float(threshold) <= 0:
         raise Refusal(f"ValueError: rel_l1_thresh must be positive, got {threshold}")

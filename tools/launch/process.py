@@ -20,7 +20,8 @@ CAUSES = [  # (cause, needles in the log tail), checked in order
     ("unsupported_feature", ("does not support", "NotImplementedError", "is not supported", "not supported for",
                              "must divide", "cannot be combined", "Unknown cache backend", "exceeds the number",
                              # vLLM-Omni 0.30.0's own texts (HSDP+TP, TeaCache coefficients, too few GPUs)
-                             "is not compatible with", "Cannot find coefficients", "device(s) are available")),
+                             "is not compatible with", "Cannot find coefficients", "device(s) are available",
+                             "Unsupported cache backend", "is incompatible with", "must be positive")),
 ]
 FIXES = {
     "out_of_memory": "use FP8, CPU offload (enable_layerwise_offload), VAE slicing/tiling, more GPUs, or a smaller size",
