@@ -114,7 +114,11 @@ REFUSALS = [
     ("model rejects a feature", {"model": {"rejects": ["cfg_parallel"]}, "gpus": [H200] * 2},
      ["--cfg-parallel-size", "2"], "NotImplementedError: ZImagePipeline does not support cfg_parallel"),
     ("TeaCache without coefficients", {"model": {"tea_cache": False, "transformer_class": "WanTransformer3DModel"}},
-     ["--cache-backend", "tea_cache"], "KeyError: 'Cannot find coefficients for WanTransformer3DModel."),
+     ["--cache-backend", "tea_cache"],
+     "ValueError: Invalid TeaCache configuration: 'Cannot find coefficients for WanTransformer3DModel."),
+    ("TeaCache auto: the tiny-wan fixture's DiT has none", {"model": {"tea_cache": "auto"}},
+     ["--cache-backend", "tea_cache", "--model-fixture", "tiny-wan"],
+     "Cannot find coefficients for WanTransformer3DModel"),
     ("HSDP with TP", {"gpus": [H200] * 2}, ["--use-hsdp", "--tensor-parallel-size", "2"],
      "ValueError: HSDP (FSDP2) is not compatible with TP"),
     ("standalone HSDP without a shard size", {}, ["--use-hsdp"],
@@ -126,7 +130,7 @@ REFUSALS = [
     ("weights over GPU memory", {"gpus": [A100], "model": {"dit_gib": 90.0}}, [],
      "torch.OutOfMemoryError: CUDA out of memory"),
     ("TeaCache threshold not positive", {}, ["--cache-backend", "tea_cache", "--cache-config", '{"rel_l1_thresh": 0}'],
-     "ValueError: rel_l1_thresh must be positive, got 0"),
+     "rel_l1_thresh must be positive, got 0"),
     ("unknown cache backend", {}, ["--cache-backend", "warp_cache"], "Unsupported cache backend: warp_cache"),
     ("TP not dividing the heads", {"gpus": [H200] * 4, "model": {"tp_divides": 30}}, ["-tp", "4"],
      "must divide the number of attention heads"),
@@ -148,7 +152,11 @@ def test_model_is_a_model_folder_or_a_pipeline_class_name_and_a_missing_folder_i
 @pytest.mark.parametrize("name, scenario, args, needle", REFUSALS, ids=[r[0] for r in REFUSALS])
 def test_refused_configurations_log_the_reason_and_exit_1_without_holding_memory(emu, name, scenario, args, needle):
     emu.write(scenario, cost=QUICK)
-    served = start(emu, ZIMAGE, *args, wait=False)
+    model = ZIMAGE
+    if "--model-fixture" in args:  # this case needs another fixture model
+        i = args.index("--model-fixture")
+        model, args = str(FIXTURE_MODELS / args[i + 1]), args[:i] + args[i + 2:]
+    served = start(emu, model, *args, wait=False)
     assert served.proc.wait(30) == 1
     log = served.log.read_text()
     assert needle in log and "EngineCore failed to start" in log, log

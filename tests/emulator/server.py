@@ -236,10 +236,13 @@ def resolve_pipeline(model: str, scenario: dict) -> str:
     if not local and (model.startswith(("/", ".", "~")) or path.exists()):
         raise FileNotFoundError(f"OSError: {model} is not a local folder with a model_index.json and is not a valid "
                                 f"model identifier listed on 'https://huggingface.co/models'")
+    index = json.loads((path / "model_index.json").read_text()) if local else {}
+    if not scenario["model"].get("transformer_class") and isinstance(index.get("transformer"), list):
+        scenario["model"]["transformer_class"] = index["transformer"][-1]  # the DiT class TeaCache looks up
     if scenario["model"].get("pipeline_class"):
         return scenario["model"]["pipeline_class"]
     if local:
-        return json.loads((path / "model_index.json").read_text())["_class_name"]
+        return index["_class_name"]
     return model.rsplit("/", 1)[-1]
 
 

@@ -24,7 +24,7 @@ DEFAULTS: dict = {
         "uses_cfg": True,
         "dit_gib": 20.0, "text_encoder_gib": 8.0, "vae_gib": 0.5,
         "sp_plan": True,                 # has _sp_plan (Ulysses/Ring work); without it SP only warns
-        "tea_cache": True,               # TeaCache coefficients exist for its DiT class
+        "tea_cache": True,               # TeaCache coefficients exist for its DiT; "auto": as 0.30.0's list
         "rejects": [],                   # features the model raises on: cfg_parallel, tensor_parallel, ...
         "tp_divides": 24,                # attention heads: TP must divide it
         "default_size": "1024x1024", "default_steps": 50, "default_frames": 33,
@@ -184,12 +184,18 @@ def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -
     if cfg.cache_backend and cfg.cache_backend not in VALID_CACHE_BACKENDS:
         raise Refusal(f"ValueError: Unsupported cache backend: {cfg.cache_backend}. "
                       "Supported: 'cache_dit', 'tea_cache', 'mag_cache', 'sea_cache', 'step_cache'")
-    threshold = cfg.cache_config.get("rel_l1_thresh")
-    if cfg.cache_backend == "tea_cache" and threshold is not None and float(threshold) <= 0:
-        raise Refusal(f"ValueError: rel_l1_thresh must be positive, got {threshold}")
-    if cfg.cache_backend == "tea_cache" and not model["tea_cache"]:
-        raise Refusal(f"KeyError: 'Cannot find coefficients for {model.get('transformer_class') or pipeline}. "
-                      f"Supported: {TEACACHE_TRANSFORMERS}'")
+    if cfg.cache_backend == "tea_cache":  # TeaCacheConfig's checks, wrapped by TeaCacheBackend.enable
+        dit = model.get("transformer_class") or pipeline
+        threshold = cfg.cache_config.get("rel_l1_thresh")
+        problem = None
+        if threshold is not None and float(threshold) <= 0:
+            problem = f"rel_l1_thresh must be positive, got {threshold}"
+        elif not (dit in TEACACHE_TRANSFORMERS if model["tea_cache"] == "auto" else model["tea_cache"]):
+            problem = f"'Cannot find coefficients for {dit}. Supported: {TEACACHE_TRANSFORMERS}'"
+        if problem:
+            raise Refusal(f"ValueError: Invalid TeaCache configuration: {problem}. Expected keys: rel_l1_thresh, "
+                          "coefficients (optional). transformer_type is automatically extracted from "
+                          "pipeline.transformer.__class__.__name__.")
     if (cfg.usp > 1 or cfg.ring > 1) and not model["sp_plan"]:
         warnings.append(f"Sequence parallelism is enabled (sp_size={cfg.usp * cfg.ring}) but no transformer with "
                         "_sp_plan found. SP hooks not applied. Consider adding _sp_plan to your transformer model.")
