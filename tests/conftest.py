@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = (REPO.parent / "shared").resolve()
 REFERENCE = SHARED / "reference" / "vllm-omni-0.30.0"
 FIXTURE_MODELS = SHARED / "fixtures" / "models"
 FAKE_NVML_DIR = REPO / "tests" / "emulator" / "fake_nvml"

