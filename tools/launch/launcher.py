@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, Field
 
 from tools import nvml
-from tools.errors import CapabilityError, ConfigRejected, InvalidRequestError, LaunchError, ReadOnlyError
+from tools.errors import ConfigRejected, InvalidRequestError, LaunchError, OmnituneError, ReadOnlyError
 from tools.gpus import detect_gpus
 from tools.launch import process
 from tools.launch.config import ServeConfig, build_argv
@@ -86,8 +86,8 @@ class Launcher:
             return None
         try:
             return self._capabilities(model)
-        except CapabilityError as exc:
-            warnings.append(f"capability report unavailable: {exc}")
+        except OmnituneError as exc:  # not found, not cached, vllm-omni absent: validate without it, and say so
+            warnings.append(f"capability report unavailable, feature support not checked: {exc}")
             return None
 
     def plan_launch(self, config: ServeConfig) -> tuple[list[str], dict[str, str], list[str], list[int]]:
