@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # loaded by file path (mcp dev / mcp run): make t
 
 from mcp.server.mcpserver import MCPServer  # noqa: E402
 
-from server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources  # noqa: E402
+from server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources, tuning  # noqa: E402
 from server.state import make_lifespan  # noqa: E402
 from tools.errors import OmnituneError  # noqa: E402
 from tools.settings import Settings, settings_from_env  # noqa: E402
@@ -26,7 +26,7 @@ INSTRUCTIONS = """omnitune makes vLLM-Omni diffusion serving fast on this machin
 Start with detect_gpus. Every figure omnitune returns was measured here; nothing is assumed."""
 
 # Each module registers the tools, resources or prompts of one capability.
-REGISTRARS = [gpus, capabilities, resources, jobs, lifecycle, benchmark, compare, prompts]
+REGISTRARS = [gpus, capabilities, resources, jobs, lifecycle, benchmark, compare, tuning, prompts]
 
 
 def build_server(settings: Settings | None = None) -> MCPServer:

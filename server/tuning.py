@@ -1,0 +1,48 @@
+"""MCP surface of ``tools.plan`` and ``tools.tune``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+
+from server.lifecycle import launcher
+from server.state import agent_errors, annotations, in_thread, state_of
+from tools.errors import ReadOnlyError
+from tools.jobs import JobStatus
+from tools.plan import Goal, Plan, make_plan
+from tools.tune import TuneRequest, tune_job
+from tools.workspace import new_id
+
+
+def register(mcp: MCPServer) -> None:
+    @mcp.tool(annotations=annotations(read_only=True, idempotent=True, title="Plan candidate configurations"))
+    @agent_errors
+    async def plan(model: Annotated[str, Field(description="Model folder, cached HF id, or pipeline class.")],
+                   ctx: Context, goal: Goal | None = None) -> Plan:
+        """The guide's decision flowchart applied to this machine and model: an ordered list of candidate
+        configurations (baseline, lossless, lossy if the goal allows) with the reason, the evidence (capability
+        report path:line, hardware facts) and the expected gain, plus every configuration pruned and why.
+        Nothing is launched; tune_start measures the plan."""
+        state = state_of(ctx)
+        return await in_thread(make_plan, state.settings, model, goal or Goal())
+
+    @mcp.tool(annotations=annotations(destructive=True, title="Start an automatic tune"))
+    @agent_errors
+    async def tune_start(request: TuneRequest, ctx: Context) -> JobStatus:
+        """Find the best serving configuration automatically, as a background job: baseline (eager, one GPU) ->
+        lossless candidates (compile, FP8, the parallel layouts the GPUs and the model allow, offload only after an
+        out-of-memory) -> lossy settings swept gentle to aggressive, each compared with the baseline and stopped
+        at the quality cliff. Configurations measured before are reused, so a job that died can be run again to
+        resume. Follow with job_status / job_wait; the result holds the winning `vllm serve` command, every
+        candidate's outcome, a Pareto plot and a markdown report."""
+        state = state_of(ctx)
+        if state.settings.read_only:
+            raise ReadOnlyError("launch servers for a tune")
+        job_id = new_id("tune")
+        run = launcher(state)
+        return await in_thread(lambda: state.jobs.start(
+            "tune", request.model_dump(mode="json"),
+            lambda job: tune_job(state.workspace, run, request, job_id, job.report, job.cancelled.is_set),
+            job_id=job_id))

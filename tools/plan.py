@@ -1,0 +1,170 @@
+"""``plan``: the guide's decision flowchart applied to this machine's GPUs and the model's capability report.
+
+An ordered list of candidate configurations (baseline, lossless, then lossy if allowed), each with its
+reason, the facts it rests on and the gain the guide expects; and every configuration pruned, with why.
+Nothing here is measured: ``tune`` measures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tools.errors import OmnituneError
+from tools.gpus import GpuReport, detect_gpus
+from tools.settings import Settings
+
+Stage = Literal["baseline", "lossless", "lossy"]
+TEA_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8]
+CACHE_DIT_THRESHOLDS = [0.08, 0.12, 0.24, 0.4]
+
+
+class Goal(BaseModel):
+    objective: Literal["latency", "throughput"] = Field("latency", description="What 'faster' means.")
+    quality: Literal["lossless", "lossy"] = Field("lossless", description="lossless only, or lossy methods too "
+                                                                          "(each gated by compare_outputs).")
+    quality_floor: Literal["lossless-equivalent", "acceptable"] = Field(
+        "acceptable", description="Worst compare_outputs verdict a lossy candidate may have.")
+    vram_limit_mib: int | None = Field(None, gt=0, description="Per-GPU memory the server may use (default: all).")
+    max_gpus: int | None = Field(None, ge=1, description="Use at most this many GPUs.")
+
+
+class Candidate(BaseModel):
+    name: str
+    stage: Stage
+    config: dict[str, Any] = Field(description="ServeConfig fields (model excluded).")
+    reason: str
+    evidence: list[str] = Field(default_factory=list)
+    expected_gain: str | None = None
+
+
+class Pruned(BaseModel):
+    name: str
+    why: str
+    evidence: list[str] = Field(default_factory=list)
+
+
+class Plan(BaseModel):
+    model: str
+    gpus: int
+    fp8_native: bool | None
+    capability_report: bool = Field(description="False: the capability report was unavailable; support unchecked.")
+    candidates: list[Candidate]
+    pruned: list[Pruned]
+    notes: list[str] = Field(default_factory=list)
+
+
+def _status(report: Any, key: str) -> tuple[str, list[str], str]:
+    if report is None:
+        return "unknown", [], "no capability report"
+    m = report.methods.get(key)
+    return (m.status, m.evidence, m.notes) if m else ("unknown", [], "not analysed")
+
+
+def _heads(report: Any) -> int | None:
+    for c in getattr(report, "constraints", []) or []:
+        if c.kind == "divides" and c.parameter in ("tensor_parallel_size", "ulysses_degree") and c.value:
+            return c.value
+    return None
+
+
+def layouts(n: int, uses_cfg: bool) -> list[dict[str, int]]:
+    """Parallel layouts of world size n, CFG-parallel variants first for CFG models (the guide's tip)."""
+    out = []
+    if uses_cfg and n >= 2:
+        out.append({"cfg_parallel_size": 2, "usp": n // 2} if n > 2 else {"cfg_parallel_size": 2})
+    out.append({"usp": n})
+    if n >= 4:
+        out.append({"usp": n // 2, "ring": 2})
+    out.append({"ring": n})
+    out.append({"tensor_parallel_size": n})
+    return out
+
+
+def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport | None = None,
+              capability: Any = None, capability_error: str | None = None) -> Plan:
+    report = gpu_report or detect_gpus(settings.workspace)
+    if capability is None and capability_error is None:
+        try:
+            from tools.capabilities import inspect_model
+            capability = inspect_model(settings, model)
+        except OmnituneError as exc:
+            capability_error = str(exc)
+    gpus = [g for g in report.gpus]
+    n_gpus = min(len(gpus), goal.max_gpus or len(gpus))
+    fp8_native = all(g.fp8_native for g in gpus[:max(n_gpus, 1)]) if gpus else None
+    uses_cfg = bool(getattr(capability, "uses_cfg", True))
+    heads = _heads(capability)
+    cands: list[Candidate] = [Candidate(name="baseline", stage="baseline", config={"enforce_eager": True, "gpus": [0]},
+                                        reason="the guide's baseline: eager, one GPU, no cache")]
+    pruned: list[Pruned] = []
+    notes = [f"capability report unavailable ({capability_error}): support not checked"] if capability_error else []
+
+    def allowed(key: str, label: str) -> bool:
+        status, ev, why = _status(capability, key)
+        if status in ("unsupported", "rejected"):
+            pruned.append(Pruned(name=label, why=f"{key} is {status}: {why}", evidence=ev))
+            return False
+        return True
+
+    single = {"gpus": [0]}
+    cands.append(Candidate(name="compile", stage="lossless", config=dict(single),
+                           reason="torch.compile (regional) is on by default; the first request per shape compiles",
+                           evidence=_status(capability, "regional_compile")[1], expected_gain="1.1-1.3x"))
+    best_single = dict(single)
+    if allowed("fp8", "fp8"):
+        gain = "1.3-1.5x, half the DiT weight memory" if fp8_native else "memory only (weight-only fallback below SM 8.9)"
+        cands.append(Candidate(name="compile+fp8", stage="lossless", config={**single, "quantization": "fp8"},
+                               reason="FP8 DiT weights", evidence=_status(capability, "fp8")[1], expected_gain=gain))
+        best_single = {**single, "quantization": "fp8"}
+    n = 2
+    while n <= n_gpus:
+        for layout in layouts(n, uses_cfg):
+            label = "x".join(f"{k}={v}" for k, v in layout.items())
+            keys = {"usp": "ulysses_sp", "ring": "ring_sp", "cfg_parallel_size": "cfg_parallel",
+                    "tensor_parallel_size": "tensor_parallel"}
+            if not all(allowed(keys[k], label) for k in layout):
+                continue
+            if heads and (layout.get("tensor_parallel_size", 1) > 1 and heads % layout["tensor_parallel_size"]):
+                pruned.append(Pruned(name=label, why=f"tensor_parallel_size does not divide {heads} heads"))
+                continue
+            cands.append(Candidate(name=f"{label} ({n} GPUs)", stage="lossless",
+                                   config={**best_single, **layout, "gpus": list(range(n))},
+                                   reason="CFG parallel x Ulysses beats pure Ulysses for CFG models" if
+                                   "cfg_parallel_size" in layout else f"sequence/tensor parallel over {n} GPUs",
+                                   evidence=[e for k in layout for e in _status(capability, keys[k])[1]][:4],
+                                   expected_gain=f"up to ~{0.8 * n:.1f}x on the DiT"))
+        n *= 2
+    if len(gpus) > n_gpus or (n_gpus and 2 ** int(math.log2(n_gpus)) != n_gpus):
+        notes.append("layouts use power-of-two GPU counts only")
+    if n_gpus < 2:
+        pruned.append(Pruned(name="multi-GPU layouts", why=f"{len(gpus)} GPU(s) available"))
+    for key, label, cfg in (("layerwise_offload", "layerwise offload", {"enable_layerwise_offload": True}),
+                            ("cpu_offload", "model-level offload", {"enable_cpu_offload": True})):
+        if allowed(key, label):
+            cands.append(Candidate(name=label, stage="lossless", config={**single, **cfg, "vae_use_slicing": True,
+                                                                        "vae_use_tiling": True},
+                                   reason="only when the model does not fit (tune tries it after an out-of-memory)",
+                                   evidence=_status(capability, key)[1], expected_gain="fits; layerwise nearly free"))
+    if goal.quality == "lossy":
+        if allowed("tea_cache", "tea_cache"):
+            backend, key, values = "tea_cache", "rel_l1_thresh", TEA_THRESHOLDS
+        elif allowed("cache_dit", "cache_dit"):
+            backend, key, values = "cache_dit", "residual_diff_threshold", CACHE_DIT_THRESHOLDS
+        else:
+            backend = None
+            notes.append("no cache backend is supported for this model: no lossy stage")
+        if backend:
+            for v in values:
+                cands.append(Candidate(name=f"{backend} {v}", stage="lossy",
+                                       config={"cache_backend": backend, "cache_config": {key: v}},
+                                       reason="swept gentle to aggressive on top of the best lossless configuration; "
+                                              "stops at the quality cliff",
+                                       evidence=_status(capability, backend)[1],
+                                       expected_gain="~1.5x at 0.1-0.2, ~2x at 0.4-0.8 (TeaCache)"))
+    else:
+        pruned.append(Pruned(name="lossy methods", why="quality policy is lossless"))
+    return Plan(model=model, gpus=n_gpus, fp8_native=fp8_native, capability_report=capability is not None,
+                candidates=cands, pruned=pruned, notes=notes)
