@@ -1,0 +1,42 @@
+"""README's first command (set up and start) works as written on a fresh copy of the repository.
+
+The second (`bash tests/run.sh`) is what CI runs, so it is exercised by every CI run.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```bash\n(.+?)\n```", (REPO / "README.md").read_text())
+
+
+def test_readme_gives_the_two_commands():
+    commands = readme_commands()
+    assert commands[0] == "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/omnitune"
+    assert commands[1] == "bash tests/run.sh"
+    assert "bash tests/run.sh" in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_setup_and_start_command_works_on_a_fresh_copy(tmp_path):
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    copy = tmp_path / "omnitune"
+    for name in files:
+        src, dst = REPO / name, copy / name
+        if src.is_file():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "OMNITUNE_WORKSPACE": str(tmp_path / "ws")}
+    import os
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("PIP_", "PYENV")) or k == "PATH"})
+    # stdin closed: the stdio server starts, sees end of input and exits cleanly
+    proc = subprocess.run(["bash", "-c", readme_commands()[0]], cwd=copy, env=env, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (copy / ".venv" / "bin" / "omnitune").is_file()
+    assert (tmp_path / "ws" / "omnitune.db").is_file()  # it started and opened its workspace
