@@ -69,6 +69,9 @@ async def test_lossy_sweep_detects_an_inert_threshold_and_stops_at_the_cliff(emu
     assert c["tea_cache 0.4"]["status"] == "rejected_quality" and c["tea_cache 0.4"]["verdict"] == "degraded"
     assert "tea_cache 0.6" not in c  # the sweep stopped at the cliff
     assert r["winner"]["name"] == "tea_cache 0.3" and r["winner"]["verdict"] == "acceptable"
+    fewer = [c for c in r["candidates"] if c["request_settings"]]  # steps: measured inside one server
+    assert fewer and fewer[0]["request_settings"] == {"num_inference_steps": 6}
+    assert fewer[0]["status"] in ("measured", "rejected_quality") and fewer[0]["verdict"] is not None
 
 
 async def test_a_second_tune_reuses_measured_configurations_instead_of_launching(emulator, tmp_path):
