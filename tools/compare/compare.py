@@ -1,170 +1,173 @@
 """Compare two benchmark runs: pair outputs, measure, judge, draw, and join the speed/quality trade-off.
 
-Verdicts (thresholds are parameters; defaults from vLLM-Omni's own tests and quantization tool):
-identical (same pixels) > lossless-equivalent (PSNR >= 40 dB) > acceptable (PSNR >= 30 dB and SSIM >= 0.90)
-> degraded. A run's verdict is its worst pair's.
+Results land in a ``comparisons`` row and a folder under the workspace runs dir: ``comparison.json`` (every
+pair), ``pair-NNN.png`` (baseline | candidate | amplified difference, or a frame strip for video),
+``contact-sheet.png`` (captioned tiles, worst pairs first) and ``worst.png`` (the worst pair, scaled for viewing).
+Pairs are measured in worker processes when there is enough work to pay for starting them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tools.compare import metrics as m
-from tools.compare import pictures
-from tools.compare.pairing import Output, load_run, pair
+from tools.compare.pairing import load_run, pair
+from tools.compare.report import TradeOff, figures, headline, trade_off
+from tools.compare.verdict import ORDER, Thresholds, Verdict, broken, judge, rank, worst
+from tools.errors import InvalidRequestError
 from tools.store import now
 from tools.workspace import Workspace, new_id
 
-Verdict = Literal["identical", "lossless-equivalent", "acceptable", "degraded"]
-ORDER = ["identical", "lossless-equivalent", "acceptable", "degraded"]
-
-
-class Thresholds(BaseModel):
-    lossless_psnr_db: float = Field(40.0, description="PSNR at or above which a pair counts as lossless-equivalent.")
-    acceptable_psnr_db: float = Field(30.0, description="Minimum PSNR for 'acceptable'.")
-    acceptable_ssim: float = Field(0.90, ge=0, le=1, description="Minimum SSIM for 'acceptable'.")
+log = logging.getLogger(__name__)
+TILE_WIDTH, SHEET_TILES, PREVIEW_WIDTH = 748, 12, 1536
+PARALLEL_PIXELS = 4 * 512 * 512  # below this much decoding (pairs x pixels x frames) one process is faster
 
 
 class PairResult(BaseModel):
+    index: int = Field(description="Position in comparison.json and in the pair-NNN.png name.")
     prompt: str
     seed: int
     size: str
     n_index: int
     kind: str
-    psnr_db: float | None = Field(description="dB; None for identical (infinite). Videos: worst frame.")
-    ssim: float = Field(description="Luma SSIM; videos: worst frame.")
-    ms_ssim: float | None = None
-    psnr_db_mean: float | None = Field(None, description="Videos: mean over frames.")
-    ssim_mean: float | None = None
-    temporal_diff: float | None = Field(None, description="Videos: mean |Δframe baseline - Δframe candidate| (0-255).")
+    psnr_db: float | None = Field(description="dB over RGB; None when identical (infinite). Videos: worst frame.")
+    ssim: float = Field(description="Luma SSIM (0-1); videos: worst frame.")
+    ms_ssim: float | None = Field(None, description="Multi-scale SSIM (smaller side >= 176 px); videos: worst frame.")
+    mae: float | None = Field(None, description="Mean absolute pixel difference (0-255); videos: mean over frames.")
+    psnr_db_mean: float | None = Field(None, description="Videos: mean PSNR over frames that differ.")
+    ssim_mean: float | None = Field(None, description="Videos: mean SSIM over frames.")
+    frames: int | None = None
+    worst_frame: int | None = Field(None, description="Videos: index of the lowest-SSIM frame.")
+    frame_psnr_db: list[float | None] | None = Field(None, description="Videos: PSNR per frame (None = identical).")
+    frame_ssim: list[float] | None = None
+    temporal_diff: float | None = Field(None, description="Videos: mean |frame-to-frame change of baseline - of "
+                                                          "candidate| in pixel values (0 = same motion).")
+    motion_ratio: float | None = Field(None, description="Videos: candidate's frame-to-frame change / baseline's "
+                                                          "(1 = same; > 1 flicker; < 1 frozen).")
     verdict: Verdict
-    picture: str | None = Field(None, description="Side-by-side PNG (baseline | candidate | difference x amplify).")
-
-
-class TradeOff(BaseModel):
-    baseline_p50_s: float | None = None
-    candidate_p50_s: float | None = None
-    speedup_p50: float | None = Field(None, description="baseline p50 / candidate p50 (> 1 = candidate faster).")
-    throughput_ratio: float | None = None
-    baseline_peak_memory_mib: float | None = None
-    candidate_peak_memory_mib: float | None = None
-    memory_change_mib: float | None = None
+    broken: bool = Field(False, description="PSNR below thresholds.broken_psnr_db (vLLM-Omni's 20 dB smoke test).")
+    picture: str | None = Field(None, description="Side-by-side PNG: baseline | candidate | difference x amplify.")
+    baseline_path: str
+    candidate_path: str
 
 
 class Comparison(BaseModel):
     id: str
     baseline_run: str
     candidate_run: str
-    verdict: Verdict
+    verdict: Verdict = Field(description="The worst pair's verdict.")
+    summary: str = Field(description="One line: verdict, pair counts, speed-up, memory change, worst pair.")
     pairs: int
     counts: dict[str, int] = Field(description="Pairs per verdict.")
-    psnr_db_min: float | None = None
-    psnr_db_mean: float | None = None
+    broken_pairs: int = 0
+    psnr_db_min: float | None = Field(None, description="Worst pair's PSNR (dB); None when every pair is identical.")
+    psnr_db_mean: float | None = Field(None, description="Mean PSNR over pairs that differ (dB).")
     ssim_min: float
     ssim_mean: float
+    ms_ssim_min: float | None = None
     worst: PairResult
     trade_off: TradeOff
     thresholds: Thresholds
-    folder: str = Field(description="Folder with the pictures and comparison.json.")
-    contact_sheet: str
+    across_steps: bool = False
+    folder: str = Field(description="Folder with comparison.json and the pictures.")
+    contact_sheet: str = Field(description="Captioned grid of the worst pairs (PNG).")
+    worst_picture: str | None = Field(None, description="The worst pair's side-by-side scaled for viewing (PNG).")
+    elapsed_s: float
     pair_results: list[PairResult] = Field(description="Every pair (also in comparison.json).")
 
 
-def judge(psnr_db: float, ssim: float, identical: bool, t: Thresholds) -> Verdict:
-    if identical:
-        return "identical"
-    if psnr_db >= t.lossless_psnr_db:
-        return "lossless-equivalent"
-    if psnr_db >= t.acceptable_psnr_db and ssim >= t.acceptable_ssim:
-        return "acceptable"
-    return "degraded"
+def _run_jobs(jobs: list, workers: int | None) -> list[tuple[dict, object]]:
+    from tools.compare.measure import measure_pair
+    pixels = sum((j.base.width or 512) * (j.base.height or 512) * (j.base.frames or 1) for j in jobs)
+    if workers is None:
+        workers = min(len(jobs), os.cpu_count() or 1) if pixels >= PARALLEL_PIXELS else 1
+    if workers <= 1:
+        return [measure_pair(j) for j in jobs]
+    # spawn, not fork: the MCP server has threads (anyio, job workers) that a fork would copy mid-lock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(measure_pair, jobs))
 
 
-def _measure(base: Output, cand: Output, t: Thresholds, folder: Path, index: int, amplify: float,
-             draw: bool) -> tuple[PairResult, object]:
-    if base.kind == "video":
-        fa, fb = m.load_video(base.path), m.load_video(cand.path)
-        r = m.video_metrics(fa, fb)
-        tile = pictures.frame_strip(fa, fb, amplify) if len(fa) == len(fb) and fa else None
-    else:
-        a, b = m.load_image(base.path), m.load_image(cand.path)
-        r = m.image_metrics(a, b)
-        tile = pictures.side_by_side(a, b, amplify)
-    pic = None
-    if draw and tile is not None:
-        pic = folder / f"pair-{index:03d}.png"
-        pic.write_bytes(pictures.png(tile))
-    verdict = judge(r["psnr_db"], r["ssim"], r["identical"], t)
-    finite = lambda v: None if v is None or not math.isfinite(v) else v  # noqa: E731
-    return PairResult(prompt=base.prompt, seed=base.seed, size=base.size, n_index=base.n_index, kind=base.kind,
-                      psnr_db=finite(r["psnr_db"]), ssim=r["ssim"], ms_ssim=r.get("ms_ssim"),
-                      psnr_db_mean=finite(r.get("psnr_db_mean")), ssim_mean=r.get("ssim_mean"),
-                      temporal_diff=r.get("temporal_diff"), verdict=verdict,
-                      picture=str(pic) if pic else None), (pictures.thumbnail(tile, 900) if tile is not None else None)
-
-
-def _p50(summary: dict) -> float | None:
-    lat = summary.get("latency") or {}
-    return lat.get("p50_s")
-
-
-def _throughput(summary: dict) -> float | None:
-    return summary.get("throughput_images_per_s") or summary.get("throughput_video_s_per_s")
-
-
-def _peak(summary: dict) -> float | None:
-    gpus = (summary.get("gpus") or {}).get("gpus") or []
-    peaks = [g.get("memory_peak_mib") for g in gpus if g.get("memory_peak_mib") is not None]
-    return max(peaks) if peaks else (summary.get("server") or {}).get("peak_memory_mb_max")
-
-
-def trade_off(base: dict, cand: dict) -> TradeOff:
-    bp, cp = _p50(base), _p50(cand)
-    bt, ct = _throughput(base), _throughput(cand)
-    bm, cm = _peak(base), _peak(cand)
-    return TradeOff(baseline_p50_s=bp, candidate_p50_s=cp, speedup_p50=bp / cp if bp and cp else None,
-                    throughput_ratio=ct / bt if bt and ct else None, baseline_peak_memory_mib=bm,
-                    candidate_peak_memory_mib=cm, memory_change_mib=cm - bm if bm is not None and cm is not None
-                    else None)
+def _caption(r: PairResult) -> str:
+    psnr = "identical" if r.psnr_db is None else f"PSNR {r.psnr_db:.1f} dB"
+    frame = f" (frame {r.worst_frame})" if r.worst_frame is not None and r.kind == "video" else ""
+    return f"#{r.index} {r.verdict}: {psnr}, SSIM {r.ssim:.3f}{frame} | seed {r.seed} {r.size} | {r.prompt[:48]}"
 
 
 def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, thresholds: Thresholds | None = None,
-                 across_steps: bool = False, amplify: float = 8.0, max_pictures: int = 8) -> Comparison:
+                 across_steps: bool = False, amplify: float = 8.0, max_pictures: int | None = None,
+                 allow_differences: list[str] | None = None, workers: int | None = None) -> Comparison:
+    """Pair, measure and judge two runs; draw the pictures; save and return the comparison.
+
+    ``max_pictures`` caps the full-size side-by-side PNGs written (None: one per pair); ``workers`` the
+    measuring processes (None: the CPU count when the work is large enough, else in this process).
+    """
+    from tools.compare import pictures
+    from tools.compare.measure import PairJob
+
+    started = time.perf_counter()
     t = thresholds or Thresholds()
     base, cand = load_run(workspace.store, baseline_run), load_run(workspace.store, candidate_run)
-    pairs = pair(base, cand, across_steps)
+    pairs = pair(base, cand, across_steps, allow_differences)
     cmp_id = new_id("cmp")
     folder = workspace.new_run_dir(cmp_id)
-    workers = min(len(pairs), os.cpu_count() or 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        done = list(pool.map(lambda ip: _measure(*ip[1], t, folder, ip[0], amplify, ip[0] < max_pictures),
-                             enumerate(pairs)))
-    results = [r for r, _ in done]
-    worst = max(results, key=lambda r: (ORDER.index(r.verdict), -(r.psnr_db or math.inf), -r.ssim))
-    verdict = worst.verdict
-    # the contact sheet: the worst pairs first, so the agent looks at what matters
-    ranked = sorted(range(len(results)), key=lambda i: (-ORDER.index(results[i].verdict),
-                                                        results[i].psnr_db or math.inf))
-    tiles = [done[i][1] for i in ranked[:4] if done[i][1] is not None]
+    jobs = [PairJob(i, a, b, amplify, folder / f"pair-{i:03d}.png" if max_pictures is None or i < max_pictures
+                    else None, TILE_WIDTH) for i, (a, b) in enumerate(pairs)]
+    done = _run_jobs(jobs, workers)
+    errors = [f"pair {j.index} ({j.base.path.name}): {r['error']}" for j, (r, _) in zip(jobs, done) if "error" in r]
+    if errors:
+        raise InvalidRequestError(f"runs {baseline_run} and {candidate_run} cannot be compared: "
+                                  f"{'; '.join(errors[:3])}{f' and {len(errors) - 3} more' if len(errors) > 3 else ''}.",
+                                  "check that both servers returned the requested size and frame count (see "
+                                  "outputs/ in each run folder), then benchmark again with the same workload.")
+    results = []
+    for j, (r, _) in zip(jobs, done):
+        raw = r.get("psnr_db_raw", math.inf)
+        results.append(PairResult(
+            index=j.index, prompt=j.base.prompt, seed=j.base.seed, size=j.base.size, n_index=j.base.n_index,
+            kind=j.base.kind, verdict=judge(raw, r["ssim"], r["identical"], t), broken=broken(raw, t),
+            picture=str(j.picture) if j.picture else None, baseline_path=str(j.base.path),
+            candidate_path=str(j.cand.path),
+            **{k: r.get(k) for k in ("psnr_db", "ssim", "ms_ssim", "mae", "psnr_db_mean", "ssim_mean", "frames",
+                                     "worst_frame", "frame_psnr_db", "frame_ssim", "temporal_diff", "motion_ratio")}))
+    order = sorted(range(len(results)), key=lambda i: (-rank(results[i].verdict), results[i].psnr_db or math.inf,
+                                                       results[i].ssim))
+    w = results[order[0]]
+    tiles = [pictures.captioned(done[i][1], _caption(results[i]), results[i].verdict) for i in order[:SHEET_TILES]]
     sheet = folder / "contact-sheet.png"
-    sheet.write_bytes(pictures.png(pictures.contact_sheet(tiles)))
+    sheet.write_bytes(pictures.png(pictures.contact_sheet(tiles), compress_level=6))
+    preview = None
+    if w.verdict != "identical" and w.picture:
+        from tools.compare.metrics import load_image
+        preview = folder / "worst.png"
+        img = pictures.thumbnail(load_image(Path(w.picture)), PREVIEW_WIDTH)
+        preview.write_bytes(pictures.png(pictures.captioned(img, _caption(w), w.verdict), compress_level=6))
+    verdict = worst([r.verdict for r in results])
+    counts = {v: sum(r.verdict == v for r in results) for v in ORDER}
     psnrs = [r.psnr_db for r in results if r.psnr_db is not None]
+    multi = [r.ms_ssim for r in results if r.ms_ssim is not None]
+    trade = trade_off(figures(baseline_run, base.summary, base.data), figures(candidate_run, cand.summary, cand.data),
+                      verdict)
     comparison = Comparison(
-        id=cmp_id, baseline_run=baseline_run, candidate_run=candidate_run, verdict=verdict, pairs=len(results),
-        counts={v: sum(r.verdict == v for r in results) for v in ORDER},
-        psnr_db_min=min(psnrs) if psnrs else None, psnr_db_mean=sum(psnrs) / len(psnrs) if psnrs else None,
-        ssim_min=min(r.ssim for r in results), ssim_mean=sum(r.ssim for r in results) / len(results), worst=worst,
-        trade_off=trade_off(base.summary, cand.summary), thresholds=t, folder=str(folder), contact_sheet=str(sheet),
+        id=cmp_id, baseline_run=baseline_run, candidate_run=candidate_run, verdict=verdict,
+        summary=headline(verdict, len(results), counts, trade, w.psnr_db, w.ssim), pairs=len(results), counts=counts,
+        broken_pairs=sum(r.broken for r in results), psnr_db_min=min(psnrs) if psnrs else None,
+        psnr_db_mean=sum(psnrs) / len(psnrs) if psnrs else None, ssim_min=min(r.ssim for r in results),
+        ssim_mean=sum(r.ssim for r in results) / len(results), ms_ssim_min=min(multi) if multi else None, worst=w,
+        trade_off=trade, thresholds=t, across_steps=across_steps, folder=str(folder), contact_sheet=str(sheet),
+        worst_picture=str(preview) if preview else None, elapsed_s=time.perf_counter() - started,
         pair_results=results)
     (folder / "comparison.json").write_text(comparison.model_dump_json(indent=1))
-    summary = comparison.model_dump(mode="json", exclude={"pair_results"})
-    workspace.store.insert("comparisons", {"id": cmp_id, "created_at": now(), "baseline_run": baseline_run,
-                                           "candidate_run": candidate_run, "verdict": verdict, "summary": summary,
-                                           "dir": str(folder)})
+    workspace.store.insert("comparisons", {
+        "id": cmp_id, "created_at": now(), "baseline_run": baseline_run, "candidate_run": candidate_run,
+        "verdict": verdict, "summary": comparison.model_dump(mode="json", exclude={"pair_results"}),
+        "dir": str(folder)})
+    log.info("comparison %s: %s (%.2f s)", cmp_id, comparison.summary, comparison.elapsed_s)
     return comparison
