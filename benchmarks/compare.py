@@ -1,7 +1,8 @@
 """Time compare_outputs on two 20-image runs at 1024x1024 (target: at most 10 s on a 2-core machine).
 
 The runs are recorded exactly as benchmark records them (runs / requests / outputs rows, PNGs in the run
-folder), with pictures from the emulator's generator and a TeaCache-like deviation on the candidate.
+folder; tests/synthetic_runs.py), with pictures from the emulator's generator and a TeaCache-like deviation
+(std 2.5) on the candidate. Every pair gets its full-size side-by-side PNG, as compare_outputs does by default.
 
     .venv/bin/python benchmarks/compare.py [--pairs 20] [--size 1024] [--repeats 3]
 """
@@ -15,35 +16,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from tests.emulator import media  # noqa: E402
+from tests.synthetic_runs import record_run, shots, summary  # noqa: E402
 from tools.compare import compare_runs  # noqa: E402
 from tools.settings import Settings  # noqa: E402
-from tools.store import now  # noqa: E402
-from tools.workspace import Workspace, new_id  # noqa: E402
-
-
-def record_run(ws: Workspace, pairs: int, size: int, noise: float) -> str:
-    run_id = new_id("run")
-    run_dir = ws.new_run_dir(run_id)
-    (run_dir / "outputs").mkdir()
-    ws.store.insert("runs", {"id": run_id, "created_at": now(), "kind": "benchmark", "status": "completed",
-                             "run_dir": str(run_dir), "summary": {"latency": {"p50_s": 1.0 - noise / 10}}})
-    for i in range(pairs):
-        prompt, seed = f"prompt {i % 5}", i // 5
-        img = media.deviate(media.base_image(prompt, seed, size, size), noise, "bench", i)
-        rel = f"outputs/p{i % 5:03d}-s{seed}-n0.png"
-        (run_dir / rel).write_bytes(media.png_bytes(img))
-        params = {"prompt": prompt, "seed": seed, "size": f"{size}x{size}", "num_inference_steps": 50}
-        ws.store.insert("requests", {"run_id": run_id, "idx": i, "phase": "measured", "prompt_index": i % 5,
-                                     "prompt": prompt, "seed": seed, "params": json.dumps(params), "ok": 1})
-        ws.store.insert("outputs", {"run_id": run_id, "request_idx": i, "n_index": 0, "prompt_index": i % 5,
-                                    "seed": seed, "kind": "image", "path": rel, "width": size, "height": size})
-    return run_id
+from tools.workspace import Workspace  # noqa: E402
 
 
 def main() -> None:
@@ -54,17 +34,24 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.open(Settings(workspace=tmp))
-        base, cand = record_run(ws, args.pairs, args.size, 0.0), record_run(ws, args.pairs, args.size, 2.5)
+        prompts = 5
+        seeds = -(-args.pairs // prompts)
+        base = record_run(ws, shots(prompts, seeds, args.size, args.size)[:args.pairs],
+                          summary=summary(1.0, 1.0, [40000.0]))
+        cand = record_run(ws, shots(prompts, seeds, args.size, args.size, noise=2.5)[:args.pairs],
+                          summary=summary(0.6, 1.6, [41000.0]))
         times = []
         for _ in range(args.repeats):
             t = time.perf_counter()
             result = compare_runs(ws, base, cand)
             times.append(time.perf_counter() - t)
+        drawn = len(list(Path(result.folder).glob("pair-*.png")))
         ws.close()
     med = statistics.median(times)
     sys.stdout.write(f"compare_outputs, {args.pairs} pairs at {args.size}x{args.size}: median {med:.2f} s over "
                      f"{args.repeats} (runs: {', '.join(f'{x:.2f}' for x in times)}); verdict {result.verdict}, "
-                     f"PSNR mean {result.psnr_db_mean:.2f} dB, SSIM mean {result.ssim_mean:.4f}; target <= 10 s: "
+                     f"PSNR mean {result.psnr_db_mean:.2f} dB, SSIM mean {result.ssim_mean:.4f}, MS-SSIM min "
+                     f"{result.ms_ssim_min:.4f}; {drawn} pair PNGs; target <= 10 s: "
                      f"{'PASS' if med <= 10 else 'FAIL'}\n")
 
 

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -90,9 +91,15 @@ def _run_jobs(jobs: list, workers: int | None) -> list[tuple[dict, object]]:
         workers = min(len(jobs), os.cpu_count() or 1) if pixels >= PARALLEL_PIXELS else 1
     if workers <= 1:
         return [measure_pair(j) for j in jobs]
-    # spawn, not fork: the MCP server has threads (anyio, job workers) that a fork would copy mid-lock
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(measure_pair, jobs))
+    # spawn, not fork: the MCP server has threads (anyio, job workers) that a fork would copy mid-lock.
+    # A spawned worker re-imports the caller's __main__; a script without a main guard breaks the pool, and
+    # then the pairs are measured here, slower but the same.
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return list(pool.map(measure_pair, jobs))
+    except (BrokenProcessPool, OSError) as exc:
+        log.warning("measuring in this process: worker processes failed (%s)", exc)
+        return [measure_pair(j) for j in jobs]
 
 
 def _caption(r: PairResult) -> str:
@@ -142,13 +149,15 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
     w = results[order[0]]
     tiles = [pictures.captioned(done[i][1], _caption(results[i]), results[i].verdict) for i in order[:SHEET_TILES]]
     sheet = folder / "contact-sheet.png"
-    sheet.write_bytes(pictures.png(pictures.contact_sheet(tiles), compress_level=6))
+    rows = "rows: baseline / candidate / difference; " if w.kind == "video" else ""
+    legend = f"baseline | candidate | difference x{amplify:g} ({rows}worst pairs first; {len(tiles)} of {len(results)})"
+    sheet.write_bytes(pictures.png(pictures.captioned(pictures.contact_sheet(tiles), legend), compress_level=3))
     preview = None
     if w.verdict != "identical" and w.picture:
         from tools.compare.metrics import load_image
         preview = folder / "worst.png"
         img = pictures.thumbnail(load_image(Path(w.picture)), PREVIEW_WIDTH)
-        preview.write_bytes(pictures.png(pictures.captioned(img, _caption(w), w.verdict), compress_level=6))
+        preview.write_bytes(pictures.png(pictures.captioned(img, _caption(w), w.verdict), compress_level=3))
     verdict = worst([r.verdict for r in results])
     counts = {v: sum(r.verdict == v for r in results) for v in ORDER}
     psnrs = [r.psnr_db for r in results if r.psnr_db is not None]

@@ -73,7 +73,7 @@ def captioned(img: np.ndarray, text: str, verdict: str | None = None) -> np.ndar
 def contact_sheet(tiles: list[np.ndarray], columns: int = 2, width: int = 1500) -> np.ndarray:
     """Captioned tiles in a grid ``width`` px wide, row-major in the order given."""
     columns = max(1, min(columns, len(tiles)))
-    tile_w = (width - GAP * (columns - 1)) // columns
+    tile_w = min((width - GAP * (columns - 1)) // columns, max(t.shape[1] for t in tiles))  # never upscaled
     scaled = [resize_to_width(t, tile_w) for t in tiles]
     rows = [_row(scaled[i:i + columns]) for i in range(0, len(scaled), columns)]
     full = max(r.shape[1] for r in rows)
