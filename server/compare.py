@@ -33,8 +33,8 @@ def register(mcp: MCPServer) -> None:
         allow_differences: Annotated[list[str] | None, Field(description="Other request parameters allowed to "
                                                                          "differ on purpose, e.g. ['guidance_scale']."
                                                              )] = None,
-        amplify: Annotated[float, Field(ge=1, le=100, description="Gain of the difference heatmap (x times |diff|)."
-                                        )] = 8,
+        amplify: Annotated[float, Field(ge=1, le=100, description="Gain of the difference heatmap (times the "
+                                                                  "absolute pixel difference).")] = 8,
         images: Annotated[Literal["sheet_and_worst", "sheet", "none"], Field(
             description="Pictures returned as image content: the contact sheet (worst pairs first) and the worst "
                         "pair at viewing size; 'none' to save context (the PNGs are saved either way).")
