@@ -51,6 +51,8 @@ async def test_identical_lossless_and_increasingly_lossy_configurations(emulator
     assert lossless["trade_off"]["speedup_p50"] > 1.0  # compile is faster in the emulator's cost model
     psnrs = [c["psnr_db_mean"] for c in sweep]
     assert psnrs == sorted(psnrs, reverse=True) and len(set(psnrs)) == 4  # monotonically worse
+    ssims = [c["ssim_min"] for c in sweep]
+    assert ssims == sorted(ssims, reverse=True) and all(c["worst_picture"] for c in sweep)
     assert [c["verdict"] for c in sweep] == ["lossless-equivalent", "lossless-equivalent", "acceptable", "degraded"]
     assert sweep[-1]["worst"]["verdict"] == "degraded"
     kinds = [c.type for c in identical.content]

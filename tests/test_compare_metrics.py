@@ -209,8 +209,8 @@ async def test_mismatched_runs_are_refused_with_every_reason(settings, ws):
 async def test_outputs_of_a_different_size_than_recorded_are_refused(settings, ws):
     base = record_run(ws, shots(1, 1, 64, 64))
     cand = record_run(ws, shots(1, 1, 64, 64))
-    row = ws.store.query_one("SELECT o.path, r.run_dir FROM outputs o JOIN runs r ON r.id = o.run_id WHERE o.run_id = ?",
-                             (cand,))
+    row = ws.store.query_one("SELECT o.path, r.run_dir FROM outputs o JOIN runs r ON r.id = o.run_id "
+                             "WHERE o.run_id = ?", (cand,))
     Image.fromarray(picture("prompt 0", 0, 96, 64)).save(Path(row["run_dir"]) / row["path"])  # server ignored size
     result = await compare(settings, base, cand)
     assert result.is_error and "pictures differ in shape: 64x64 vs 96x64" in result.content[0].text
@@ -260,7 +260,8 @@ async def test_the_trade_off_joins_both_benchmarks(settings, ws):
     base = record_run(ws, shots(1, 2, 64, 64), summary=summary(2.0, 0.5, [30000.0, 1000.0], inference_p50_s=1.8),
                       config={"enforce_eager": True})
     cand = record_run(ws, shots(1, 2, 64, 64, noise=2.0),
-                      summary=summary(0.8, 1.25, [24000.0, 1500.0], inference_p50_s=0.6), config={"quantization": "fp8"})
+                      summary=summary(0.8, 1.25, [24000.0, 1500.0], inference_p50_s=0.6),
+                      config={"quantization": "fp8"})
     s = (await compare(settings, base, cand)).structured_content
     t = s["trade_off"]
     assert t["speedup_p50"] == pytest.approx(2.5) and t["speedup_inference_p50"] == pytest.approx(3.0)

@@ -130,8 +130,9 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
     done = _run_jobs(jobs, workers)
     errors = [f"pair {j.index} ({j.base.path.name}): {r['error']}" for j, (r, _) in zip(jobs, done) if "error" in r]
     if errors:
+        more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
         raise InvalidRequestError(f"runs {baseline_run} and {candidate_run} cannot be compared: "
-                                  f"{'; '.join(errors[:3])}{f' and {len(errors) - 3} more' if len(errors) > 3 else ''}.",
+                                  f"{'; '.join(errors[:3])}{more}.",
                                   "check that both servers returned the requested size and frame count (see "
                                   "outputs/ in each run folder), then benchmark again with the same workload.")
     results = []

@@ -54,7 +54,8 @@ def load_run(store: Store, run_id: str) -> RunInfo:
         raise NotFoundError(f"no benchmark run {run_id!r}.", f"use a run_id returned by benchmark; recent: {recent}.")
     run_dir = Path(row["run_dir"])
     rows = store.query(
-        "SELECT o.*, r.prompt, r.params FROM outputs o JOIN requests r ON r.run_id = o.run_id AND r.idx = o.request_idx "
+        "SELECT o.*, r.prompt, r.params FROM outputs o "
+        "JOIN requests r ON r.run_id = o.run_id AND r.idx = o.request_idx "
         "WHERE o.run_id = ? AND r.phase = 'measured' ORDER BY o.request_idx, o.n_index", (run_id,))
     info = RunInfo(run_id, run_dir, json.loads(row["summary"] or "{}"), json.loads(row["workload"] or "{}"),
                    json.loads(row["data"] or "{}"), {})
