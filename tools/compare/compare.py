@@ -85,17 +85,19 @@ class Comparison(BaseModel):
 
 
 def _run_jobs(jobs: list, workers: int | None) -> list[tuple[dict, object]]:
-    from tools.compare.measure import measure_pair
+    from tools.compare.measure import measure_pair, quiet_stdout
     pixels = sum((j.base.width or 512) * (j.base.height or 512) * (j.base.frames or 1) for j in jobs)
     if workers is None:
-        workers = min(len(jobs), os.cpu_count() or 1) if pixels >= PARALLEL_PIXELS else 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(len(jobs), cores) if pixels >= PARALLEL_PIXELS else 1
     if workers <= 1:
         return [measure_pair(j) for j in jobs]
     # spawn, not fork: the MCP server has threads (anyio, job workers) that a fork would copy mid-lock.
     # A spawned worker re-imports the caller's __main__; a script without a main guard breaks the pool, and
     # then the pairs are measured here, slower but the same.
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=quiet_stdout) as pool:
             return list(pool.map(measure_pair, jobs))
     except (BrokenProcessPool, OSError) as exc:
         log.warning("measuring in this process: worker processes failed (%s)", exc)

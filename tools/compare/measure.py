@@ -27,6 +27,14 @@ class PairJob:
     tile_width: int       # width of the contact-sheet tile returned
 
 
+def quiet_stdout() -> None:
+    """Worker initializer: fd 1 is the MCP stdio channel in the parent, so a worker's stray output goes to stderr."""
+    import os
+    import sys
+    sys.stdout.flush()
+    os.dup2(2, 1)
+
+
 def _finite(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 

@@ -12,6 +12,9 @@
   videos change from frame to frame (mean |d baseline - d candidate|, 0-255) and the candidate's amount of
   frame-to-frame change relative to the baseline's (1 = same motion, > 1 flicker, < 1 frozen).
 Images are decoded with Pillow, videos with PyAV.
+
+No learned perceptual metric (LPIPS, DISTS): they need torch, which omnitune never requires, and ImageNet
+backbone weights that torchvision downloads at first use; nothing the project may ship or can assume offline.
 """
 
 from __future__ import annotations
