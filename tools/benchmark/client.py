@@ -146,18 +146,25 @@ class OmniClient:
             out.fail("connection", f"{type(exc).__name__} on {path}: {exc}")
         return None
 
+    def _timed_post(self, out: Outcome, path: str, body: bytes, headers: dict[str, str]):
+        """POST and time it to the last byte; None (``out`` failed) on no answer or a non-200 status."""
+        start = time.perf_counter()
+        r = self._send(out, "POST", path, content=body, headers=headers)
+        end = time.perf_counter()
+        if r is None:
+            return None
+        out.latency_s = end - start
+        if r.status_code != 200:
+            out.fail(f"http_{r.status_code}", _error_text(r))
+            return None
+        return r
+
     def image(self, params: dict[str, Any]) -> Outcome:
         out = Outcome(ok=True, ext="png")
         body = json.dumps(params).encode()
-        start = time.perf_counter()
-        r = self._send(out, "POST", "/v1/images/generations", content=body,
-                       headers={"content-type": "application/json"})
-        end = time.perf_counter()
+        r = self._timed_post(out, "/v1/images/generations", body, {"content-type": "application/json"})
         if r is None:
             return out
-        out.latency_s = end - start
-        if r.status_code != 200:
-            return out.fail(f"http_{r.status_code}", _error_text(r))
         try:
             payload = r.json()
             out.outputs = [base64.b64decode(item["b64_json"], validate=True) for item in payload["data"]]
@@ -180,13 +187,9 @@ class OmniClient:
         headers = {"content-type": ctype}
         start = time.perf_counter()
         if mode == "sync":
-            r = self._send(out, "POST", "/v1/videos/sync", content=body, headers=headers)
-            end = time.perf_counter()
+            r = self._timed_post(out, "/v1/videos/sync", body, headers)
             if r is None:
                 return out
-            out.latency_s = end - start
-            if r.status_code != 200:
-                return out.fail(f"http_{r.status_code}", _error_text(r))
             out.outputs = [r.content]
             out.server = self._sync_headers(r.headers)
             out.timing = {"detected_s": out.latency_s, "download_s": 0.0, "polls": 0}
