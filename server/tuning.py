@@ -9,10 +9,10 @@ from pydantic import Field
 
 from server.lifecycle import launcher
 from server.state import agent_errors, annotations, in_thread, state_of
-from tools.errors import ReadOnlyError
+from tools.errors import InvalidRequestError, ReadOnlyError
 from tools.jobs import JobStatus
 from tools.plan import Goal, Plan, make_plan
-from tools.tune import TuneRequest, tune_job
+from tools.tune import TuneRequest, resumable_request, tune_job
 from tools.workspace import new_id
 
 
@@ -30,18 +30,30 @@ def register(mcp: MCPServer) -> None:
 
     @mcp.tool(annotations=annotations(destructive=True, title="Start an automatic tune"))
     @agent_errors
-    async def tune_start(request: TuneRequest, ctx: Context) -> JobStatus:
+    async def tune_start(ctx: Context, request: TuneRequest | None = None,
+                         resume: Annotated[str | None, Field(description="Instead of a request: the id of a tune job "
+                                                             "that was interrupted, failed or cancelled, to continue "
+                                                             "under its own id.")] = None) -> JobStatus:
         """Find the best serving configuration automatically, as a background job: baseline (eager, one GPU) ->
-        lossless candidates (compile, FP8, the parallel layouts the GPUs and the model allow, offload only after an
-        out-of-memory) -> lossy settings swept gentle to aggressive, each compared with the baseline and stopped
-        at the quality cliff. Configurations measured before are reused, so a job that died can be run again to
-        resume. Follow with job_status / job_wait; the result holds the winning `vllm serve` command, every
-        candidate's outcome, a Pareto plot and a markdown report."""
+        lossless candidates (compile + FP8, the parallel layouts the GPUs and the model allow, offload only after
+        an out-of-memory) -> lossy settings swept gentle to aggressive, each compared with the baseline and stopped
+        at the quality cliff -> request-level steps and guidance, measured inside one server. Configurations
+        measured before are reused; `resume=<job id>` continues a job whose omnitune died (its outcomes are
+        replayed from the store, servers it left running are stopped). Follow with job_status / job_wait; the
+        result holds the winning `vllm serve` command, every candidate's outcome, a Pareto plot and a report."""
         state = state_of(ctx)
         if state.settings.read_only:
             raise ReadOnlyError("launch servers for a tune")
-        job_id = new_id("tune")
+        if (request is None) == (resume is None):
+            raise InvalidRequestError("give either a request (a new tune) or resume (a job id), not both or neither.",
+                                      "tune_start(request={...}) to start; tune_start(resume='tune-...') to continue.")
         run = launcher(state)
+        if resume:
+            job_id = resume
+            request, notes = await in_thread(resumable_request, state.workspace, run, job_id)
+            return await in_thread(lambda: state.jobs.resume(job_id, lambda job: tune_job(
+                state.workspace, run, request, job_id, job.report, job.cancelled.is_set, notes)))
+        job_id = new_id("tune")
         return await in_thread(lambda: state.jobs.start(
             "tune", request.model_dump(mode="json"),
             lambda job: tune_job(state.workspace, run, request, job_id, job.report, job.cancelled.is_set),

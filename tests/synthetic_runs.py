@@ -38,7 +38,7 @@ def video(prompt: str, seed: int, width: int, height: int, frames: int, noise: f
           key: object = "lossy") -> list[np.ndarray]:
     """The emulator's panning shot, each frame deviated by std ``noise``."""
     return [np.round(f).astype(np.uint8)
-            for f in media.video_frames(prompt, seed, width, height, frames, (0.0, 0), (noise, str(key)))]
+            for f in media.video_frames(prompt, seed, width, height, frames, [(noise, str(key), 0)])]
 
 
 def shots(prompts: int, seeds: int, width: int, height: int, noise: float = 0.0, key: object = "lossy") -> list[Shot]:

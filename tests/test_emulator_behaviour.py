@@ -352,6 +352,38 @@ def test_in_the_cfg_scenario_cfg_parallel_times_ulysses_beats_pure_ulysses(emu):
     assert t[1] < t[0] * 0.9 and t[0] < t[2] / 2
 
 
+def test_guidance_off_halves_a_cfg_models_dit_work_and_changes_the_pixels_a_lot(emu):
+    emu.write({"gpus": [H200] * 2, "cost": {**per_request(0.2), "compile_penalty_s": 0.0}})
+    eager, cfg2 = launch_all(emu, ZIMAGE, [["--enforce-eager"], ["--enforce-eager", "--cfg-parallel-size", "2"]])
+    try:
+        default, default_t = image(eager, num_inference_steps=10)
+        explicit = image(eager, num_inference_steps=10, guidance_scale=4.0)[1]["_png"]
+        lower = image(eager, num_inference_steps=10, guidance_scale=3.0)
+        off = image(eager, num_inference_steps=10, guidance_scale=1.0)
+        off_true_cfg = image(eager, num_inference_steps=10, true_cfg_scale=1.0)[1]["_png"]
+        cfg2_on = image(cfg2, num_inference_steps=10)[1]["inference_time_s"]
+        cfg2_off = image(cfg2, num_inference_steps=10, guidance_scale=1.0)[1]["inference_time_s"]
+    finally:
+        eager.stop(), cfg2.stop()
+    assert explicit == default_t["_png"]  # the default guidance, sent or not, is the same picture
+    assert lower[1]["inference_time_s"] == pytest.approx(default_t["inference_time_s"], rel=0.15)
+    assert 30 < psnr(default, lower[0]) < 50  # a different scale changes the picture a little, not the time
+    assert off[1]["inference_time_s"] == pytest.approx(default_t["inference_time_s"] / 2, rel=0.15)
+    assert psnr(default, off[0]) < 20 and off_true_cfg == off[1]["_png"]
+    assert cfg2_off == pytest.approx(cfg2_on * 1.9 / 2, rel=0.15)  # CFG parallel has no second branch to split
+
+
+def test_guidance_does_nothing_for_a_model_without_cfg(emu):
+    emu.write({"gpus": [H200], "model": {"uses_cfg": False}, "cost": {**per_request(0.1), "compile_penalty_s": 0.0}})
+    served = start(emu, ZIMAGE, "--enforce-eager")
+    try:
+        on, off = image(served, num_inference_steps=10), image(served, num_inference_steps=10, guidance_scale=1.0)
+    finally:
+        served.stop()
+    assert on[1]["_png"] == off[1]["_png"]
+    assert off[1]["inference_time_s"] == pytest.approx(on[1]["inference_time_s"], rel=0.15)
+
+
 def test_in_the_lossy_cliff_scenario_a_low_threshold_is_inert_and_a_high_one_ruins_quality(emu):
     emu.write("lossy_cliff", cost={"compile_penalty_s": 0.0})
     tea = ["--enforce-eager", "--cache-backend", "tea_cache", "--cache-config"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 
 import pytest
 from mcp import Client
@@ -151,3 +153,16 @@ async def test_launch_and_stop_are_annotated_destructive(emulator, tmp_path):
     assert tools["list_servers"].annotations.read_only_hint is True
     assert tools["launch_server"].output_schema is not None
     assert json.dumps(tools["launch_server"].input_schema).count("health_timeout_s") == 1
+
+
+def test_a_server_whose_launcher_dies_before_recording_it_never_starts(tmp_path):
+    """The gate: a server execs only after its pid is in the store, so a crash in between leaves nothing running."""
+    from tools.launch import process
+    marker = tmp_path / "started"
+    argv = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"]
+    held, _ = process.spawn(argv, dict(os.environ), tmp_path / "held.log")
+    held.stdin.close()  # what the launcher's death does to the pipe
+    assert held.wait(timeout=10) == 70 and not marker.exists()
+    released, release = process.spawn(argv, dict(os.environ), tmp_path / "released.log")
+    release()
+    assert released.wait(timeout=10) == 0 and marker.read_text() == "x"

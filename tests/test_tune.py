@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from mcp import Client
 
 from server.main import build_server
-from tests.launch_helpers import QWEN, WAN, ZIMAGE, emulator_settings
+from tests.conftest import FAKE_NVML_DIR
+from tests.launch_helpers import QWEN, WAN, ZIMAGE, emulator_processes, emulator_settings
 
 pytestmark = pytest.mark.anyio
-SRC = __import__("pathlib").Path(__file__).resolve().parents[1] / ".venv" / "vllm-omni-src" / "0.30.0"
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / ".venv" / "vllm-omni-src" / "0.30.0"
 IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 8}
 
 
-async def tune(emulator, tmp_path, scenario: str, model: str, goal: dict, workload: dict, **request) -> dict:
-    emulator.write(scenario)
+async def tune(emulator, tmp_path, scenario: str, model: str, goal: dict, workload: dict, world: dict | None = None,
+               **request) -> dict:
+    emulator.write(scenario, **(world or {}))
     settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
     async with Client(build_server(settings)) as client:
         job = await client.call_tool("tune_start", {"request": {"model": model, "goal": goal, "workload": workload,
@@ -36,11 +48,21 @@ async def test_single_gpu_image_model_fp8_and_compile_win(emulator, tmp_path):
     r = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
     assert r["winner"]["name"] == "compile+fp8" and r["winner"]["speedup_vs_baseline"] > 1.5
     assert "--quantization fp8" in r["command"] and "--enforce-eager" not in r["command"]
-    assert r["launches"] == 3
+    assert r["launches"] == 2  # baseline, then the guide's stacked recipe, which won: compile alone not launched
+    assert by_name(r)["compile"]["status"] == "not_needed"
     assert any("multi-GPU" in p["name"] for p in r["pruned"])
     report = open(r["report"]).read()
     assert "compile+fp8" in report and r["command"] in report
     assert open(r["pareto_png"], "rb").read(4) == b"\x89PNG"
+
+
+async def test_without_native_fp8_methods_are_added_one_at_a_time_and_kept_only_when_they_help(emulator, tmp_path):
+    a100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "compute_capability": [8, 0]}
+    r = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE, world={"gpus": [a100]})
+    c = by_name(r)
+    assert c["compile"]["status"] == "measured" and c["compile"]["speedup_vs_baseline"] > 1.1
+    assert c["compile+fp8"]["status"] == "within_noise"  # weight-only fallback: no faster than compile
+    assert r["winner"]["name"] == "compile" and "--quantization" not in r["command"] and r["launches"] == 3
 
 
 async def test_four_gpu_cfg_model_cfg_parallel_times_ulysses_beats_pure_ulysses(emulator, tmp_path):
@@ -69,16 +91,22 @@ async def test_lossy_sweep_detects_an_inert_threshold_and_stops_at_the_cliff(emu
     assert c["tea_cache 0.4"]["status"] == "rejected_quality" and c["tea_cache 0.4"]["verdict"] == "degraded"
     assert "tea_cache 0.6" not in c  # the sweep stopped at the cliff
     assert r["winner"]["name"] == "tea_cache 0.3" and r["winner"]["verdict"] == "acceptable"
-    fewer = [c for c in r["candidates"] if c["request_settings"]]  # steps: measured inside one server
-    assert fewer and fewer[0]["request_settings"] == {"num_inference_steps": 6}
-    assert fewer[0]["status"] in ("measured", "rejected_quality") and fewer[0]["verdict"] is not None
+    request_level = [c for c in r["candidates"] if c["request_settings"]]  # measured inside one server
+    assert [c["request_settings"] for c in request_level] == [{"num_inference_steps": 6},
+                                                               {"guidance_scale": 1.0, "true_cfg_scale": 1.0}]
+    steps, guidance = request_level
+    assert steps["status"] == "rejected_quality" and "stopped at the quality cliff" in steps["reason"]
+    assert "tea_cache 0.3 + fewer steps (50%)" not in c  # 4 steps not tried after 6 failed
+    assert guidance["status"] == "rejected_quality" and guidance["speedup_vs_baseline"] > 1.8 * 2.4 * 0.8
+    assert steps["config"] == guidance["config"] == r["winner"]["config"]
+    assert r["launches"] == 8  # baseline, compile+fp8, five thresholds, one server for steps and guidance
 
 
 async def test_a_second_tune_reuses_measured_configurations_instead_of_launching(emulator, tmp_path):
     first = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
     second = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
-    assert first["launches"] == 3 and second["launches"] == 0
-    assert {c["status"] for c in second["candidates"]} == {"reused"}
+    assert first["launches"] == 2 and second["launches"] == 0
+    assert {c["status"] for c in second["candidates"]} == {"reused", "not_needed"}
     assert second["winner"]["name"] == first["winner"]["name"]
 
 
@@ -98,3 +126,70 @@ async def test_plan_lists_candidates_with_evidence_and_pruned_ones(emulator, tmp
     fp8 = next(c for c in plan["candidates"] if c["name"] == "compile+fp8")
     assert fp8["evidence"] and ":" in fp8["evidence"][0]
     assert any(c["stage"] == "lossy" and c["config"]["cache_backend"] == "tea_cache" for c in plan["candidates"])
+    request_level = {c["name"]: c["request"] for c in plan["candidates"] if c["request"]}
+    assert request_level == {"fewer steps (75%)": {"steps_fraction": 0.75}, "fewer steps (50%)": {"steps_fraction": 0.5},
+                             "guidance off": {"guidance_scale": 1.0, "true_cfg_scale": 1.0}}
+
+
+def test_guidance_is_pruned_for_a_pipeline_without_cfg_and_steps_need_a_step_count():
+    from types import SimpleNamespace
+
+    from tools.plan import request_candidates
+    from tools.tune.tuner import request_settings
+    pruned = []
+    names = [c.name for c in request_candidates(SimpleNamespace(uses_cfg=False), pruned)]
+    assert "guidance off" not in names and [p.name for p in pruned] == ["guidance off"]
+    assert request_settings({"steps_fraction": 0.5}, 8) == {"num_inference_steps": 4}
+    assert request_settings({"steps_fraction": 0.5}, None) is None  # the model default is not known here
+    assert request_settings({"steps_fraction": 0.75}, 1) is None  # nothing fewer to try
+
+
+async def test_a_tune_whose_omnitune_is_sigkilled_resumes_under_its_own_id(emulator, tmp_path):
+    emulator.write("lossy_cliff")
+    settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
+    request = {"model": QWEN, "goal": {"quality": "lossy"}, "workload": IMAGE}
+    driver = subprocess.Popen([sys.executable, str(REPO / "tests" / "orphan_driver.py"), settings.model_dump_json(),
+                               "tune_start", json.dumps({"request": request})], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": f"{FAKE_NVML_DIR}{os.pathsep}{REPO}"})
+    try:
+        job_id = json.loads(driver.stdout.readline())["id"]
+        with sqlite3.connect(settings.db_path) as db:  # kill it mid-search, while a candidate server is up
+            for _ in range(3000):
+                done = db.execute("SELECT count(*) FROM tune_candidates WHERE job_id = ?", (job_id,)).fetchone()[0]
+                if done >= 3 and emulator_processes(emulator):
+                    break
+                time.sleep(0.02)
+        assert done >= 3
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=10)
+    async with Client(build_server(settings)) as client:
+        assert (await client.call_tool("job_status", {"job_id": job_id})).structured_content["status"] == "interrupted"
+        again = await client.call_tool("tune_start", {"resume": job_id})
+        assert again.is_error is False and again.structured_content["id"] == job_id
+        final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 300})).structured_content
+        servers = (await client.call_tool("list_servers", {})).structured_content["servers"]
+    assert final["status"] == "completed", final["error"]
+    r = final["result"]
+    names = [c["name"] for c in r["candidates"]]
+    assert len(names) == len(set(names))  # nothing measured twice
+    assert [c["resumed"] for c in r["candidates"][:done]] == [True] * done
+    assert not any(c["resumed"] for c in r["candidates"][done:])
+    assert r["winner"]["name"] == "tea_cache 0.3" and any(n.startswith("resumed:") for n in r["notes"])
+    assert all(s["state"] in ("stopped", "failed", "exited") for s in servers)  # exited: killed mid-launch or mid-stop
+    assert emulator_processes(emulator) == []  # what the dead omnitune left running was stopped
+
+
+async def test_resume_refuses_what_cannot_be_resumed(emulator, tmp_path):
+    done = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
+    job_id = done["folder"].rsplit("/", 1)[-1]
+    async with Client(build_server(emulator_settings(emulator, tmp_path, vllm_omni_source=SRC))) as client:
+        both = await client.call_tool("tune_start", {"resume": job_id, "request": {"model": ZIMAGE}})
+        neither = await client.call_tool("tune_start", {})
+        completed = await client.call_tool("tune_start", {"resume": job_id})
+        unknown = await client.call_tool("tune_start", {"resume": "tune-nope"})
+    assert both.is_error and "not both or neither" in both.content[0].text
+    assert neither.is_error and "not both or neither" in neither.content[0].text
+    assert completed.is_error and "is completed" in completed.content[0].text and "job_status" in completed.content[0].text
+    assert unknown.is_error and "no job 'tune-nope'" in unknown.content[0].text and job_id in unknown.content[0].text

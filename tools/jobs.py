@@ -83,6 +83,21 @@ class JobManager:
         t = now()
         self.store.insert("jobs", {"id": job_id, "kind": kind, "status": "pending", "created_at": t, "updated_at": t,
                                    "params": params, "owner_pid": os.getpid()})
+        return self._spawn(job_id, fn)
+
+    def resume(self, job_id: str, fn: JobFn) -> JobStatus:
+        """Run a job that ended without completing again, under its own id (its records are kept)."""
+        status = self.status(job_id)
+        if status.status not in ("interrupted", "failed", "cancelled"):
+            raise InvalidRequestError(
+                f"job {job_id} is {status.status}; only an interrupted, failed or cancelled job can be resumed.",
+                "follow a running job with job_wait; a completed job's result is in job_status.")
+        self.store.update("jobs", {"id": job_id}, {"status": "pending", "owner_pid": os.getpid(), "updated_at": now(),
+                                                   "message": f"resumed (was {status.status})", "error": None,
+                                                   "result": None})
+        return self._spawn(job_id, fn)
+
+    def _spawn(self, job_id: str, fn: JobFn) -> JobStatus:
         ctx = JobContext(self, job_id)
         thread = threading.Thread(target=self._run, args=(ctx, fn), name=f"job-{job_id}", daemon=True)
         self._contexts[job_id] = ctx

@@ -17,6 +17,7 @@ from tools.gpus import GpuReport, detect_gpus
 from tools.settings import Settings
 
 Stage = Literal["baseline", "lossless", "lossy"]
+STEP_FRACTIONS = [0.75, 0.5]
 TEA_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8]
 CACHE_DIT_THRESHOLDS = [0.08, 0.12, 0.24, 0.4]
 
@@ -35,6 +36,9 @@ class Candidate(BaseModel):
     name: str
     stage: Stage
     config: dict[str, Any] = Field(description="ServeConfig fields (model excluded).")
+    request: dict[str, Any] = Field(default_factory=dict, description="Request-level settings, measured inside one "
+                                    "server on top of the best configuration (steps_fraction scales the workload's "
+                                    "num_inference_steps).")
     reason: str
     evidence: list[str] = Field(default_factory=list)
     expected_gain: str | None = None
@@ -80,6 +84,28 @@ def layouts(n: int, uses_cfg: bool) -> list[dict[str, int]]:
         out.append({"usp": n // 2, "ring": 2})
     out.append({"ring": n})
     out.append({"tensor_parallel_size": n})
+    return out
+
+
+def request_candidates(capability: Any, pruned: list[Pruned]) -> list[Candidate]:
+    """Steps and guidance: set per request, so tune measures them inside one server (no relaunch).
+
+    Guidance changes compute only by switching classifier-free guidance off (a scale <= 1 skips the
+    unconditional pass), so that is the one guidance setting worth timing; other scales only move the pixels.
+    """
+    out = [Candidate(name=f"fewer steps ({fraction:.0%})", stage="lossy", config={},
+                     request={"steps_fraction": fraction}, expected_gain=f"~{1 / fraction:.2f}x on the DiT",
+                     reason="request-level, swept gentle to aggressive, stops at the quality cliff")
+           for fraction in STEP_FRACTIONS]
+    uses_cfg = getattr(capability, "uses_cfg", None)
+    if uses_cfg is False:
+        pruned.append(Pruned(name="guidance off", why="the pipeline runs no classifier-free guidance: guidance "
+                                                      "changes no compute"))
+    else:
+        out.append(Candidate(name="guidance off", stage="lossy", config={},
+                             request={"guidance_scale": 1.0, "true_cfg_scale": 1.0}, expected_gain="~2x on the DiT",
+                             reason="a scale <= 1 skips CFG's unconditional pass; pictures change, so the quality "
+                                    "gate decides" + ("" if uses_cfg else " (CFG use unknown: measured)")))
     return out
 
 
@@ -164,6 +190,7 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
                                               "stops at the quality cliff",
                                        evidence=_status(capability, backend)[1],
                                        expected_gain="~1.5x at 0.1-0.2, ~2x at 0.4-0.8 (TeaCache)"))
+        cands += request_candidates(capability, pruned)
     else:
         pruned.append(Pruned(name="lossy methods", why="quality policy is lossless"))
     return Plan(model=model, gpus=n_gpus, fp8_native=fp8_native, capability_report=capability is not None,

@@ -94,7 +94,7 @@ class Engine:
             return "simulated internal error"
         return None
 
-    def generate(self, width: int, height: int, steps: int, frames: int) -> dict:
+    def generate(self, width: int, height: int, steps: int, frames: int, guided: bool = True) -> dict:
         """Occupy the simulated GPUs for as long as the request takes; its metrics."""
         mp = width * height / 1e6
         shape = (width, height, frames)
@@ -107,7 +107,7 @@ class Engine:
             log.error("Error in diffusion generation: %s", message)
             raise MemoryError(message)
         with self.lock:
-            seconds = w.seconds_per_request(self.world, self.cfg, mp, steps, frames, self.sm)
+            seconds = w.seconds_per_request(self.world, self.cfg, mp, steps, frames, self.sm, guided)
             jitter = self.world["cost"]["jitter"]
             if jitter:
                 seconds *= max(0.05, self.jitter.gauss(1.0, jitter))
@@ -123,8 +123,3 @@ class Engine:
         denoise = elapsed * 0.9
         return {"inference_time_s": elapsed, "peak_memory_mb": float(peak),
                 "stage_durations": {"text_encoder": elapsed * 0.04, "denoise": denoise, "vae_decode": elapsed * 0.06}}
-
-    def step_noise(self, steps: int) -> float:
-        """Fewer steps than the model's default: a deterministic deviation fixed by the step count alone."""
-        default = self.world["model"]["default_steps"]
-        return self.world["cost"]["fewer_steps_noise"] * max(0, default - steps) / default

@@ -44,12 +44,17 @@ def png_bytes(img: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def video_frames(prompt: str, seed: int, width: int, height: int, frames: int, steps: tuple[float, int],
-                 lossy: tuple[float, str], negative: str = "") -> list[np.ndarray]:
-    """A panning shot; ``steps`` = (std, step count) and ``lossy`` = (std, config key) deviations per frame."""
+def video_frames(prompt: str, seed: int, width: int, height: int, frames: int,
+                 deviations: list[tuple[float, str, object]], negative: str = "") -> list[np.ndarray]:
+    """A panning shot; each (std, tag, key) deviation is applied to every frame, in order."""
     base = base_image(prompt, seed, width + frames, height, negative)
-    return [deviate(deviate(base[:, i:i + width], steps[0], "steps", prompt, seed, steps[1], i),
-                    lossy[0], lossy[1], prompt, seed, steps[1], i) for i in range(frames)]
+    out = []
+    for i in range(frames):
+        frame = base[:, i:i + width]
+        for std, tag, key in deviations:
+            frame = deviate(frame, std, tag, prompt, seed, key, i)
+        out.append(frame)
+    return out
 
 
 def mp4_bytes(frames: list[np.ndarray], fps: float) -> bytes:

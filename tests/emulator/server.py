@@ -162,15 +162,19 @@ class Handler(BaseHTTPRequestHandler):
         if fault:
             return self.error(500, fault, "InternalServerError")
         seed = req["seed"] if req.get("seed") is not None else int.from_bytes(os.urandom(4), "little")
-        metrics = e.generate(width, height, int(steps), 1)
+        guidance = (req.get("guidance_scale"), req.get("true_cfg_scale"))
+        guided = w.guidance_runs(*guidance)
+        metrics = e.generate(width, height, int(steps), 1, guided)
         for _ in range(n - 1):
-            more = e.generate(width, height, int(steps), 1)
+            more = e.generate(width, height, int(steps), 1, guided)
             metrics["inference_time_s"] += more["inference_time_s"]
+        deviations = [*w.request_deviations(e.world, int(steps), *guidance),
+                      (w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key, steps)]
         data = []
         for i in range(n):
             img = media.base_image(req["prompt"], seed + i, width, height, req.get("negative_prompt") or "")
-            img = media.deviate(img, e.step_noise(int(steps)), "steps", req["prompt"], seed + i, steps)
-            img = media.deviate(img, w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key, req["prompt"], seed + i, steps)
+            for std, tag, key in deviations:
+                img = media.deviate(img, std, tag, req["prompt"], seed + i, key)
             png = media.png_bytes(img)
             if index in e.faults.get("bad_image_on", []):
                 png = b"\x89PNG garbage"
@@ -192,6 +196,7 @@ class Handler(BaseHTTPRequestHandler):
         fps = float(form.get("fps") or 16)
         steps = int(form.get("num_inference_steps") or e.world["model"]["default_steps"])
         seed = int(form["seed"]) if form.get("seed") else int.from_bytes(os.urandom(4), "little")
+        guidance = tuple(float(form[k]) if form.get(k) else None for k in ("guidance_scale", "true_cfg_scale"))
         job = {"id": f"video_{uuid.uuid4().hex[:16]}", "object": "video", "model": e.served, "status": "queued",
                "progress": 0, "created_at": int(time.time()), "prompt": form["prompt"], "size": f"{width}x{height}",
                "seconds": str(max(1, round(frames / fps))), "quality": "default", "num_frames": frames, "fps": fps,
@@ -205,10 +210,10 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 if fault:
                     raise RuntimeError(fault)
-                metrics = e.generate(width, height, steps, frames)
+                metrics = e.generate(width, height, steps, frames, w.guidance_runs(*guidance))
                 frames_px = media.video_frames(form["prompt"], seed, width, height, frames,
-                                               (e.step_noise(steps), steps),
-                                               (w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key),
+                                               [*w.request_deviations(e.world, steps, *guidance),
+                                                (w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key, steps)],
                                                form.get("negative_prompt") or "")
                 job["_mp4"] = media.mp4_bytes(frames_px, fps)
                 job.update(metrics, status="completed", progress=100, completed_at=int(time.time()),

@@ -28,6 +28,7 @@ DEFAULTS: dict = {
         "rejects": [],                   # features the model raises on: cfg_parallel, tensor_parallel, ...
         "tp_divides": 24,                # attention heads: TP must divide it
         "default_size": "1024x1024", "default_steps": 50, "default_frames": 33,
+        "default_guidance": 4.0,         # the guidance_scale a request gets when it sends none
     },
     "cost": {
         "startup_s": 0.2,
@@ -45,6 +46,8 @@ DEFAULTS: dict = {
         "cache_dit": [[0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.2, 3.5], [0.5, 2.6, 20.0]],
         "fp8_noise": 0.8,                # pixel noise std that FP8 adds
         "fewer_steps_noise": 12.0,       # pixel noise std at 0 steps, scaled by (default - steps) / default
+        "guidance_noise": 2.0,           # pixel noise std per unit of guidance_scale away from the default
+        "cfg_off_noise": 30.0,           # pixel noise std when a CFG model runs without guidance (scale <= 1)
     },
     "memory": {"activation_gib_per_megapixel": 2.0, "overhead_gib": 1.0, "layerwise_resident_fraction": 0.1},
     "faults": {},
@@ -252,9 +255,12 @@ def load_memory_mib(world: dict, cfg: Config) -> int:
 
 
 def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int, frames: int,
-                        sm: tuple[int, int]) -> float:
+                        sm: tuple[int, int], guided: bool = True) -> float:
     cost, model = world["cost"], world["model"]
     t = cost["step_s_per_megapixel"] * megapixels * steps * max(frames, 1)
+    cfg_runs = model["uses_cfg"] and guided
+    if model["uses_cfg"] and not guided:
+        t /= 2  # no unconditional pass: half the DiT work
     speed = 1.0
     if not cfg.eager:
         speed *= cost["compile_speedup"]
@@ -263,7 +269,7 @@ def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int,
     if model["sp_plan"]:
         speed *= parallel_speedup(cfg.usp, cost["usp_efficiency"]) * parallel_speedup(cfg.ring, cost["ring_efficiency"])
     speed *= parallel_speedup(cfg.tp, cost["tp_efficiency"])
-    if cfg.cfg == 2 and model["uses_cfg"]:
+    if cfg.cfg == 2 and cfg_runs:
         speed *= cost["cfg_parallel_speedup"]
     speed *= cache_speedup(world, cfg)
     slow = 1.0
@@ -301,3 +307,21 @@ def _cache_effect(world: dict, cfg: Config) -> tuple[float, float]:
         return 1.0, 0.0
     default = {"tea_cache": 0.2, "cache_dit": 0.24}[cfg.cache_backend]  # 0.30.0's defaults (DiffusionCacheConfig)
     return interpolate(world["cost"][cfg.cache_backend], float(cfg.cache_config.get(key, default)))
+
+
+def guidance_runs(guidance_scale: float | None, true_cfg_scale: float | None) -> bool:
+    """Classifier-free guidance runs unless the request turns it off with a scale <= 1 (either field)."""
+    return not any(v is not None and float(v) <= 1.0 for v in (guidance_scale, true_cfg_scale))
+
+
+def request_deviations(world: dict, steps: int, guidance_scale: float | None, true_cfg_scale: float | None
+                       ) -> list[tuple[float, str, object]]:
+    """Pixel deviations from request-level settings, as (std, tag, key) each; default settings give std 0."""
+    model, cost = world["model"], world["cost"]
+    out = [(cost["fewer_steps_noise"] * max(0, model["default_steps"] - steps) / model["default_steps"], "steps", steps)]
+    if model["uses_cfg"] and not guidance_runs(guidance_scale, true_cfg_scale):
+        out.append((cost["cfg_off_noise"], "guidance", "off"))
+    elif model["uses_cfg"]:
+        scale = float(guidance_scale) if guidance_scale is not None else model["default_guidance"]
+        out.append((cost["guidance_noise"] * abs(scale - model["default_guidance"]), "guidance", scale))
+    return out

@@ -113,7 +113,10 @@ class Launcher:
         return argv, env, early + result.warnings, result.gpus
 
     # -- launch ---------------------------------------------------------------------------------
-    def launch(self, config: ServeConfig, dry_run: bool = False, progress: Progress | None = None) -> LaunchResult:
+    def launch(self, config: ServeConfig, dry_run: bool = False, progress: Progress | None = None,
+               labels: dict[str, str] | None = None) -> LaunchResult:
+        """Validate, start and wait for health. ``labels`` are kept with the record (e.g. the tune job that
+        launched it, so a resumed tune can find and stop what its dead predecessor left running)."""
         if self.settings.read_only and not dry_run:
             raise ReadOnlyError("launch a server")
         argv, env, warnings, gpus = self.plan_launch(config)
@@ -129,13 +132,14 @@ class Launcher:
             "id": server_id, "created_at": now(), "model": config.model, "status": "starting",
             "config": config.model_dump(mode="json"), "argv": argv, "env": env, "host": self.settings.serve_host,
             "port": port, "owner_pid": os.getpid(), "owner_start_time": owner, "gpus": gpus, "run_dir": str(run_dir),
-            "log_path": str(log_path), "data": {"warnings": warnings, "memory_before_mib": before}})
+            "log_path": str(log_path), "data": {"warnings": warnings, "memory_before_mib": before, "labels": labels or {}}})
         start = time.monotonic()
-        popen = process.spawn(argv, {**os.environ, **env}, log_path)
+        popen, release = process.spawn(argv, {**os.environ, **env}, log_path)
         with self._lock:
             self._popens[server_id] = popen
         self.store.update("servers", {"id": server_id}, {
             "pid": popen.pid, "pgid": popen.pid, "proc_start_time": process.process_identity(popen.pid)})
+        release()  # recorded: only now may it start
         self._wait_healthy(server_id, popen, port, config.health_timeout_s, start, progress)
         startup = time.monotonic() - start
         after = gpu_used_mib(gpus) or {}

@@ -6,8 +6,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -56,11 +58,32 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """A new session (so a new process group) with stdout+stderr in the log; no stdin, no shell."""
+# The server starts only once the launcher says so (a byte on stdin), so it can never run untracked: its pid is
+# recorded before it execs, and if the launcher dies first the pipe closes and the gate exits without starting.
+GATE = ("import os, sys\n"
+        "if os.read(0, 1) != b'1':\n    sys.exit(70)\n"
+        "null = os.open(os.devnull, os.O_RDONLY)\nos.dup2(null, 0)\nos.close(null)\n"
+        "os.execvp(sys.argv[1], sys.argv[1:])\n")
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, Callable[[], None]]:
+    """A new session (so a new process group) with stdout+stderr in the log, no shell; held at a gate.
+
+    Returns the process and ``release``: call it once the pid is recorded, and the gate execs ``argv`` in the
+    same process (same pid and group).
+    """
     with open(log_path, "ab", buffering=0) as log:
-        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+        popen = subprocess.Popen([sys.executable, "-I", "-S", "-c", GATE, *argv], env=env, stdin=subprocess.PIPE,
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+    def release() -> None:
+        try:
+            popen.stdin.write(b"1")
+            popen.stdin.close()
+        except OSError:  # it died at the gate; the health wait reports it
+            pass
+
+    return popen, release
 
 
 def tail(path: Path, lines: int = 40) -> str:

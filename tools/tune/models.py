@@ -1,0 +1,62 @@
+"""What a tune takes and gives: the request, one outcome per candidate, and the result."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tools.benchmark import Workload
+from tools.plan import Goal, Pruned
+
+ACCEPT = {"lossless": ("identical", "lossless-equivalent"),
+          "lossless-equivalent": ("identical", "lossless-equivalent"),
+          "acceptable": ("identical", "lossless-equivalent", "acceptable")}
+Status = Literal["measured", "reused", "failed", "rejected_quality", "inert", "within_noise", "skipped_budget",
+                 "not_needed", "beyond_cliff"]
+
+
+class TuneRequest(BaseModel):
+    model: str
+    workload: Workload = Field(default_factory=lambda: Workload(sizes=["1024x1024"], measured=4, warmup=1))
+    goal: Goal = Field(default_factory=Goal)
+    max_launches: int = Field(20, ge=1, le=200, description="Budget: server launches (reused runs are free).")
+    max_gpu_seconds: float | None = Field(None, gt=0, description="Budget: GPU-seconds (launch + benchmark x GPUs).")
+
+
+class Outcome(BaseModel):
+    name: str
+    stage: str
+    status: Status
+    config: dict[str, Any]
+    reason: str | None = None
+    run_id: str | None = None
+    p50_s: float | None = None
+    throughput: float | None = None
+    peak_memory_mib: float | None = None
+    verdict: str | None = None
+    psnr_db_mean: float | None = None
+    speedup_vs_baseline: float | None = None
+    gpu_seconds: float = 0.0
+    std_s: float | None = None
+    repeat_run_id: str | None = Field(None, description="Second measurement, taken when the first was within the "
+                                                        "spread of the best so far (p50 is then pooled).")
+    request_settings: dict[str, Any] = Field(default_factory=dict, description="Request-level settings (steps, "
+                                                                               "guidance) measured inside one server.")
+    resumed: bool = Field(False, description="Taken from this job's own records when it was resumed.")
+
+
+class TuneResult(BaseModel):
+    model: str
+    winner: Outcome | None
+    command: str | None = Field(description="The winning `vllm serve` command.")
+    request_settings: dict[str, Any] = Field(default_factory=dict, description="Send these with each request too.")
+    baseline: Outcome | None
+    candidates: list[Outcome]
+    pruned: list[Pruned]
+    launches: int
+    gpu_seconds: float
+    notes: list[str] = Field(default_factory=list)
+    report: str | None = Field(None, description="Markdown report path.")
+    pareto_png: str | None = None
+    folder: str
