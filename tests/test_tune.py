@@ -193,3 +193,17 @@ async def test_resume_refuses_what_cannot_be_resumed(emulator, tmp_path):
     assert neither.is_error and "not both or neither" in neither.content[0].text
     assert completed.is_error and "is completed" in completed.content[0].text and "job_status" in completed.content[0].text
     assert unknown.is_error and "no job 'tune-nope'" in unknown.content[0].text and job_id in unknown.content[0].text
+
+
+async def test_a_memory_limit_rejects_what_peaks_over_it_and_fp8_can_drop_the_offload(emulator, tmp_path):
+    r = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {"vram_limit_mib": 17000}, IMAGE)
+    c = by_name(r)
+    assert c["baseline"]["status"] == "over_memory" and c["baseline"]["peak_memory_mib"] > 17000
+    assert "over the limit 17000 MiB" in c["baseline"]["reason"]
+    offloaded = c["baseline + layerwise offload"]
+    assert offloaded["status"] == "measured" and offloaded["peak_memory_mib"] < 17000
+    assert r["baseline"]["name"] == "baseline + layerwise offload"  # speed-ups are against what fits
+    assert r["winner"]["name"] == "compile+fp8 without offload" and r["winner"]["peak_memory_mib"] < 17000
+    assert "--quantization fp8" in r["command"] and "offload" not in r["command"]
+    assert all(o["peak_memory_mib"] is None or o["peak_memory_mib"] <= 17000 or o["status"] == "over_memory"
+               for o in r["candidates"])

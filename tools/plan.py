@@ -127,6 +127,9 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
                                         reason="the guide's baseline: eager, one GPU, no cache")]
     pruned: list[Pruned] = []
     notes = [f"capability report unavailable ({capability_error}): support not checked"] if capability_error else []
+    if goal.vram_limit_mib:
+        notes.append(f"memory limit {goal.vram_limit_mib} MiB per GPU: tune rejects a candidate whose measured peak "
+                     "is over it (over_memory), and a baseline over it is retried with offload")
 
     def allowed(key: str, label: str) -> bool:
         status, ev, why = _status(capability, key)

@@ -12,8 +12,8 @@ from tools.plan import Goal, Pruned
 ACCEPT = {"lossless": ("identical", "lossless-equivalent"),
           "lossless-equivalent": ("identical", "lossless-equivalent"),
           "acceptable": ("identical", "lossless-equivalent", "acceptable")}
-Status = Literal["measured", "reused", "failed", "rejected_quality", "inert", "within_noise", "skipped_budget",
-                 "not_needed", "beyond_cliff"]
+Status = Literal["measured", "reused", "failed", "rejected_quality", "over_memory", "inert", "within_noise",
+                 "skipped_budget", "not_needed"]
 
 
 class TuneRequest(BaseModel):
@@ -33,7 +33,8 @@ class Outcome(BaseModel):
     run_id: str | None = None
     p50_s: float | None = None
     throughput: float | None = None
-    peak_memory_mib: float | None = None
+    peak_memory_mib: float | None = Field(None, description="Most GPU memory the server used on any of its GPUs "
+                                                            "(NVML, above the level before its launch, warm-up too).")
     verdict: str | None = None
     psnr_db_mean: float | None = None
     speedup_vs_baseline: float | None = None

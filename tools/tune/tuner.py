@@ -200,25 +200,36 @@ class Tuner:
             out.speedup_vs_baseline = self.baseline.p50_s / out.p50_s
 
     def _outcome_from_run(self, name, stage, config, run_id, status, reason) -> Outcome:
-        row = self.ws.store.query_one("SELECT summary FROM runs WHERE id = ?", (run_id,))
+        row = self.ws.store.query_one("SELECT r.summary, s.data FROM runs r LEFT JOIN servers s ON s.id = r.server_id "
+                                      "WHERE r.id = ?", (run_id,))
         s = json.loads(row["summary"] or "{}") if row else {}
+        before = json.loads(row["data"] or "{}").get("memory_before_mib", {}) if row else {}
         lat = s.get("latency") or {}
-        peaks = [g.get("memory_peak_mib") for g in (s.get("gpus") or {}).get("gpus", []) if g.get("memory_peak_mib")]
+        peaks = [(g.get("memory_peak_all_mib") or g.get("memory_peak_mib")) - before.get(str(g["index"]), 0)
+                 for g in (s.get("gpus") or {}).get("gpus", []) if g.get("memory_peak_all_mib") or g.get("memory_peak_mib")]
         return Outcome(name=name, stage=stage, status=status, config=config, reason=reason, run_id=run_id,
                        p50_s=lat.get("p50_s"), std_s=lat.get("std_s"), throughput=s.get("throughput_images_per_s") or
                        s.get("throughput_video_s_per_s"), peak_memory_mib=max(peaks) if peaks else None)
 
     # -- decisions ----------------------------------------------------------------------------------
     def better(self, a: Outcome, b: Outcome | None) -> bool:
-        """a beats b by more than the noise."""
+        """a beats b by more than the noise: 2%, or the two runs' relative spreads added, if larger."""
         if b is None:
             return True
+        margin = max(NOISE, 1 + sum((o.std_s or 0) / o.p50_s for o in (a, b) if o.p50_s))
         if self.req.goal.objective == "throughput":
-            return (a.throughput or 0) > (b.throughput or 0) * NOISE
-        return (a.p50_s or 1e18) < (b.p50_s or 1e18) / NOISE
+            return (a.throughput or 0) > (b.throughput or 0) * margin
+        return (a.p50_s or 1e18) < (b.p50_s or 1e18) / margin
+
+    def fits(self, out: Outcome) -> bool:
+        """Within the goal's per-GPU memory limit (if any); marks it over_memory otherwise."""
+        limit = self.req.goal.vram_limit_mib
+        if out.status in ("measured", "reused") and limit and out.peak_memory_mib and out.peak_memory_mib > limit:
+            out.status, out.reason = "over_memory", f"peak {out.peak_memory_mib:.0f} MiB per GPU is over the limit {limit} MiB"
+        return out.status in ("measured", "reused")
 
     def accept(self, out: Outcome, floor: str) -> bool:
-        if out.status not in ("measured", "reused"):
+        if not self.fits(out):
             return False
         if out.verdict and out.verdict not in ACCEPT[floor]:
             out.status, out.reason = "rejected_quality", f"verdict {out.verdict} is below {floor}"
@@ -241,7 +252,7 @@ class Tuner:
         if not self.baseline or self.baseline.status not in ("measured", "reused"):
             return self.finish(None)
         self.best = self.baseline
-        self._single_gpu(extra)
+        extra = self._single_gpu(extra)
         if not extra:  # offloaded models stay on one GPU
             flags = {k: v for k, v in self.best.config.items() if k in ("quantization",)}
             for c in self._lossless(multi=True):
@@ -256,37 +267,51 @@ class Tuner:
         """Eager on one GPU; after an out-of-memory, the guide's offloads in order. Returns the offload used."""
         base_cfg = dict(self._named("baseline").config)
         self.baseline = self.measure("baseline", "baseline", base_cfg)
-        if self.baseline.status == "failed" and "out_of_memory" in (self.baseline.reason or ""):
+        if not self.fits(self.baseline) and (self.baseline.status == "over_memory" or
+                                             "out_of_memory" in (self.baseline.reason or "")):
             for c in [c for c in self.plan.candidates if "offload" in c.name]:
                 offload = {k: v for k, v in c.config.items() if k != "gpus"}
                 trial = self.measure(f"baseline + {c.name}", "baseline", {**base_cfg, **offload})
-                if trial.status in ("measured", "reused"):
+                if self.fits(trial):
                     self.baseline = trial
                     return offload
         return {}
 
-    def _single_gpu(self, extra: dict) -> None:
+    def _single_gpu(self, extra: dict) -> dict:
         """The guide's single-GPU recipe (compile + FP8) first where FP8 is native; its parts only if it fails.
+        Returns the offload still needed.
 
         With native FP8 the stacked recipe is the expected winner, so measuring compile alone first would
         spend a launch to learn what the recipe shows anyway. Without native FP8 (weight-only fallback, no
         speed-up) methods are added one at a time and kept only when they help.
         """
         single = self._lossless(multi=False)
+        fp8 = [c for c in single if c.config.get("quantization")]
+        if extra and fp8:  # FP8 halves the DiT weights: it may fit without the offload the baseline needed
+            out = self.measure(f"{fp8[-1].name} without offload", "lossless", fp8[-1].config, "lossless")
+            if self.consider(out, "lossless"):
+                self._not_needed(single, fp8[-1], {})
+                return {}
         if self.plan.fp8_native and len(single) > 1:
             stacked = single[-1]
             if self.consider(self.measure(stacked.name, "lossless", {**stacked.config, **extra}, "lossless"),
                              "lossless"):
-                for c in single[:-1]:
-                    key = self.key({**c.config, **extra})
-                    if not self._known(c.name, "lossless", c.config, key, own_only=True):
-                        self._record(Outcome(name=c.name, stage="lossless", status="not_needed", config=c.config,
-                                             reason=f"{stacked.name} (which includes it) passed the gate and won"),
-                                     key, launched=False)
-                return
+                self._not_needed(single, stacked, extra)
+                return extra
             single = single[:-1]
         for c in single:
             self.consider(self.measure(c.name, "lossless", {**c.config, **extra}, "lossless"), "lossless")
+        return extra
+
+    def _not_needed(self, single: list[Candidate], winner: Candidate, extra: dict) -> None:
+        for c in single:
+            if c is winner:
+                continue
+            key = self.key({**c.config, **extra})
+            if not self._known(c.name, "lossless", c.config, key, own_only=True):
+                self._record(Outcome(name=c.name, stage="lossless", status="not_needed", config=c.config,
+                                     reason=f"{winner.name} (which includes it) passed the gate and won"),
+                             key, launched=False)
 
     def _lossy_sweep(self, floor: str) -> None:
         """Server-level lossy settings, gentle to aggressive; stop at the cliff, flag settings that do nothing."""
