@@ -34,13 +34,16 @@ def register(mcp: MCPServer) -> None:
                          resume: Annotated[str | None, Field(description="Instead of a request: the id of a tune job "
                                                              "that was interrupted, failed or cancelled, to continue "
                                                              "under its own id.")] = None) -> JobStatus:
-        """Find the best serving configuration automatically, as a background job: baseline (eager, one GPU) ->
-        lossless candidates (compile + FP8, the parallel layouts the GPUs and the model allow, offload only after
-        an out-of-memory) -> lossy settings swept gentle to aggressive, each compared with the baseline and stopped
-        at the quality cliff -> request-level steps and guidance, measured inside one server. Configurations
-        measured before are reused; `resume=<job id>` continues a job whose omnitune died (its outcomes are
-        replayed from the store, servers it left running are stopped). Follow with job_status / job_wait; the
-        result holds the winning `vllm serve` command, every candidate's outcome, a Pareto plot and a report."""
+        """Find the best serving configuration automatically, as a background job.
+
+        Baseline: eager on one GPU; else offloaded; else the fewest GPUs whose TP fits (all under
+        goal.vram_limit_mib, if set). Then lossless candidates (compile + FP8, the parallel layouts the GPUs and
+        the model allow), then lossy settings swept gentle to aggressive, each compared with the baseline and
+        stopped at the quality cliff, then request-level steps and guidance measured inside one server.
+        Configurations measured before are reused; `resume=<job id>` continues a job whose omnitune died (its
+        outcomes are replayed from the store, servers it left running are stopped). Follow with job_status /
+        job_wait; the result holds the winning `vllm serve` command, every candidate's outcome, a Pareto plot
+        and a markdown report."""
         state = state_of(ctx)
         if state.settings.read_only:
             raise ReadOnlyError("launch servers for a tune")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from typing import Callable
 
@@ -164,6 +165,7 @@ class Tuner:
                 second = self._outcome_from_run(name, stage, config, again.run_id, "measured", None)
                 if out.p50_s and second.p50_s:
                     out.p50_s, out.repeat_run_id = (out.p50_s + second.p50_s) / 2, again.run_id
+                    out.p50_se_s = math.hypot(out.p50_se_s or 0, second.p50_se_s or 0) / 2
                     out.reason = "measured twice (within the spread of the best so far); p50 pooled"
                     self._judge(out)
             if then and out.p50_s:
@@ -186,8 +188,7 @@ class Tuner:
             return False  # rejected on quality whatever its speed
         if stage == "lossy" and self.previous_lossy and same_pixels(out, self.previous_lossy):
             return False  # inert whatever its speed
-        spread = max(0.02, 2 * max((out.std_s or 0) / out.p50_s, (best.std_s or 0) / best.p50_s))
-        return abs(out.p50_s / best.p50_s - 1) < spread
+        return abs(out.p50_s / best.p50_s - 1) < max(NOISE - 1, 2 * noise(out, best))
 
     def _judge(self, out: Outcome) -> None:
         if out.run_id and self.baseline and self.baseline.run_id and out.run_id != self.baseline.run_id:
@@ -207,16 +208,18 @@ class Tuner:
         lat = s.get("latency") or {}
         peaks = [(g.get("memory_peak_all_mib") or g.get("memory_peak_mib")) - before.get(str(g["index"]), 0)
                  for g in (s.get("gpus") or {}).get("gpus", []) if g.get("memory_peak_all_mib") or g.get("memory_peak_mib")]
+        n = lat.get("count") or 0
         return Outcome(name=name, stage=stage, status=status, config=config, reason=reason, run_id=run_id,
-                       p50_s=lat.get("p50_s"), std_s=lat.get("std_s"), throughput=s.get("throughput_images_per_s") or
+                       p50_s=lat.get("p50_s"), std_s=lat.get("std_s"),
+                       p50_se_s=1.2533 * lat["std_s"] / math.sqrt(n) if n > 1 and lat.get("std_s") is not None else None, throughput=s.get("throughput_images_per_s") or
                        s.get("throughput_video_s_per_s"), peak_memory_mib=max(peaks) if peaks else None)
 
     # -- decisions ----------------------------------------------------------------------------------
     def better(self, a: Outcome, b: Outcome | None) -> bool:
-        """a beats b by more than the noise: 2%, or the two runs' relative spreads added, if larger."""
+        """a beats b by more than the noise: 2%, or the two p50s' combined standard error, if larger."""
         if b is None:
             return True
-        margin = max(NOISE, 1 + sum((o.std_s or 0) / o.p50_s for o in (a, b) if o.p50_s))
+        margin = 1 + max(NOISE - 1, noise(a, b))
         if self.req.goal.objective == "throughput":
             return (a.throughput or 0) > (b.throughput or 0) * margin
         return (a.p50_s or 1e18) < (b.p50_s or 1e18) / margin
@@ -264,17 +267,27 @@ class Tuner:
         return self.finish(self.best)
 
     def _baseline(self) -> dict:
-        """Eager on one GPU; after an out-of-memory, the guide's offloads in order. Returns the offload used."""
+        """Eager on one GPU; if it does not fit, the guide's offloads in order, then the fewest GPUs whose tensor
+        parallelism shards the weights enough. Returns what every later candidate must keep to fit."""
         base_cfg = dict(self._named("baseline").config)
         self.baseline = self.measure("baseline", "baseline", base_cfg)
-        if not self.fits(self.baseline) and (self.baseline.status == "over_memory" or
-                                             "out_of_memory" in (self.baseline.reason or "")):
-            for c in [c for c in self.plan.candidates if "offload" in c.name]:
-                offload = {k: v for k, v in c.config.items() if k != "gpus"}
-                trial = self.measure(f"baseline + {c.name}", "baseline", {**base_cfg, **offload})
+        if self.fits(self.baseline) or not (self.baseline.status == "over_memory" or
+                                            "out_of_memory" in (self.baseline.reason or "")):
+            return {}
+        for c in [c for c in self.plan.candidates if "offload" in c.name]:
+            offload = {k: v for k, v in c.config.items() if k != "gpus"}
+            trial = self.measure(f"baseline + {c.name}", "baseline", {**base_cfg, **offload})
+            if self.fits(trial):
+                self.baseline = trial
+                return offload
+        for c in self._lossless(multi=True):
+            n = c.config.get("tensor_parallel_size")
+            if n and not set(c.config) - {"tensor_parallel_size", "gpus", "quantization"}:
+                sharded = {"tensor_parallel_size": n, "gpus": c.config["gpus"]}
+                trial = self.measure(f"baseline (TP {n})", "baseline", {**base_cfg, **sharded})
                 if self.fits(trial):
                     self.baseline = trial
-                    return offload
+                    return sharded
         return {}
 
     def _single_gpu(self, extra: dict) -> dict:
@@ -287,8 +300,9 @@ class Tuner:
         """
         single = self._lossless(multi=False)
         fp8 = [c for c in single if c.config.get("quantization")]
-        if extra and fp8:  # FP8 halves the DiT weights: it may fit without the offload the baseline needed
-            out = self.measure(f"{fp8[-1].name} without offload", "lossless", fp8[-1].config, "lossless")
+        if extra and fp8:  # FP8 halves the DiT weights: it may fit without what the baseline needed
+            label = "on one GPU" if "gpus" in extra else "without offload"
+            out = self.measure(f"{fp8[-1].name} {label}", "lossless", fp8[-1].config, "lossless")
             if self.consider(out, "lossless"):
                 self._not_needed(single, fp8[-1], {})
                 return {}
@@ -482,6 +496,11 @@ def workload_with(workload: Workload, settings: dict) -> Workload:
     typed = {k: v for k, v in settings.items() if k in Workload.model_fields and k != "extra_body"}
     extra = {**workload.extra_body, **{k: v for k, v in settings.items() if k not in typed}}
     return workload.model_copy(update={**typed, "extra_body": extra})
+
+
+def noise(a: Outcome, b: Outcome) -> float:
+    """Combined relative standard error of two p50s."""
+    return math.hypot(*((o.p50_se_s or 0) / o.p50_s if o.p50_s else 0 for o in (a, b)))
 
 
 def same_pixels(a: Outcome, b: Outcome) -> bool:
