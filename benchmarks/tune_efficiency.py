@@ -39,12 +39,12 @@ from tools.launch import Launcher, ServeConfig  # noqa: E402
 from tools.plan import Goal, layouts, request_candidates  # noqa: E402
 from tools.settings import Settings  # noqa: E402
 from tools.tune import ACCEPT, TuneRequest, Tuner  # noqa: E402
-from tools.tune.tuner import RequestSweep, request_settings, workload_with  # noqa: E402
+from tools.tune.request_level import RequestSweep, request_settings, workload_with  # noqa: E402
 from tools.workspace import Workspace  # noqa: E402
 
 FIX = (REPO.parent / "shared" / "fixtures" / "models").resolve()
 SRC = REPO / ".venv" / "vllm-omni-src" / "0.30.0"
-IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 8}
+IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 20}
 VIDEO = {"task": "text-to-video", "sizes": ["256x256"], "measured": 2, "warmup": 1, "num_inference_steps": 4,
          "num_frames": 5, "fps": 8}
 SCENARIOS = [("image_fp8_compile", "tiny-zimage", {}, IMAGE, 1), ("cfg4_qwen_image", "tiny-qwenimage", {}, IMAGE, 4),
@@ -74,15 +74,16 @@ def job_row(ws: Workspace, job_id: str) -> None:
 
 def label(config: dict, request: dict) -> str:
     """A configuration in a few words, as the serve flags would say it."""
-    short = {"enforce_eager": "eager", "quantization": "fp8", "enable_layerwise_offload": "layerwise",
+    short = {"quantization": "fp8", "enable_layerwise_offload": "layerwise",
              "enable_cpu_offload": "cpu-offload", "cfg_parallel_size": "cfg", "usp": "usp", "ring": "ring",
              "tensor_parallel_size": "tp"}
-    words = [short[k] + (str(v) if isinstance(v, int) and not isinstance(v, bool) else "")
-             for k, v in config.items() if k in short and v]
+    words = ["eager" if config.get("enforce_eager") else "compile"]
+    words += [short[k] + (str(v) if isinstance(v, int) and not isinstance(v, bool) else "")
+              for k, v in config.items() if k in short and v]
     if config.get("cache_backend"):
         words.append(f"{config['cache_backend']} {next(iter(config['cache_config'].values()))}")
     words += [f"{k}={v}" for k, v in request.items() if k != "true_cfg_scale"]
-    return " ".join(words) or "compile"
+    return " ".join(words)
 
 
 def refused(outcomes) -> int:

@@ -21,12 +21,15 @@ Measure everything; never report a speed-up you did not measure here. Work step 
 5. {lossy_step}
 6. Report: the winning `vllm serve` command (launch_server dry_run=true gives it exactly), its p50 latency,
    throughput and peak memory against the baseline, the quality verdict, and what you pruned and why.
-   plan and tune_start automate steps 3-5 when they are available; their reports carry the same evidence.
+   plan and tune_start automate steps 3-5 when they are available; their reports carry the same evidence. A tune
+   whose omnitune died shows as `interrupted` in job_status: continue it with tune_start(resume=<job id>).
 """
 
 LOSSY = ("Lossy, only within the quality floor: TeaCache (cache_backend=tea_cache, rel_l1_thresh 0.1 -> 0.2 -> 0.4) "
          "where supported, else Cache-DiT (cache_backend=cache_dit); sweep from gentle to aggressive, compare each "
-         "with the baseline, stop at the first 'degraded' verdict, and discard thresholds that give no speed-up.")
+         "with the baseline, stop at the first 'degraded' verdict, and discard thresholds that give no speed-up. "
+         "Then request-level settings on one server of the best configuration: fewer num_inference_steps, and "
+         "guidance_scale=1 (no CFG pass, ~2x on a CFG model), each compared with the baseline the same way.")
 LOSSLESS_ONLY = "Skip lossy methods (TeaCache, Cache-DiT, fewer steps): quality is paramount."
 
 

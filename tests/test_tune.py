@@ -136,7 +136,7 @@ def test_guidance_is_pruned_for_a_pipeline_without_cfg_and_steps_need_a_step_cou
     from types import SimpleNamespace
 
     from tools.plan import request_candidates
-    from tools.tune.tuner import request_settings
+    from tools.tune.request_level import request_settings
     pruned = []
     names = [c.name for c in request_candidates(SimpleNamespace(uses_cfg=False), pruned)]
     assert "guidance off" not in names and [p.name for p in pruned] == ["guidance off"]
