@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 
@@ -227,3 +228,24 @@ async def test_a_model_too_big_for_one_gpu_even_offloaded_gets_the_fewest_gpus_t
     # ... which opens the replicated layouts again: CFG parallel over both GPUs, with FP8, wins
     assert r["winner"]["name"] == "cfg_parallel_size=2 (2 GPUs)" and r["winner"]["config"]["quantization"] == "fp8"
     assert "--tensor-parallel-size" not in r["command"] and r["command"].startswith("CUDA_VISIBLE_DEVICES=0,1 ")
+
+
+async def test_a_cancelled_tune_stops_its_server_and_can_be_resumed(emulator, tmp_path):
+    emulator.write("lossy_cliff")
+    async with Client(build_server(emulator_settings(emulator, tmp_path, vllm_omni_source=SRC))) as client:
+        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "goal": {"quality": "lossy"},
+                                                                "workload": IMAGE}})
+        job_id = job.structured_content["id"]
+        for _ in range(600):  # bounded: until three candidates are decided
+            if (await client.call_tool("job_status", {"job_id": job_id})).structured_content["progress"] >= 3:
+                break
+            await anyio.sleep(0.05)
+        await client.call_tool("job_cancel", {"job_id": job_id})
+        cancelled = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 120})).structured_content
+        assert cancelled["status"] == "cancelled" and emulator_processes(emulator) == []
+        again = await client.call_tool("tune_start", {"resume": job_id})
+        final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 300})).structured_content
+    assert again.structured_content["id"] == job_id and final["status"] == "completed", final["error"]
+    r = final["result"]
+    assert sum(c["resumed"] for c in r["candidates"]) >= 3 and r["winner"]["name"] == "tea_cache 0.3"
+    assert emulator_processes(emulator) == []
