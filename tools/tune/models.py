@@ -40,8 +40,8 @@ class Outcome(BaseModel):
     speedup_vs_baseline: float | None = None
     gpu_seconds: float = 0.0
     std_s: float | None = None
-    p50_se_s: float | None = Field(None, description="Standard error of p50 (1.25 std / sqrt(n)); decides what is "
-                                                     "within the noise.")
+    p50_se_s: float | None = Field(None, description="Standard error of p50 (1.25 x 1.48 MAD / sqrt(n), robust to "
+                                                     "a stalled request); decides what is within the noise.")
     repeat_run_id: str | None = Field(None, description="Second measurement, taken when the first was within the "
                                                         "spread of the best so far (p50 is then pooled).")
     request_settings: dict[str, Any] = Field(default_factory=dict, description="Request-level settings (steps, "

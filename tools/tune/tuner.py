@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 import time
 from typing import Callable
 
@@ -207,11 +208,21 @@ class Tuner:
         lat = s.get("latency") or {}
         peaks = [(g.get("memory_peak_all_mib") or g.get("memory_peak_mib")) - before.get(str(g["index"]), 0)
                  for g in (s.get("gpus") or {}).get("gpus", []) if g.get("memory_peak_all_mib") or g.get("memory_peak_mib")]
-        n = lat.get("count") or 0
         return Outcome(name=name, stage=stage, status=status, config=config, reason=reason, run_id=run_id,
-                       p50_s=lat.get("p50_s"), std_s=lat.get("std_s"),
-                       p50_se_s=1.2533 * lat["std_s"] / math.sqrt(n) if n > 1 and lat.get("std_s") is not None else None, throughput=s.get("throughput_images_per_s") or
+                       p50_s=lat.get("p50_s"), std_s=lat.get("std_s"), p50_se_s=self._p50_se(run_id), throughput=s.get("throughput_images_per_s") or
                        s.get("throughput_video_s_per_s"), peak_memory_mib=max(peaks) if peaks else None)
+
+    def _p50_se(self, run_id: str) -> float | None:
+        """Standard error of the median, from the MAD: one stalled request on a busy host must not make every
+        comparison 'within the noise' (the standard deviation would)."""
+        lat = [r["latency_s"] for r in self.ws.store.query(
+            "SELECT latency_s FROM requests WHERE run_id = ? AND phase = 'measured' AND ok = 1 "
+            "AND latency_s IS NOT NULL", (run_id,))]
+        if len(lat) < 2:
+            return None
+        mid = statistics.median(lat)
+        mad = statistics.median(abs(x - mid) for x in lat)
+        return 1.2533 * 1.4826 * mad / math.sqrt(len(lat))
 
     # -- decisions ----------------------------------------------------------------------------------
     def better(self, a: Outcome, b: Outcome | None) -> bool:
