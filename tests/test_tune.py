@@ -22,7 +22,8 @@ from tests.launch_helpers import QWEN, WAN, ZIMAGE, emulator_processes, emulator
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / ".venv" / "vllm-omni-src" / "0.30.0"
-# 20 steps: requests long enough (0.1-0.5 s simulated) that a loaded 2-core machine's scheduling noise stays small
+# 20 steps: requests long enough (0.1-0.5 s simulated) that a loaded 2-core machine's scheduling noise stays small;
+# 3 measured requests everywhere (videos too): the median and its MAD-based error then shrug off one stalled request
 IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 20}
 
 
@@ -84,7 +85,7 @@ async def test_four_gpu_cfg_model_cfg_parallel_times_ulysses_beats_pure_ulysses(
 
 
 async def test_a_video_model_that_only_fits_with_offload(emulator, tmp_path):
-    video = {"task": "text-to-video", "sizes": ["256x256"], "measured": 2, "warmup": 1, "num_inference_steps": 4,
+    video = {"task": "text-to-video", "sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 4,
              "num_frames": 5, "fps": 8}
     r = await tune(emulator, tmp_path, "video_offload", WAN, {}, video)
     c = by_name(r)
@@ -220,7 +221,7 @@ async def test_a_memory_limit_rejects_what_peaks_over_it_and_fp8_can_drop_the_of
 
 async def test_a_model_too_big_for_one_gpu_even_offloaded_gets_the_fewest_gpus_that_fit(emulator, tmp_path):
     l4 = {"name": "NVIDIA L4", "memory_mib": 23034, "compute_capability": [8, 9]}
-    video = {"task": "text-to-video", "sizes": ["256x256"], "measured": 2, "warmup": 1, "num_inference_steps": 4,
+    video = {"task": "text-to-video", "sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 4,
              "num_frames": 5, "fps": 8}
     world = {"gpus": [l4] * 2, "model": {"rejects": ["layerwise_offload", "cpu_offload"], "dit_gib": 16.0},
              "cost": {"tp_efficiency": 0.55}}
@@ -232,8 +233,10 @@ async def test_a_model_too_big_for_one_gpu_even_offloaded_gets_the_fewest_gpus_t
     one = c["compile+fp8 on one GPU"]  # FP8 halves the DiT: one GPU is enough again, and faster than TP 2
     assert one["status"] == "measured" and one["config"]["gpus"] == [0]
     assert one["speedup_vs_baseline"] > 1.2
-    # ... which opens the replicated layouts again: CFG parallel over both GPUs, with FP8, wins
-    assert r["winner"]["name"] == "cfg_parallel_size=2 (2 GPUs)" and r["winner"]["config"]["quantization"] == "fp8"
+    # ... which opens the replicated layouts again: one over both GPUs, with FP8, wins (CFG parallel 1.9x and
+    # Ulysses 1.8x are within the noise of each other in this world)
+    assert r["winner"]["name"] in ("cfg_parallel_size=2 (2 GPUs)", "usp=2 (2 GPUs)")
+    assert r["winner"]["config"]["quantization"] == "fp8" and r["winner"]["speedup_vs_baseline"] > 1.5
     assert "--tensor-parallel-size" not in r["command"] and r["command"].startswith("CUDA_VISIBLE_DEVICES=0,1 ")
 
 

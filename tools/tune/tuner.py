@@ -31,7 +31,8 @@ from tools.workspace import Workspace
 
 NOISE = 1.02  # "faster" must beat the best by more than this factor
 # A setting whose pixels match the previous one's skips no work, so any speed difference is launch-to-launch
-# noise (3.5% seen between two launches of one configuration on an H200): below this factor it is inert.
+# noise (3.5% seen between two launches of one configuration on an H200): below this factor (or twice the
+# measured noise, if larger) it is inert.
 INERT = 1.05
 
 
@@ -350,7 +351,8 @@ class Tuner:
                     break
                 continue
             previous = self.previous_lossy
-            if out.p50_s and previous.p50_s and out.p50_s > previous.p50_s / INERT and same_pixels(out, previous):
+            if out.p50_s and previous.p50_s and same_pixels(out, previous) and \
+                    out.p50_s > previous.p50_s / max(INERT, 1 + 2 * noise(out, previous)):
                 out.status, out.reason = "inert", "no speed-up and no change in the pixels: this setting does nothing"
                 continue
             if self.better(out, self.best):
