@@ -30,7 +30,7 @@ def resumable_request(workspace: Workspace, launcher: Launcher, job_id: str) -> 
     request = TuneRequest.model_validate(json.loads(row["params"]))
     notes = []
     for view in launcher.list():
-        if view.server.data.get("labels", {}).get("tune_job") == job_id and view.state in ("orphaned", "running"):
+        if view.server.data.get("labels", {}).get("tune_job") == job_id and view.state == "orphaned":
             stopped = launcher.stop(view.server.id, grace_s=5)
             notes.append(f"stopped {view.server.id}, left running by the interrupted run "
                          f"({'cleanly' if stopped.stopped else 'with leftovers: ' + str(stopped.leftover_pids)})")
