@@ -7,8 +7,6 @@ import time
 from typing import TYPE_CHECKING
 
 from tools.benchmark import BenchmarkTarget, Workload, run_benchmark
-from tools.errors import LaunchError, OmnituneError
-from tools.launch import ServeConfig
 from tools.tune.models import Outcome
 
 if TYPE_CHECKING:
@@ -62,20 +60,9 @@ class RequestSweep:
         return out
 
     def _launch(self, config: dict) -> None:
-        t, n = self.t, len(config.get("gpus") or [0])
         t0 = time.monotonic()
-        try:
-            launched = t.launcher.launch(ServeConfig(model=t.req.model, **config), labels={"tune_job": t.job_id})
-        except LaunchError as exc:
-            t.launches += 1
-            t.gpu_seconds += (time.monotonic() - t0) * n
-            self.failed = f"{exc.cause}: {exc.problem}"
-            return
-        except OmnituneError as exc:
-            self.failed = str(exc)
-            return
-        t.launches += 1
-        self.server_id, self.launch_s = launched.server.id, time.monotonic() - t0
+        self.server_id, self.failed, _ = self.t.start_server(config)
+        self.launch_s = time.monotonic() - t0
 
     def close(self) -> None:
         if self.server_id and self.owned:

@@ -140,23 +140,31 @@ class Tuner:
         self._record(out, key, launched)
         return out
 
-    def _launch_and_measure(self, name: str, stage: str, config: dict, floor: str | None,
-                            then: Callable[[str], None] | None) -> tuple[Outcome, bool]:
-        n = len(config.get("gpus") or [0])
+    def start_server(self, config: dict) -> tuple[str | None, str | None, bool]:
+        """Launch ``config`` for measuring: (server id, None, True), or (None, why, whether a process started).
+        A launch that started and died counts, with its GPU time; one refused before starting does not."""
         t0 = time.monotonic()
         try:
             launched = self.launcher.launch(ServeConfig(model=self.req.model, **config),
                                             labels={"tune_job": self.job_id})
-        except LaunchError as exc:  # it started and died: that cost GPU time
-            spent = (time.monotonic() - t0) * n
+        except LaunchError as exc:
             self.launches += 1
-            self.gpu_seconds += spent
-            return Outcome(name=name, stage=stage, status="failed", config=config, gpu_seconds=spent,
-                           reason=f"{exc.cause}: {exc.problem}"), True
-        except OmnituneError as exc:  # refused before any process started
-            return Outcome(name=name, stage=stage, status="failed", config=config, reason=str(exc)), False
+            self.gpu_seconds += (time.monotonic() - t0) * len(config.get("gpus") or [0])
+            return None, f"{exc.cause}: {exc.problem}", True
+        except OmnituneError as exc:
+            return None, str(exc), False
         self.launches += 1
-        target = BenchmarkTarget(server_id=launched.server.id)
+        return launched.server.id, None, True
+
+    def _launch_and_measure(self, name: str, stage: str, config: dict, floor: str | None,
+                            then: Callable[[str], None] | None) -> tuple[Outcome, bool]:
+        n = len(config.get("gpus") or [0])
+        t0 = time.monotonic()
+        server_id, why, started = self.start_server(config)
+        if server_id is None:
+            return Outcome(name=name, stage=stage, status="failed", config=config, reason=why,
+                           gpu_seconds=(time.monotonic() - t0) * n if started else 0.0), started
+        target = BenchmarkTarget(server_id=server_id)
         try:
             result = run_benchmark(self.ws, target, self.req.workload)
             out = self._outcome_from_run(name, stage, config, result.run_id, "measured", None)
@@ -170,9 +178,9 @@ class Tuner:
                     out.reason = "measured twice (within the spread of the best so far); p50 pooled"
                     self._judge(out)
             if then and out.p50_s:
-                then(launched.server.id)
+                then(server_id)
         finally:
-            self.launcher.stop(launched.server.id)
+            self.launcher.stop(server_id)
             spent = (time.monotonic() - t0) * n
             self.gpu_seconds += spent
         out.gpu_seconds = spent
@@ -210,8 +218,9 @@ class Tuner:
         peaks = [(g.get("memory_peak_all_mib") or g.get("memory_peak_mib")) - before.get(str(g["index"]), 0)
                  for g in (s.get("gpus") or {}).get("gpus", []) if g.get("memory_peak_all_mib") or g.get("memory_peak_mib")]
         return Outcome(name=name, stage=stage, status=status, config=config, reason=reason, run_id=run_id,
-                       p50_s=lat.get("p50_s"), std_s=lat.get("std_s"), p50_se_s=self._p50_se(run_id), throughput=s.get("throughput_images_per_s") or
-                       s.get("throughput_video_s_per_s"), peak_memory_mib=max(peaks) if peaks else None)
+                       p50_s=lat.get("p50_s"), std_s=lat.get("std_s"), p50_se_s=self._p50_se(run_id),
+                       throughput=s.get("throughput_images_per_s") or s.get("throughput_video_s_per_s"),
+                       peak_memory_mib=max(peaks) if peaks else None)
 
     def _p50_se(self, run_id: str) -> float | None:
         """Standard error of the median, from the MAD: one stalled request on a busy host must not make every
