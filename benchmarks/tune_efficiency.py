@@ -122,7 +122,8 @@ def p50(settings: Settings, ws: Workspace, model: str, workload: Workload, confi
     launcher = Launcher(settings, ws)
     server = launcher.launch(ServeConfig(model=model, **config)).server
     try:
-        return run_benchmark(ws, BenchmarkTarget(server_id=server.id), workload_with(workload, request)).summary.latency.p50_s
+        result = run_benchmark(ws, BenchmarkTarget(server_id=server.id), workload_with(workload, request))
+        return result.summary.latency.p50_s
     finally:
         launcher.stop(server.id)
 
@@ -157,7 +158,8 @@ def run_scenario(name: str, model: str, goal: dict, workload: dict, n_gpus: int,
     return (f"| {name} | {label(tuned.winner.config, tuned.winner.request_settings)} | "
             f"{label(best_grid.config, best_grid.request_settings)} | {tune_speedup:.2f}x | {grid_speedup:.2f}x | "
             f"{tune_speedup / grid_speedup:.1%} | {tuned.launches} / {g.launches} | "
-            f"{tuned.gpu_seconds:.1f} / {g.gpu_seconds:.1f} ({ratio:.0%}) | {refused(tuned.candidates)} / {refused(g.outcomes)} |")
+            f"{tuned.gpu_seconds:.1f} / {g.gpu_seconds:.1f} ({ratio:.0%}) | "
+            f"{refused(tuned.candidates)} / {refused(g.outcomes)} |")
 
 
 def main() -> None:
@@ -173,7 +175,8 @@ def main() -> None:
             continue
         rows.append(run_scenario(*scenario, repeats=args.repeats))
         sys.stdout.write(rows[-1] + "\n")
-    sys.stdout.write(f"speed-ups: medians of {args.repeats} fresh launches each, interleaved\n" + "\n".join(rows) + "\n")
+    sys.stdout.write(f"speed-ups: medians of {args.repeats} fresh launches each, interleaved\n")
+    sys.stdout.write("\n".join(rows) + "\n")
 
 
 if __name__ == "__main__":

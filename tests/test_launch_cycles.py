@@ -47,7 +47,8 @@ async def test_a_sigkilled_omnitune_leaves_an_orphan_that_a_restart_lists_and_st
     emulator.write(world(2))
     settings = emulator_settings(emulator, tmp_path)
     driver = subprocess.Popen([sys.executable, str(REPO / "tests" / "orphan_driver.py"), settings.model_dump_json(),
-                               "launch_server", json.dumps({"config": {"model": ZIMAGE}})], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               "launch_server", json.dumps({"config": {"model": ZIMAGE}})], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               env={**os.environ, "PYTHONPATH": f"{FAKE_NVML_DIR}{os.pathsep}{REPO}"}, stdin=subprocess.DEVNULL)
     try:
         line = driver.stdout.readline()  # bounded: the driver launches (emulator startup 0.1 s) then prints

@@ -137,7 +137,8 @@ async def test_plan_lists_candidates_with_evidence_and_pruned_ones(emulator, tmp
     assert fp8["evidence"] and ":" in fp8["evidence"][0]
     assert any(c["stage"] == "lossy" and c["config"]["cache_backend"] == "tea_cache" for c in plan["candidates"])
     request_level = {c["name"]: c["request"] for c in plan["candidates"] if c["request"]}
-    assert request_level == {"fewer steps (75%)": {"steps_fraction": 0.75}, "fewer steps (50%)": {"steps_fraction": 0.5},
+    assert request_level == {"fewer steps (75%)": {"steps_fraction": 0.75},
+                             "fewer steps (50%)": {"steps_fraction": 0.5},
                              "guidance off": {"guidance_scale": 1.0, "true_cfg_scale": 1.0}}
 
 
@@ -201,7 +202,8 @@ async def test_resume_refuses_what_cannot_be_resumed(emulator, tmp_path):
         unknown = await client.call_tool("tune_start", {"resume": "tune-nope"})
     assert both.is_error and "not both or neither" in both.content[0].text
     assert neither.is_error and "not both or neither" in neither.content[0].text
-    assert completed.is_error and "is completed" in completed.content[0].text and "job_status" in completed.content[0].text
+    assert completed.is_error and "is completed" in completed.content[0].text
+    assert "job_status" in completed.content[0].text
     assert unknown.is_error and "no job 'tune-nope'" in unknown.content[0].text and job_id in unknown.content[0].text
 
 

@@ -123,3 +123,8 @@ class Engine:
         denoise = elapsed * 0.9
         return {"inference_time_s": elapsed, "peak_memory_mb": float(peak),
                 "stage_durations": {"text_encoder": elapsed * 0.04, "denoise": denoise, "vae_decode": elapsed * 0.06}}
+
+    def deviations(self, steps: int, guidance: tuple[float | None, float | None]) -> list[tuple[float, str, object]]:
+        """Every pixel deviation of one request: its request-level settings, then this configuration's lossy ones."""
+        return [*w.request_deviations(self.world, steps, *guidance),
+                (w.pixel_noise(self.world, self.cfg), self.cfg.lossless_key, steps)]

@@ -168,8 +168,7 @@ class Handler(BaseHTTPRequestHandler):
         for _ in range(n - 1):
             more = e.generate(width, height, int(steps), 1, guided)
             metrics["inference_time_s"] += more["inference_time_s"]
-        deviations = [*w.request_deviations(e.world, int(steps), *guidance),
-                      (w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key, steps)]
+        deviations = e.deviations(int(steps), guidance)
         data = []
         for i in range(n):
             img = media.base_image(req["prompt"], seed + i, width, height, req.get("negative_prompt") or "")
@@ -212,8 +211,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise RuntimeError(fault)
                 metrics = e.generate(width, height, steps, frames, w.guidance_runs(*guidance))
                 frames_px = media.video_frames(form["prompt"], seed, width, height, frames,
-                                               [*w.request_deviations(e.world, steps, *guidance),
-                                                (w.pixel_noise(e.world, e.cfg), e.cfg.lossless_key, steps)],
+                                               e.deviations(steps, guidance),
                                                form.get("negative_prompt") or "")
                 job["_mp4"] = media.mp4_bytes(frames_px, fps)
                 job.update(metrics, status="completed", progress=100, completed_at=int(time.time()),

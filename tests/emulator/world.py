@@ -318,7 +318,8 @@ def request_deviations(world: dict, steps: int, guidance_scale: float | None, tr
                        ) -> list[tuple[float, str, object]]:
     """Pixel deviations from request-level settings, as (std, tag, key) each; default settings give std 0."""
     model, cost = world["model"], world["cost"]
-    out = [(cost["fewer_steps_noise"] * max(0, model["default_steps"] - steps) / model["default_steps"], "steps", steps)]
+    fewer = max(0, model["default_steps"] - steps) / model["default_steps"]
+    out = [(cost["fewer_steps_noise"] * fewer, "steps", steps)]
     if model["uses_cfg"] and not guidance_runs(guidance_scale, true_cfg_scale):
         out.append((cost["cfg_off_noise"], "guidance", "off"))
     elif model["uses_cfg"]:

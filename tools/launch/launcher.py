@@ -132,7 +132,8 @@ class Launcher:
             "id": server_id, "created_at": now(), "model": config.model, "status": "starting",
             "config": config.model_dump(mode="json"), "argv": argv, "env": env, "host": self.settings.serve_host,
             "port": port, "owner_pid": os.getpid(), "owner_start_time": owner, "gpus": gpus, "run_dir": str(run_dir),
-            "log_path": str(log_path), "data": {"warnings": warnings, "memory_before_mib": before, "labels": labels or {}}})
+            "log_path": str(log_path),
+            "data": {"warnings": warnings, "memory_before_mib": before, "labels": labels or {}}})
         start = time.monotonic()
         popen, release = process.spawn(argv, {**os.environ, **env}, log_path)
         with self._lock:
