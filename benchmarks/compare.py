@@ -20,10 +20,10 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from omnitune.tools.compare import compare_runs  # noqa: E402
+from omnitune.tools.settings import Settings  # noqa: E402
+from omnitune.tools.workspace import Workspace  # noqa: E402
 from tests.synthetic_runs import record_run, shots, summary  # noqa: E402
-from tools.compare import compare_runs  # noqa: E402
-from tools.settings import Settings  # noqa: E402
-from tools.workspace import Workspace  # noqa: E402
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import httpx  # noqa: E402
 
 from tests.emulator.harness import make_emulator, start  # noqa: E402
 
-MODEL = str(REPO.parent / "shared" / "fixtures" / "models" / "tiny-zimage")
+MODEL = str(REPO / "tests" / "fixtures" / "models" / "tiny-zimage")
 
 
 def measure(root: Path, n: int, startup_s: float, args: list[str], gpus: int = 1) -> tuple[list[float], list[float]]:

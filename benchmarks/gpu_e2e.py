@@ -78,6 +78,7 @@ def emulator_processes(shim: Path) -> list[int]:
 
 async def run(args: argparse.Namespace) -> None:
     from mcp import Client, StdioServerParameters
+
     from tests.emulator import world as emu_world
     from tests.emulator.harness import make_vllm_shim
 
@@ -100,7 +101,7 @@ async def run(args: argparse.Namespace) -> None:
         env["OMNITUNE_VLLM_OMNI_SOURCE"] = str(args.vllm_omni_src)
     if args.serve_args:
         env["VLLM_EMU_SERVE_ARGS"] = str(args.serve_args)
-    command = [sys.executable, "-m", "server.main"]
+    command = [sys.executable, "-m", "omnitune.server.main"]
     idle = gpu_used()
     say(f"idle GPU memory (MiB): {idle}")
 
@@ -178,7 +179,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpus", type=int, choices=[2, 4], default=2)
     p.add_argument("--wheels", type=Path)
-    p.add_argument("--fixtures", type=Path, default=REPO.parent / "shared" / "fixtures" / "models")
+    p.add_argument("--fixtures", type=Path, default=REPO / "tests" / "fixtures" / "models")
     p.add_argument("--vllm-omni-src", type=Path)
     p.add_argument("--serve-args", type=Path)
     p.add_argument("--simulate", action="store_true", help="Rehearse on a machine without GPUs (fake NVML).")

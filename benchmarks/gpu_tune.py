@@ -54,7 +54,7 @@ def compute_processes() -> list[tuple[int, int, int]]:
 
 async def resume(env: dict, job_id: str) -> dict:
     from mcp import Client, StdioServerParameters
-    params = StdioServerParameters(command=sys.executable, args=["-m", "server.main"], env=env, cwd=str(REPO))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "omnitune.server.main"], env=env, cwd=str(REPO))
     async with Client(params) as client:
         status = (await client.call_tool("job_status", {"job_id": job_id})).structured_content
         check("the killed omnitune's job is interrupted", status["status"] == "interrupted", status["message"] or "")
@@ -70,10 +70,10 @@ async def resume(env: dict, job_id: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--wheels", type=Path)
-    p.add_argument("--fixtures", type=Path, default=REPO.parent / "shared" / "fixtures" / "models")
+    p.add_argument("--fixtures", type=Path, default=REPO / "tests" / "fixtures" / "models")
     p.add_argument("--vllm-omni-src", type=Path, required=True)
     p.add_argument("--serve-args", type=Path, help="serve-args.json (with openapi.json beside it) for the emulator, "
-                                                  "when ../shared is not beside the checkout")
+                                                  "(default: the copy vendored in tests/emulator/reference)")
     p.add_argument("--simulate", action="store_true", help="Rehearse without GPUs (fake NVML).")
     args = p.parse_args()
     if args.wheels:
@@ -94,7 +94,7 @@ def main() -> None:
                    PYTHONPATH=f"{FAKE_NVML}{os.pathsep}{REPO}")
         os.environ.update(VLLM_EMU_SCENARIO=env["VLLM_EMU_SCENARIO"], VLLM_EMU_STATE_DIR=env["VLLM_EMU_STATE_DIR"])
         sys.path.insert(0, str(FAKE_NVML))
-    from tools.settings import Settings
+    from omnitune.tools.settings import Settings
     settings = Settings(workspace=work / "ws", vllm=str(shim), model_roots=[args.fixtures],
                         vllm_omni_source=args.vllm_omni_src)
     idle = e2e.gpu_used()

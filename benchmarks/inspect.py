@@ -20,8 +20,8 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from tools.settings import Settings
-from tools.capabilities import support_table
+from omnitune.tools.settings import Settings
+from omnitune.tools.capabilities import support_table
 s = Settings(workspace=Path({ws!r}), vllm_omni_source=Path({src!r}))
 t = time.perf_counter(); table = support_table(s); first = time.perf_counter() - t
 again = []

@@ -134,7 +134,7 @@ def wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 30) -> st
 
 # -- measurements ----------------------------------------------------------------------------------
 def pct(values: list[float], q: float) -> float:
-    from tools.benchmark.stats import percentile
+    from omnitune.tools.benchmark.stats import percentile
     return percentile(sorted(values), q)
 
 
@@ -161,8 +161,8 @@ def raw_latencies(url: str, body: bytes, n: int) -> list[float]:
 
 
 def client_overhead(url: str, n: int, label: str) -> dict:
-    from tools.benchmark.client import OmniClient
-    from tools.benchmark.workload import Workload
+    from omnitune.tools.benchmark.client import OmniClient
+    from omnitune.tools.benchmark.workload import Workload
     params = Workload(sizes=["16x16"], num_inference_steps=1).request(0, 42, "16x16").params
     raw = raw_latencies(url, json.dumps(params).encode(), n)
     client = OmniClient(url, 30)
@@ -180,9 +180,9 @@ def client_overhead(url: str, n: int, label: str) -> dict:
 
 
 def runner_figures(url: str, n: int, concurrency: int) -> dict:
-    from tools.benchmark import BenchmarkTarget, Workload, run_benchmark
-    from tools.settings import Settings
-    from tools.workspace import Workspace
+    from omnitune.tools.benchmark import BenchmarkTarget, Workload, run_benchmark
+    from omnitune.tools.settings import Settings
+    from omnitune.tools.workspace import Workspace
     with tempfile.TemporaryDirectory() as tmp:
         ws = Workspace.open(Settings(workspace=Path(tmp)))
         w = Workload(sizes=["16x16"], num_inference_steps=1, measured=n, concurrency=concurrency, warmup=1)
@@ -197,7 +197,8 @@ def runner_figures(url: str, n: int, concurrency: int) -> dict:
 
 def video_delays(url: str, n: int, mode: str, initial: float, cap: float) -> dict:
     import httpx
-    from tools.benchmark.client import OmniClient
+
+    from omnitune.tools.benchmark.client import OmniClient
     client = OmniClient(url, 60)
     delays, polls = [], []
     for i in range(n):
@@ -228,7 +229,7 @@ def emulator_url() -> tuple[subprocess.Popen, str, Path]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(emu.shim), "serve", str(REPO.parent / "shared/fixtures/models/tiny-zimage"),
+    proc = subprocess.Popen([str(emu.shim), "serve", str(REPO / "tests/fixtures/models/tiny-zimage"),
                              "--omni", "--port", str(port), "--enforce-eager"], env={**os.environ, **emu.env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return proc, wait_healthy(proc, port), tmp

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 async def once(workspace: str) -> tuple[float, int]:
     exe = shutil.which("omnitune", path=str(Path(sys.executable).parent)) or sys.executable
-    args = [] if exe != sys.executable else ["-m", "server.main"]
+    args = [] if exe != sys.executable else ["-m", "omnitune.server.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITUNE_")} | {"OMNITUNE_WORKSPACE": workspace}
     params = StdioServerParameters(command=exe, args=args, env=env, cwd=str(REPO))
     start = time.perf_counter()

@@ -26,23 +26,23 @@ sys.path.insert(0, str(REPO))
 import argparse  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
-import statistics  # noqa: E402
 import os  # noqa: E402
+import statistics  # noqa: E402
 import tempfile  # noqa: E402
 
 from tests.emulator.harness import FAKE_NVML, make_emulator  # noqa: E402
 
 sys.path.insert(0, str(FAKE_NVML))
 
-from tools.benchmark import BenchmarkTarget, Workload, run_benchmark  # noqa: E402
-from tools.launch import Launcher, ServeConfig  # noqa: E402
-from tools.plan import Goal, layouts, request_candidates  # noqa: E402
-from tools.settings import Settings  # noqa: E402
-from tools.tune import ACCEPT, TuneRequest, Tuner  # noqa: E402
-from tools.tune.request_level import RequestSweep, request_settings, workload_with  # noqa: E402
-from tools.workspace import Workspace  # noqa: E402
+from omnitune.tools.benchmark import BenchmarkTarget, Workload, run_benchmark  # noqa: E402
+from omnitune.tools.launch import Launcher, ServeConfig  # noqa: E402
+from omnitune.tools.plan import Goal, layouts, request_candidates  # noqa: E402
+from omnitune.tools.settings import Settings  # noqa: E402
+from omnitune.tools.tune import ACCEPT, Tuner, TuneRequest  # noqa: E402
+from omnitune.tools.tune.request_level import RequestSweep, request_settings, workload_with  # noqa: E402
+from omnitune.tools.workspace import Workspace  # noqa: E402
 
-FIX = (REPO.parent / "shared" / "fixtures" / "models").resolve()
+FIX = (REPO / "tests" / "fixtures" / "models").resolve()
 SRC = REPO / ".venv" / "vllm-omni-src" / "0.30.0"
 IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 20}
 VIDEO = {"task": "text-to-video", "sizes": ["256x256"], "measured": 2, "warmup": 1, "num_inference_steps": 4,

@@ -23,7 +23,7 @@ from mcp import Client, StdioServerParameters
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-FIXTURES = (REPO.parent / "shared" / "fixtures" / "models").resolve()
+FIXTURES = (REPO / "tests" / "fixtures" / "models").resolve()
 H200 = {"name": "NVIDIA H200", "memory_mib": 143771, "compute_capability": [9, 0]}
 # The emulated world: two H200s and a CFG image model whose costs follow the guide's figures.
 WORLD = {"gpus": [H200, H200], "model": {"dit_gib": 40.0, "text_encoder_gib": 8.0, "uses_cfg": True},
@@ -58,7 +58,7 @@ async def session(workdir: Path) -> str:
     src = REPO / ".venv" / "vllm-omni-src" / "0.30.0"
     if src.is_dir():
         env["OMNITUNE_VLLM_OMNI_SOURCE"] = str(src)
-    params = StdioServerParameters(command=sys.executable, args=["-m", "server.main"], env=env, cwd=str(REPO))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "omnitune.server.main"], env=env, cwd=str(REPO))
     async with Client(params) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.capabilities.report import METHOD_KEYS, CapabilityReport, SupportTable
+from omnitune.tools.capabilities.report import METHOD_KEYS, CapabilityReport, SupportTable
 
 MARK = {"supported": "yes", "unsupported": "-", "rejected": "REJECTS", "unknown": "?"}
 

@@ -10,12 +10,12 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field, ValidationError
 
-from server.state import AppState, agent_errors, annotations, in_thread, state_of
-from tools.benchmark import BenchmarkResult, BenchmarkTarget, Workload, plan, run_benchmark
-from tools.benchmark.target import resolve
-from tools.errors import BenchmarkError, InvalidRequestError
-from tools.jobs import FINISHED, JobStatus
-from tools.workspace import new_id
+from omnitune.server.state import AppState, agent_errors, annotations, in_thread, state_of
+from omnitune.tools.benchmark import BenchmarkResult, BenchmarkTarget, Workload, plan, run_benchmark
+from omnitune.tools.benchmark.target import resolve
+from omnitune.tools.errors import BenchmarkError, InvalidRequestError
+from omnitune.tools.jobs import FINISHED, JobStatus
+from omnitune.tools.workspace import new_id
 
 ServerIdArg = Annotated[str | None, Field(description="Server to measure: an id from launch_server/list_servers.")]
 BaseUrlArg = Annotated[str | None, Field(description="Instead of server_id: http://127.0.0.1:PORT of a vLLM-Omni "

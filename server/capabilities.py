@@ -5,8 +5,8 @@ from typing import Annotated
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
-from server.state import agent_errors, annotations, in_thread, state_of
-from tools.capabilities import CapabilityReport, inspect_model
+from omnitune.server.state import agent_errors, annotations, in_thread, state_of
+from omnitune.tools.capabilities import CapabilityReport, inspect_model
 
 
 def register(mcp: MCPServer) -> None:

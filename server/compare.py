@@ -10,8 +10,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ImageContent, TextContent
 from pydantic import Field
 
-from server.state import agent_errors, annotations, in_thread, state_of
-from tools.compare import Comparison, Thresholds, compare_runs
+from omnitune.server.state import agent_errors, annotations, in_thread, state_of
+from omnitune.tools.compare import Comparison, Thresholds, compare_runs
 
 RunId = Annotated[str, Field(description="A run_id returned by benchmark.")]
 

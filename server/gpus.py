@@ -2,8 +2,8 @@
 
 from mcp.server.mcpserver import Context, MCPServer
 
-from server.state import agent_errors, annotations, in_thread, state_of
-from tools.gpus import GpuReport, detect_gpus
+from omnitune.server.state import agent_errors, annotations, in_thread, state_of
+from omnitune.tools.gpus import GpuReport, detect_gpus
 
 
 def register(mcp: MCPServer) -> None:

@@ -5,8 +5,8 @@ from typing import Annotated
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
-from server.state import agent_errors, annotations, follow_job, in_thread, state_of
-from tools.jobs import JobStatus
+from omnitune.server.state import agent_errors, annotations, follow_job, in_thread, state_of
+from omnitune.tools.jobs import JobStatus
 
 JobId = Annotated[str, Field(description="The id a start tool (benchmark_start, tune_start) returned.")]
 

@@ -8,9 +8,9 @@ from typing import Annotated
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel, Field
 
-from server.state import AppState, agent_errors, annotations, in_thread, progress_relay, state_of
-from tools.launch import Launcher, ServeConfig, ServerView, StopResult
-from tools.launch.launcher import LaunchResult
+from omnitune.server.state import AppState, agent_errors, annotations, in_thread, progress_relay, state_of
+from omnitune.tools.launch import Launcher, ServeConfig, ServerView, StopResult
+from omnitune.tools.launch.launcher import LaunchResult
 
 ServerId = Annotated[str, Field(description="Id from launch_server or list_servers, e.g. srv-20261128-201502-3f9a1c.")]
 
@@ -18,8 +18,8 @@ ServerId = Annotated[str, Field(description="Id from launch_server or list_serve
 def launcher(state: AppState) -> Launcher:
     def make(s: AppState) -> Launcher:
         capabilities = None
-        if importlib.util.find_spec("tools.capabilities") is not None:
-            from tools.capabilities import inspect_model
+        if importlib.util.find_spec("omnitune.tools.capabilities") is not None:
+            from omnitune.tools.capabilities import inspect_model
             capabilities = lambda model: inspect_model(s.settings, model)  # noqa: E731
         made = Launcher(s.settings, s.workspace, capabilities)
         if s.settings.stop_on_exit:
@@ -76,5 +76,5 @@ def register(mcp: MCPServer) -> None:
         """The last lines of a server's log (stdout and stderr): read it when a launch failed or a server misbehaves."""
         state = state_of(ctx)
         text = await in_thread(launcher(state).logs, server_id, lines)
-        from tools.servers import get_server
+        from omnitune.tools.servers import get_server
         return ServerLog(server_id=server_id, log_path=get_server(state.workspace.store, server_id).log_path, text=text)

@@ -9,17 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # loaded by file path (mcp dev / mcp run): make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mcp.server.mcpserver import MCPServer
 
-from mcp.server.mcpserver import MCPServer  # noqa: E402
-
-from server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources, tuning  # noqa: E402
-from server.state import make_lifespan  # noqa: E402
-from tools.errors import OmnituneError  # noqa: E402
-from tools.settings import Settings, settings_from_env  # noqa: E402
+from omnitune.server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources, tuning
+from omnitune.server.state import make_lifespan
+from omnitune.tools.errors import OmnituneError
+from omnitune.tools.settings import Settings, settings_from_env
 
 VERSION = "0.1.0"
 INSTRUCTIONS = """omnitune makes vLLM-Omni diffusion serving fast on this machine's GPUs, with measured evidence.
@@ -67,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in vars(args).items() if k not in ("transport", "host", "port")}
     try:
         settings = settings_from_env(**overrides)
-        from tools.workspace import Workspace
+        from omnitune.tools.workspace import Workspace
         Workspace.open(settings).close()  # fail now, with the fix, rather than inside the transport
     except OmnituneError as exc:
         sys.stderr.write(f"omnitune: {exc}\n")

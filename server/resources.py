@@ -4,10 +4,10 @@ import json
 
 from mcp.server.mcpserver import Context, MCPServer
 
-from resources.guide import FLOWCHART, check_recipes
-from resources.render import support_markdown
-from server.state import in_thread, state_of
-from tools.capabilities import inspect_model, installed_serve_flags, support_table
+from omnitune.resources.guide import FLOWCHART, check_recipes
+from omnitune.resources.render import support_markdown
+from omnitune.server.state import in_thread, state_of
+from omnitune.tools.capabilities import inspect_model, installed_serve_flags, support_table
 
 
 def _dump(model) -> str:

@@ -10,19 +10,20 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
-from tools.errors import OmnituneError
-from tools.jobs import FINISHED, JobManager, JobStatus
-from tools.settings import Settings, settings_from_env
-from tools.workspace import Workspace
+from omnitune.tools.errors import OmnituneError
+from omnitune.tools.jobs import FINISHED, JobManager, JobStatus
+from omnitune.tools.settings import Settings, settings_from_env
+from omnitune.tools.workspace import Workspace
 
 log = logging.getLogger("omnitune")
 T = TypeVar("T")
@@ -36,7 +37,7 @@ class AppState:
     _services: dict[str, Any] = field(default_factory=dict)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def service(self, name: str, factory: Callable[["AppState"], T]) -> T:
+    def service(self, name: str, factory: Callable[[AppState], T]) -> T:
         """A long-lived object created on first use (e.g. the launcher's process registry)."""
         if name not in self._services:
             self._services[name] = factory(self)

@@ -7,13 +7,13 @@ from typing import Annotated
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
-from server.lifecycle import launcher
-from server.state import agent_errors, annotations, in_thread, state_of
-from tools.errors import InvalidRequestError, ReadOnlyError
-from tools.jobs import JobStatus
-from tools.plan import Goal, Plan, make_plan
-from tools.tune import TuneRequest, resumable_request, tune_job
-from tools.workspace import new_id
+from omnitune.server.lifecycle import launcher
+from omnitune.server.state import agent_errors, annotations, in_thread, state_of
+from omnitune.tools.errors import InvalidRequestError, ReadOnlyError
+from omnitune.tools.jobs import JobStatus
+from omnitune.tools.plan import Goal, Plan, make_plan
+from omnitune.tools.tune import TuneRequest, resumable_request, tune_job
+from omnitune.tools.workspace import new_id
 
 
 def register(mcp: MCPServer) -> None:

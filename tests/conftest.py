@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = (REPO.parent / "shared").resolve()
-REFERENCE = SHARED / "reference" / "vllm-omni-0.30.0"
-FIXTURE_MODELS = SHARED / "fixtures" / "models"
+# Vendored: the real 0.30.0 contract (captured from the package) and the fixture model folders (configs only).
+REFERENCE = REPO / "tests" / "emulator" / "reference" / "vllm-omni-0.30.0"
+FIXTURE_MODELS = REPO / "tests" / "fixtures" / "models"
 FAKE_NVML_DIR = REPO / "tests" / "emulator" / "fake_nvml"
 
 H200 = {"name": "NVIDIA H200", "memory_mib": 143771, "compute_capability": [9, 0]}
@@ -35,7 +35,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path):
-    from tools.settings import Settings
+    from omnitune.tools.settings import Settings
     return Settings(workspace=tmp_path / "workspace")
 
 

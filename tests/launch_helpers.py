@@ -6,8 +6,8 @@ from pathlib import Path
 
 import psutil
 
+from omnitune.tools.settings import Settings
 from tests.conftest import FIXTURE_MODELS, H200
-from tools.settings import Settings
 
 ZIMAGE = str(FIXTURE_MODELS / "tiny-zimage")
 QWEN = str(FIXTURE_MODELS / "tiny-qwenimage")

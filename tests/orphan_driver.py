@@ -11,8 +11,8 @@ import sys
 import anyio
 from mcp import Client
 
-from server.main import build_server
-from tools.settings import Settings
+from omnitune.server.main import build_server
+from omnitune.tools.settings import Settings
 
 
 async def main(settings_json: str, tool: str, arguments: str) -> None:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/python -c "import pytest, mcp, server.main" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, mcp, omnitune.server.main" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 fi
 bash tests/install_vllm_omni.sh

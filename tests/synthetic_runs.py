@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from omnitune.tools.store import now
+from omnitune.tools.workspace import Workspace, new_id
 from tests.emulator import media
-from tools.store import now
-from tools.workspace import Workspace, new_id
 
 
 @dataclass

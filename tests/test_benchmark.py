@@ -10,7 +10,7 @@ from statistics import NormalDist
 import pytest
 from mcp import Client
 
-from server.main import build_server
+from omnitune.server.main import build_server
 from tests.launch_helpers import ZIMAGE, emulator_settings, world
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.main import build_server
+from omnitune.server.main import build_server
 from tests.launch_helpers import WAN, emulator_settings, world
 from tests.test_benchmark import bench, known_latency, launch, rows
 
@@ -141,8 +141,8 @@ async def test_benchmark_start_runs_as_a_job_and_cancel_keeps_the_partial_run_an
 
 
 async def test_a_run_left_running_by_a_dead_omnitune_is_closed_as_failed_with_its_rows_kept(emulator, tmp_path):
-    from tools.store import now
-    from tools.workspace import Workspace
+    from omnitune.tools.store import now
+    from omnitune.tools.workspace import Workspace
     emulator.write(world(1, cost=known_latency(0.01)))
     settings = emulator_settings(emulator, tmp_path)
     ws = Workspace.open(settings)

@@ -17,12 +17,12 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from server.main import build_server
+from omnitune.server.main import build_server
+from omnitune.tools.benchmark.client import OmniClient
+from omnitune.tools.benchmark.stats import latency_stats
+from omnitune.tools.benchmark.telemetry import GpuSampler
+from omnitune.tools.benchmark.workload import Workload
 from tests.conftest import H200
-from tools.benchmark.client import OmniClient
-from tools.benchmark.stats import latency_stats
-from tools.benchmark.telemetry import GpuSampler
-from tools.benchmark.workload import Workload
 
 
 def test_latency_stats_match_numpy_percentiles_and_sample_std():

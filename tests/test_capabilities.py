@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from omnitune.tools.capabilities import METHOD_KEYS, inspect_model, installed_serve_flags, support_table
+from omnitune.tools.errors import CapabilityError, NotFoundError
+from omnitune.tools.settings import Settings
 from tests.conftest import FIXTURE_MODELS, REFERENCE
-from tools.capabilities import METHOD_KEYS, inspect_model, installed_serve_flags, support_table
-from tools.errors import CapabilityError, NotFoundError
-from tools.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / ".venv" / "vllm-omni-src"

@@ -10,7 +10,7 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from server.main import build_server
+from omnitune.server.main import build_server
 from tests.launch_helpers import QWEN, WAN, emulator_settings, world
 
 pytestmark = pytest.mark.anyio
@@ -129,7 +129,7 @@ def reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_metrics_agree_with_an_independent_implementation(tmp_path):
-    from tools.compare import metrics
+    from omnitune.tools.compare import metrics
     rng = np.random.default_rng(0)
     for i in range(3):
         a = (rng.random((96, 128, 3)) * 255).astype(np.uint8)

@@ -14,11 +14,11 @@ import pytest
 from mcp import Client
 from PIL import Image
 
-from server.main import build_server
+from omnitune.server.main import build_server
+from omnitune.tools.compare import Thresholds, compare_runs
+from omnitune.tools.compare.verdict import judge
+from omnitune.tools.workspace import Workspace
 from tests.synthetic_runs import Shot, picture, record_run, shots, summary, video
-from tools.compare import Thresholds, compare_runs
-from tools.compare.verdict import judge
-from tools.workspace import Workspace
 
 pytestmark = pytest.mark.anyio
 
@@ -100,7 +100,7 @@ async def test_reported_metrics_match_a_reference_computation_on_the_decoded_fil
 
 
 def test_metrics_agree_with_the_reference_on_structured_and_blurred_images():
-    from tools.compare import metrics
+    from omnitune.tools.compare import metrics
     rng = np.random.default_rng(7)
     a = picture("a lighthouse", 3, 320, 200)
     blurred = np.asarray(Image.fromarray(a).resize((80, 50), Image.BILINEAR).resize((320, 200), Image.BICUBIC))

@@ -8,10 +8,10 @@ import pytest
 from mcp import Client
 from pydantic import BaseModel
 
-from server.main import build_server
-from tools.errors import BenchmarkError, NotFoundError
-from tools.jobs import JobManager
-from tools.store import Store
+from omnitune.server.main import build_server
+from omnitune.tools.errors import BenchmarkError, NotFoundError
+from omnitune.tools.jobs import JobManager
+from omnitune.tools.store import Store
 
 
 class Done(BaseModel):

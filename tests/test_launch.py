@@ -10,7 +10,7 @@ import sys
 import pytest
 from mcp import Client
 
-from server.main import build_server
+from omnitune.server.main import build_server
 from tests.launch_helpers import QWEN, ZIMAGE, emulator_processes, emulator_settings, world
 
 pytestmark = pytest.mark.anyio
@@ -122,7 +122,7 @@ async def test_a_port_already_in_use_is_refused_before_anything_starts(emulator,
 
 async def test_the_emulator_refusing_a_port_is_classified_port_in_use(emulator, tmp_path, monkeypatch):
     """If the port is taken between the check and the bind, the log is classified, not guessed."""
-    from tools.launch import process
+    from omnitune.tools.launch import process
     emulator.write(world(1))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -157,7 +157,7 @@ async def test_launch_and_stop_are_annotated_destructive(emulator, tmp_path):
 
 def test_a_server_whose_launcher_dies_before_recording_it_never_starts(tmp_path):
     """The gate: a server execs only after its pid is in the store, so a crash in between leaves nothing running."""
-    from tools.launch import process
+    from omnitune.tools.launch import process
     marker = tmp_path / "started"
     argv = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"]
     held, _ = process.spawn(argv, dict(os.environ), tmp_path / "held.log")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.main import build_server
+from omnitune.server.main import build_server
 from tests.conftest import FAKE_NVML_DIR
 from tests.launch_helpers import ZIMAGE, emulator_processes, emulator_settings, world
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mcp import Client
 
-from server.main import build_server
+from omnitune.server.main import build_server
 from tests.conftest import FIXTURE_MODELS
 from tests.launch_helpers import QWEN, WAN, ZIMAGE, emulator_processes, emulator_settings, world
 

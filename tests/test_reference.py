@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.main import build_server
-from server.reference import render
+from omnitune.server.main import build_server
+from omnitune.server.reference import render
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[1]
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 async def test_the_reference_matches_the_server(settings):
     expected = await render(build_server(settings))
     actual = (REPO / "docs" / "REFERENCE.md").read_text()
-    assert actual == expected, "docs/REFERENCE.md is stale: run `.venv/bin/python -m server.reference > " \
+    assert actual == expected, "docs/REFERENCE.md is stale: run `.venv/bin/python -m omnitune.server.reference > " \
                                "docs/REFERENCE.md`"
 
 

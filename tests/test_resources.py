@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.main import build_server
+from omnitune.server.main import build_server
+from omnitune.tools.capabilities import METHOD_KEYS
+from omnitune.tools.settings import Settings
 from tests.conftest import FIXTURE_MODELS
-from tools.capabilities import METHOD_KEYS
-from tools.settings import Settings
 
 pytestmark = pytest.mark.anyio
 SRC = Path(__file__).resolve().parents[1] / ".venv" / "vllm-omni-src"
@@ -72,7 +72,7 @@ async def test_recipes_are_checked_against_the_installed_flags(omni_settings):
 
 
 def test_a_recipe_with_a_flag_this_version_lacks_says_so():
-    from resources.guide import check_recipes
+    from omnitune.resources.guide import check_recipes
     recipes = check_recipes({"--quantization"})
     a = next(r for r in recipes if r["id"] == "A")
     b = next(r for r in recipes if r["id"] == "B")

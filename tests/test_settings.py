@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from server.main import parse_args
-from tools.errors import SettingsError
-from tools.settings import settings_from_env
+from omnitune.server.main import parse_args
+from omnitune.tools.errors import SettingsError
+from omnitune.tools.settings import settings_from_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_a_bad_value_names_the_setting(env, needle):
 def run_omnitune(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
     full = {k: v for k, v in os.environ.items() if not k.startswith("OMNITUNE_")} | (env or {})
-    return subprocess.run([sys.executable, "-m", "server.main", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "omnitune.server.main", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env=full, stdin=subprocess.DEVNULL)
 
 

@@ -15,7 +15,7 @@ import anyio
 import pytest
 from mcp import Client
 
-from server.main import build_server
+from omnitune.server.main import build_server
 from tests.conftest import FAKE_NVML_DIR
 from tests.launch_helpers import QWEN, WAN, ZIMAGE, emulator_processes, emulator_settings
 
@@ -145,8 +145,8 @@ async def test_plan_lists_candidates_with_evidence_and_pruned_ones(emulator, tmp
 def test_guidance_is_pruned_for_a_pipeline_without_cfg_and_steps_need_a_step_count():
     from types import SimpleNamespace
 
-    from tools.plan import request_candidates
-    from tools.tune.request_level import request_settings
+    from omnitune.tools.plan import request_candidates
+    from omnitune.tools.tune.request_level import request_settings
     pruned = []
     names = [c.name for c in request_candidates(SimpleNamespace(uses_cfg=False), pruned)]
     assert "guidance off" not in names and [p.name for p in pruned] == ["guidance off"]

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
-from server.main import build_server
-from tools import store as store_module
-from tools.errors import WorkspaceError
-from tools.settings import Settings
-from tools.store import SCHEMA_VERSION, Store
-from tools.workspace import Workspace, inside
+from omnitune.server.main import build_server
+from omnitune.tools import store as store_module
+from omnitune.tools.errors import WorkspaceError
+from omnitune.tools.settings import Settings
+from omnitune.tools.store import SCHEMA_VERSION, Store
+from omnitune.tools.workspace import Workspace, inside
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_the_command_line_reports_a_corrupt_database_and_exits_2(tmp_path):
     ws_dir = tmp_path / "ws"
     ws_dir.mkdir()
     (ws_dir / "omnitune.db").write_bytes(b"garbage" * 500)
-    proc = subprocess.run([sys.executable, "-m", "server.main", "--workspace", str(ws_dir)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "omnitune.server.main", "--workspace", str(ws_dir)], cwd=REPO,
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert "cannot be opened" in proc.stderr and "Fix:" in proc.stderr

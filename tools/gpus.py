@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 from pydantic import BaseModel, Field
 
-from tools import nvml
+from omnitune.tools import nvml
 
 MIB = 1024 * 1024
 

@@ -12,13 +12,14 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.errors import InvalidRequestError, NotFoundError, OmnituneError
-from tools.store import Store, dumps, now
-from tools.workspace import new_id
+from omnitune.tools.errors import InvalidRequestError, NotFoundError, OmnituneError
+from omnitune.tools.store import Store, dumps, now
+from omnitune.tools.workspace import new_id
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class JobCancelled(Exception):
 class JobContext:
     """What a job function gets: progress reporting and a cancel flag to check between steps."""
 
-    def __init__(self, manager: "JobManager", job_id: str) -> None:
+    def __init__(self, manager: JobManager, job_id: str) -> None:
         self._manager = manager
         self.id = job_id
         self.cancelled = threading.Event()

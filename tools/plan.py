@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.errors import OmnituneError
-from tools.gpus import GpuReport, detect_gpus
-from tools.settings import Settings
+from omnitune.tools.errors import OmnituneError
+from omnitune.tools.gpus import GpuReport, detect_gpus
+from omnitune.tools.settings import Settings
 
 Stage = Literal["baseline", "lossless", "lossy"]
 STEP_FRACTIONS = [0.75, 0.5]
@@ -114,7 +114,7 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
     report = gpu_report or detect_gpus(settings.workspace)
     if capability is None and capability_error is None:
         try:
-            from tools.capabilities import inspect_model
+            from omnitune.tools.capabilities import inspect_model
             capability = inspect_model(settings, model)
         except OmnituneError as exc:
             capability_error = str(exc)

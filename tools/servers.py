@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.errors import NotFoundError
-from tools.store import Store
+from omnitune.tools.errors import NotFoundError
+from omnitune.tools.store import Store
 
 ServerStatus = Literal["starting", "running", "failed", "stopped", "exited"]
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from tools.errors import SettingsError
+from omnitune.tools.errors import SettingsError
 
 ENV_PREFIX = "OMNITUNE_"
 _TRUE = {"1", "true", "yes", "on"}

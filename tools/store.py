@@ -14,11 +14,12 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from tools.errors import WorkspaceError
+from omnitune.tools.errors import WorkspaceError
 
 MIGRATIONS: list[str] = [
     # 1: the whole life of a tuning session: servers, benchmark runs, their requests and

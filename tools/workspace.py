@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.errors import InvalidRequestError, WorkspaceError
-from tools.settings import Settings
-from tools.store import Store
+from omnitune.tools.errors import InvalidRequestError, WorkspaceError
+from omnitune.tools.settings import Settings
+from omnitune.tools.store import Store
 
 
 def new_id(prefix: str) -> str:
@@ -34,7 +34,7 @@ class Workspace:
     store: Store
 
     @classmethod
-    def open(cls, settings: Settings) -> "Workspace":
+    def open(cls, settings: Settings) -> Workspace:
         """Create (if needed) and open the workspace; a clear error if it cannot be written."""
         root = settings.workspace
         try:

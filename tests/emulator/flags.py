@@ -13,8 +13,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-REFERENCE = Path(os.environ.get("VLLM_EMU_SERVE_ARGS") or Path(__file__).resolve().parents[3] / "shared" / "reference"
-                 / "vllm-omni-0.30.0" / "serve-args.json")
+REFERENCE = Path(os.environ.get("VLLM_EMU_SERVE_ARGS")
+                 or Path(__file__).resolve().parent / "reference" / "vllm-omni-0.30.0" / "serve-args.json")
 
 
 def _json_value(text: str):

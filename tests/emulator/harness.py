@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,13 +82,13 @@ def free_port() -> int:
 @dataclass
 class Served:
     """A running emulated server started through the shim (for the emulator's own tests and benchmark)."""
-    proc: "subprocess.Popen"
+    proc: subprocess.Popen[bytes]
     port: int
     log: Path
     healthy_s: float
     began: float = 0.0
 
-    def wait_healthy(self, timeout: float = 20.0) -> "Served":
+    def wait_healthy(self, timeout: float = 20.0) -> Served:
         """Bounded wait for /health == 200 (sets ``healthy_s``, from spawn); raises with the log on exit or hang."""
         import time
         import urllib.error

@@ -58,8 +58,9 @@ def video_frames(prompt: str, seed: int, width: int, height: int, frames: int,
 
 
 def mp4_bytes(frames: list[np.ndarray], fps: float) -> bytes:
-    import av
     from fractions import Fraction
+
+    import av
 
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:

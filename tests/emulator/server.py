@@ -22,7 +22,8 @@ from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.emulator import flags, media, world as w
+from tests.emulator import flags, media
+from tests.emulator import world as w
 from tests.emulator.api_schema import parse_size, public, schema_errors, typed_form
 from tests.emulator.engine import Engine
 

@@ -104,7 +104,7 @@ class Config:
     compile_full: bool = False           # --diffusion-compile-granularity full
 
     @classmethod
-    def from_args(cls, ns) -> "Config":
+    def from_args(cls, ns) -> Config:
         cache = None if ns.cache_backend in (None, "none") else ns.cache_backend
         try:
             cache_cfg = json.loads(ns.cache_config) if ns.cache_config else {}

@@ -37,7 +37,7 @@ class Outcome:
     timing: dict[str, Any] = field(default_factory=dict)
     media: list[dict[str, int]] = field(default_factory=list)  # width, height, frames of each output
 
-    def fail(self, kind: str, message: str) -> "Outcome":
+    def fail(self, kind: str, message: str) -> Outcome:
         self.ok, self.error_kind, self.error = False, kind, message[:2000]
         return self
 

@@ -17,20 +17,21 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.benchmark.client import OmniClient
-from tools.benchmark.summary import Record, RunStatus, RunSummary, summarize
-from tools.benchmark.target import BenchmarkTarget, Resolved, config_key, resolve
-from tools.benchmark.telemetry import GpuSampler
-from tools.benchmark.workload import RequestSpec, Workload
-from tools.errors import BenchmarkError
-from tools.store import dumps, now
-from tools.workspace import Workspace, new_id
+from omnitune.tools.benchmark.client import OmniClient
+from omnitune.tools.benchmark.summary import Record, RunStatus, RunSummary, summarize
+from omnitune.tools.benchmark.target import BenchmarkTarget, Resolved, config_key, resolve
+from omnitune.tools.benchmark.telemetry import GpuSampler
+from omnitune.tools.benchmark.workload import RequestSpec, Workload
+from omnitune.tools.errors import BenchmarkError
+from omnitune.tools.store import dumps, now
+from omnitune.tools.workspace import Workspace, new_id
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, float | None, str], None]

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.benchmark.client import Outcome
-from tools.benchmark.stats import LatencyStats, latency_stats, mean
-from tools.benchmark.telemetry import TelemetrySummary
-from tools.benchmark.workload import RequestSpec
+from omnitune.tools.benchmark.client import Outcome
+from omnitune.tools.benchmark.stats import LatencyStats, latency_stats, mean
+from omnitune.tools.benchmark.telemetry import TelemetrySummary
+from omnitune.tools.benchmark.workload import RequestSpec
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 

@@ -15,9 +15,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, model_validator
 
-from tools.errors import BenchmarkError, InvalidRequestError
-from tools.servers import get_server
-from tools.store import Store
+from omnitune.tools.errors import BenchmarkError, InvalidRequestError
+from omnitune.tools.servers import get_server
+from omnitune.tools.store import Store
 
 # ServeConfig fields that say where or under which name a server runs, not how it serves.
 PLACEMENT_FIELDS = ("gpus", "port", "served_model_name", "health_timeout_s")
@@ -31,7 +31,7 @@ class BenchmarkTarget(BaseModel):
     gpus: list[int] = Field(default_factory=list, description="With base_url: physical GPU indices to sample.")
 
     @model_validator(mode="after")
-    def _one(self) -> "BenchmarkTarget":
+    def _one(self) -> BenchmarkTarget:
         if bool(self.server_id) == bool(self.base_url):
             raise ValueError("give exactly one of server_id or base_url")
         return self

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tools import nvml
+from omnitune.tools import nvml
 
 log = logging.getLogger(__name__)
 MIB = 1024 * 1024
@@ -74,7 +74,7 @@ class GpuSampler:
         self._wall = 0.0
         self._cpu = 0.0
 
-    def start(self) -> "GpuSampler":
+    def start(self) -> GpuSampler:
         if self.indices:
             self._thread = threading.Thread(target=self._run, name="omnitune-nvml-sampler", daemon=True)
             self._thread.start()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -95,7 +96,7 @@ class Workload(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Workload":
+    def _consistent(self) -> Workload:
         if self.task == "text-to-video" and self.n != 1:
             raise ValueError("n > 1 is only for text-to-image; send more seeds instead")
         if self.duration_s is not None and "measured" not in self.model_fields_set:
@@ -120,7 +121,7 @@ class Workload(BaseModel):
     def is_video(self) -> bool:
         return self.task == "text-to-video"
 
-    def request(self, prompt_index: int, seed: int, size: str) -> "RequestSpec":
+    def request(self, prompt_index: int, seed: int, size: str) -> RequestSpec:
         """The exact parameters of one request (what is sent and what is stored)."""
         prompt = self.prompt_list[prompt_index]
         params: dict[str, Any] = {"prompt": prompt, "size": size, "seed": seed}
@@ -139,13 +140,13 @@ class Workload(BaseModel):
         return RequestSpec(prompt_index=prompt_index, seed=seed, size=size, width=width, height=height,
                            params=params)
 
-    def warmup_plan(self) -> Iterator["RequestSpec"]:
+    def warmup_plan(self) -> Iterator[RequestSpec]:
         """``warmup`` requests per size, at the measured shape, with the first prompt and seed."""
         for size in self.sizes:
             for i in range(self.warmup):
                 yield self.request(i % len(self.prompt_list), self.seeds[0], size)
 
-    def measured_plan(self) -> Iterator["RequestSpec"]:
+    def measured_plan(self) -> Iterator[RequestSpec]:
         """Endless cycle over sizes x prompts x seeds (the runner stops it by count or duration)."""
         combos = [(s, p, seed) for s in self.sizes for p in range(len(self.prompt_list)) for seed in self.seeds]
         for size, p, seed in itertools.cycle(combos):

@@ -8,11 +8,19 @@ Public surface (stable; the launcher, planner and tuner call it):
 
 from __future__ import annotations
 
-from tools.capabilities.models import head_count, resolve_model
-from tools.capabilities.report import (GUIDE_FLAGS, METHOD_KEYS, CapabilityReport, Constraint, FlagCheck,
-                                       MethodSupport, SupportRow, SupportTable)
-from tools.capabilities.service import analyzer
-from tools.settings import Settings
+from omnitune.tools.capabilities.models import head_count, resolve_model
+from omnitune.tools.capabilities.report import (
+    GUIDE_FLAGS,
+    METHOD_KEYS,
+    CapabilityReport,
+    Constraint,
+    FlagCheck,
+    MethodSupport,
+    SupportRow,
+    SupportTable,
+)
+from omnitune.tools.capabilities.service import analyzer
+from omnitune.tools.settings import Settings
 
 __all__ = ["inspect_model", "installed_serve_flags", "support_table", "CapabilityReport", "MethodSupport",
            "Constraint", "FlagCheck", "SupportRow", "SupportTable", "METHOD_KEYS", "GUIDE_FLAGS"]
@@ -37,7 +45,7 @@ def inspect_model(settings: Settings, model: str) -> CapabilityReport:
     an.flush()
     constraints = list(result.constraints)
     constraints += _model_constraints(result, resolved.path, info.ulysses_heads_evidence)
-    from tools.capabilities.docs_check import docs_disagreements
+    from omnitune.tools.capabilities.docs_check import docs_disagreements
     return CapabilityReport(
         model=model, model_path=str(resolved.path) if resolved.path else None,
         pipeline_class=result.pipeline_class, pipeline_impl=result.pipeline_impl,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from tools.capabilities.classes import ModelClasses, methods
-from tools.capabilities.facts import VersionFacts
-from tools.capabilities.rejections import Finding, scan
-from tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport
-from tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, is_empty, names_of, self_calls
+from omnitune.tools.capabilities.classes import ModelClasses, methods
+from omnitune.tools.capabilities.facts import VersionFacts
+from omnitune.tools.capabilities.rejections import Finding, scan
+from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport
+from omnitune.tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, is_empty, names_of, self_calls
 
 MODELS_DIR = "diffusion/models/"
 TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}

@@ -10,7 +10,15 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, dotted_name, facts_of, string_keys
+from omnitune.tools.capabilities.source import (
+    ClassRef,
+    Module,
+    SourceIndex,
+    class_attr,
+    dotted_name,
+    facts_of,
+    string_keys,
+)
 
 FACTORY_SUFFIXES = ("from_pretrained", "from_config", "from_single_file", "from_od_config", "from_model_config")
 DEFAULT_DIT_ATTRS = ("transformer", "transformer_2")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tools.capabilities.report import DocsDisagreement
+from omnitune.tools.capabilities.report import DocsDisagreement
 
 COLUMNS = [("ulysses_sp", r"ulysses|\busp\b"), ("ring_sp", r"\bring\b"), ("cfg_parallel", r"\bcfg"),
            ("tensor_parallel", r"tensor.?parallel|\btp\b"), ("vae_patch_parallel", r"vae.?patch"),

@@ -11,9 +11,8 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from tools.capabilities.source import Module, SourceIndex, dotted_name, string_keys
+from omnitune.tools.capabilities.source import Module, SourceIndex, dotted_name, string_keys
 
 # Generic code that consumes model markers (globs relative to the package folder).
 CONSUMER_GLOBS = ("diffusion/compile.py", "diffusion/registry.py", "diffusion/offloader/*.py",

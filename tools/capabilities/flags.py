@@ -15,7 +15,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from tools.capabilities.source import SourceIndex
+from omnitune.tools.capabilities.source import SourceIndex
 
 SERVE_MODULE = "vllm_omni.entrypoints.cli.serve"
 VLLM_ARGS = Path(__file__).resolve().parents[2] / "resources" / "vllm_serve_args.json"

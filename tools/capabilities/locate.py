@@ -16,8 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.errors import CapabilityError
-from tools.settings import Settings
+from omnitune.tools.errors import CapabilityError
+from omnitune.tools.settings import Settings
 
 log = logging.getLogger(__name__)
 

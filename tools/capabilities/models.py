@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.errors import CapabilityError, NotFoundError
-from tools.settings import Settings, hf_cache_dir
+from omnitune.tools.errors import CapabilityError, NotFoundError
+from omnitune.tools.settings import Settings, hf_cache_dir
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 CLASS_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

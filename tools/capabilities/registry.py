@@ -10,8 +10,8 @@ import ast
 import difflib
 from dataclasses import dataclass
 
-from tools.capabilities.source import Module, SourceIndex, string_keys
-from tools.errors import CapabilityError
+from omnitune.tools.capabilities.source import Module, SourceIndex, string_keys
+from omnitune.tools.errors import CapabilityError
 
 REGISTRY_MODULE = "vllm_omni.diffusion.registry"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from tools.capabilities.source import Module, dotted_name, facts_of, string_keys
+from omnitune.tools.capabilities.source import Module, dotted_name, facts_of, string_keys
 
 # Setting name (attribute, local variable or getattr string) -> method keys.
 FEATURES: dict[str, tuple[str, ...]] = {

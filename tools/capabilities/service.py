@@ -9,17 +9,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tools.capabilities.analysis import analyse
-from tools.capabilities.cache import AnalysisCache
-from tools.capabilities.classes import model_classes
-from tools.capabilities.facts import read_facts
-from tools.capabilities.flags import serve_flags
-from tools.capabilities.locate import Located, locate
-from tools.capabilities.registry import read_registry
-from tools.capabilities.report import Constraint, MethodSupport
-from tools.capabilities.source import SourceIndex
-from tools.errors import CapabilityError
-from tools.settings import Settings
+from omnitune.tools.capabilities.analysis import analyse
+from omnitune.tools.capabilities.cache import AnalysisCache
+from omnitune.tools.capabilities.classes import model_classes
+from omnitune.tools.capabilities.facts import read_facts
+from omnitune.tools.capabilities.flags import serve_flags
+from omnitune.tools.capabilities.locate import Located, locate
+from omnitune.tools.capabilities.registry import read_registry
+from omnitune.tools.capabilities.report import Constraint, MethodSupport
+from omnitune.tools.capabilities.source import SourceIndex
+from omnitune.tools.settings import Settings
 
 
 class VersionInfo(BaseModel):

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tools.compare.pairing import load_run, pair
-from tools.compare.report import TradeOff, figures, headline, trade_off
-from tools.compare.verdict import ORDER, Thresholds, Verdict, broken, judge, rank, worst
-from tools.errors import InvalidRequestError
-from tools.store import now
-from tools.workspace import Workspace, new_id
+from omnitune.tools.compare.pairing import load_run, pair
+from omnitune.tools.compare.report import TradeOff, figures, headline, trade_off
+from omnitune.tools.compare.verdict import ORDER, Thresholds, Verdict, broken, judge, rank, worst
+from omnitune.tools.errors import InvalidRequestError
+from omnitune.tools.store import now
+from omnitune.tools.workspace import Workspace, new_id
 
 log = logging.getLogger(__name__)
 TILE_WIDTH, SHEET_TILES, PREVIEW_WIDTH = 748, 12, 1536
@@ -85,7 +85,7 @@ class Comparison(BaseModel):
 
 
 def _run_jobs(jobs: list, workers: int | None) -> list[tuple[dict, object]]:
-    from tools.compare.measure import measure_pair, quiet_stdout
+    from omnitune.tools.compare.measure import measure_pair, quiet_stdout
     pixels = sum((j.base.width or 512) * (j.base.height or 512) * (j.base.frames or 1) for j in jobs)
     if workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -118,8 +118,8 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
     ``max_pictures`` caps the full-size side-by-side PNGs written (None: one per pair); ``workers`` the
     measuring processes (None: the CPU count when the work is large enough, else in this process).
     """
-    from tools.compare import pictures
-    from tools.compare.measure import PairJob
+    from omnitune.tools.compare import pictures
+    from omnitune.tools.compare.measure import PairJob
 
     started = time.perf_counter()
     t = thresholds or Thresholds()
@@ -157,7 +157,7 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
     sheet.write_bytes(pictures.png(pictures.captioned(pictures.contact_sheet(tiles), legend), compress_level=3))
     preview = None
     if w.verdict != "identical" and w.picture:
-        from tools.compare.metrics import load_image
+        from omnitune.tools.compare.metrics import load_image
         preview = folder / "worst.png"
         img = pictures.thumbnail(load_image(Path(w.picture)), PREVIEW_WIDTH)
         preview.write_bytes(pictures.png(pictures.captioned(img, _caption(w), w.verdict), compress_level=3))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.compare import metrics as m
-from tools.compare import pictures
-from tools.compare.pairing import Output
+from omnitune.tools.compare import metrics as m
+from omnitune.tools.compare import pictures
+from omnitune.tools.compare.pairing import Output
 
 
 @dataclass(frozen=True)

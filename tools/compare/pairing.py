@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.errors import InvalidRequestError, NotFoundError
-from tools.store import Store
-from tools.workspace import inside
+from omnitune.tools.errors import InvalidRequestError, NotFoundError
+from omnitune.tools.store import Store
+from omnitune.tools.workspace import inside
 
 # request fields that never change the pixels (how the answer is sent, what is reported)
 NEUTRAL_PARAMS = {"prompt", "seed", "size", "n", "response_format", "return_stage_metrics"}

@@ -11,22 +11,23 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools import nvml
-from tools.errors import ConfigRejected, InvalidRequestError, LaunchError, OmnituneError, ReadOnlyError
-from tools.gpus import detect_gpus
-from tools.launch import process
-from tools.launch.config import ServeConfig, build_argv
-from tools.launch.flags import installed_flags
-from tools.launch.validate import validate
-from tools.servers import ServerRecord, get_server, list_server_records
-from tools.settings import Settings
-from tools.store import now
-from tools.workspace import Workspace, new_id
+from omnitune.tools import nvml
+from omnitune.tools.errors import ConfigRejected, InvalidRequestError, LaunchError, OmnituneError, ReadOnlyError
+from omnitune.tools.gpus import detect_gpus
+from omnitune.tools.launch import process
+from omnitune.tools.launch.config import ServeConfig, build_argv
+from omnitune.tools.launch.flags import installed_flags
+from omnitune.tools.launch.validate import validate
+from omnitune.tools.servers import ServerRecord, get_server, list_server_records
+from omnitune.tools.settings import Settings
+from omnitune.tools.store import now
+from omnitune.tools.workspace import Workspace, new_id
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, float | None, str], None]

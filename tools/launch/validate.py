@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.gpus import GpuReport
-from tools.launch.config import HUB_ID, MANAGED_FLAGS, ServeConfig
-from tools.settings import Settings
+from omnitune.tools.gpus import GpuReport
+from omnitune.tools.launch.config import HUB_ID, MANAGED_FLAGS, ServeConfig
+from omnitune.tools.settings import Settings
 
 # config predicate -> capability method key
 USED_METHODS = {

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tools.benchmark import Workload
-from tools.plan import Goal, Pruned
+from omnitune.tools.benchmark import Workload
+from omnitune.tools.plan import Goal, Pruned
 
 ACCEPT = {"lossless": ("identical", "lossless-equivalent"),
           "lossless-equivalent": ("identical", "lossless-equivalent"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tools.tune.models import Outcome, TuneResult
+from omnitune.tools.tune.models import Outcome, TuneResult
 
 
 def markdown(r: TuneResult) -> str:

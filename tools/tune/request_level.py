@@ -6,11 +6,11 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from tools.benchmark import BenchmarkTarget, Workload, run_benchmark
-from tools.tune.models import Outcome
+from omnitune.tools.benchmark import BenchmarkTarget, Workload, run_benchmark
+from omnitune.tools.tune.models import Outcome
 
 if TYPE_CHECKING:
-    from tools.tune.tuner import Tuner
+    from omnitune.tools.tune.tuner import Tuner
 
 
 class RequestSweep:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 
-from tools.errors import InvalidRequestError, NotFoundError
-from tools.launch.launcher import Launcher
-from tools.tune.models import TuneRequest
-from tools.workspace import Workspace
+from omnitune.tools.errors import InvalidRequestError, NotFoundError
+from omnitune.tools.launch.launcher import Launcher
+from omnitune.tools.tune.models import TuneRequest
+from omnitune.tools.workspace import Workspace
 
 log = logging.getLogger(__name__)
 

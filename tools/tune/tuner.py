@@ -16,18 +16,18 @@ import json
 import math
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from tools.benchmark import BenchmarkTarget, run_benchmark
-from tools.compare import compare_runs
-from tools.errors import LaunchError, OmnituneError
-from tools.launch import ServeConfig
-from tools.launch.launcher import Launcher, quote
-from tools.plan import Candidate, Plan, make_plan
-from tools.tune.models import ACCEPT, Outcome, TuneRequest, TuneResult
-from tools.tune.report import markdown, pareto
-from tools.tune.request_level import RequestSweep, request_settings
-from tools.workspace import Workspace
+from omnitune.tools.benchmark import BenchmarkTarget, run_benchmark
+from omnitune.tools.compare import compare_runs
+from omnitune.tools.errors import LaunchError, OmnituneError
+from omnitune.tools.launch import ServeConfig
+from omnitune.tools.launch.launcher import Launcher, quote
+from omnitune.tools.plan import Candidate, Plan, make_plan
+from omnitune.tools.tune.models import ACCEPT, Outcome, TuneRequest, TuneResult
+from omnitune.tools.tune.report import markdown, pareto
+from omnitune.tools.tune.request_level import RequestSweep, request_settings
+from omnitune.tools.workspace import Workspace
 
 NOISE = 1.02  # "faster" must beat the best by more than this factor
 # A setting whose pixels match the previous one's skips no work, so any speed difference is launch-to-launch
@@ -116,7 +116,7 @@ class Tuner:
 
     def _check_cancelled(self) -> None:
         if self.cancelled():
-            from tools.jobs import JobCancelled
+            from omnitune.tools.jobs import JobCancelled
             raise JobCancelled()
 
     def _budget_spent(self) -> bool:
@@ -415,7 +415,7 @@ class Tuner:
         folder.mkdir(parents=True, exist_ok=True)
         command = None
         if best:
-            from tools.launch.config import build_argv
+            from omnitune.tools.launch.config import build_argv
             argv = build_argv(self.launcher.settings.vllm, ServeConfig(model=self.req.model, **best.config),
                               self.req.model, self.launcher.settings.serve_host, 8000)
             command = quote(["vllm", *argv[1:]])
