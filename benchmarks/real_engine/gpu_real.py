@@ -204,6 +204,9 @@ async def run(args: argparse.Namespace) -> None:
                                                          "extra_flags": {"--dtype": "float32"}})
             SUMMARY["refused_launch"] = {"error": result.is_error, "text": SUMMARY["calls"][-1]["text"],
                                          "structured": result.structured_content}
+            started = ((result.structured_content or {}).get("server") or {}).get("id")
+            if started:  # it started after all: stop it like the others
+                servers.append(started)
         try:  # the installed version's own flag list, for the record
             help_all = subprocess.run([str(exe), "serve", "--omni", "--help=all"], capture_output=True, text=True,
                                       timeout=300)
