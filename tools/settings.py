@@ -53,10 +53,17 @@ class Settings(BaseModel):
                                     description="Folders local model paths must lie in (empty: home, HF cache, cwd).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("workspace", "serving_python", "vllm_omni_source", mode="after")
+    @field_validator("workspace", "vllm_omni_source", mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser().resolve() if v is not None else None
+
+    @field_validator("serving_python", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # Never resolve symlinks: <venv>/bin/python links to the base interpreter, and only the link's own
+        # path makes Python read the venv's pyvenv.cfg (its site-packages, where vLLM-Omni lives).
+        return Path(os.path.abspath(v.expanduser())) if v is not None else None
 
     @field_validator("model_roots", mode="after")
     @classmethod
