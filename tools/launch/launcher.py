@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 from omnitune.tools import nvml
 from omnitune.tools.errors import ConfigRejected, InvalidRequestError, LaunchError, OmnituneError, ReadOnlyError
 from omnitune.tools.gpus import detect_gpus
-from omnitune.tools.launch import process
+from omnitune.tools.launch import gate, process
 from omnitune.tools.launch.config import ServeConfig, build_argv
-from omnitune.tools.launch.flags import installed_flags
 from omnitune.tools.launch.validate import validate
 from omnitune.tools.servers import ServerRecord, get_server, list_server_records
 from omnitune.tools.settings import Settings
@@ -41,6 +40,9 @@ class LaunchResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     server: ServerRecord | None = Field(None, description="The running server (None for a dry run).")
     command: str = Field(description="The same command as one line to paste into a shell (quoted).")
+    preflight: dict = Field(default_factory=dict, description="Who checked the command: source 'engine' (the serving "
+                                                              "environment's own parser and config build) or 'rules' "
+                                                              "(omnitune's rules only, with the reason).")
 
 
 class ServerView(BaseModel):
@@ -80,6 +82,7 @@ class Launcher:
         self._capabilities = capabilities
         self._popens: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
+        gate.warm(settings)  # the real preflight imports vLLM in the background (35-100 s), once per serving Python
 
     # -- validation -----------------------------------------------------------------------------
     def _capability(self, model: str, warnings: list[str]) -> Any | None:
@@ -91,14 +94,13 @@ class Launcher:
             warnings.append(f"capability report unavailable, feature support not checked: {exc}")
             return None
 
-    def plan_launch(self, config: ServeConfig) -> tuple[list[str], dict[str, str], list[str], list[int]]:
-        """argv, env, warnings and GPUs of a launch, or ConfigRejected before anything starts."""
+    def plan_launch(self, config: ServeConfig) -> tuple[list[str], dict[str, str], list[str], list[int], dict]:
+        """argv, env, warnings, GPUs and preflight record of a launch, or ConfigRejected before anything starts."""
         early: list[str] = []
         report = detect_gpus(self.workspace.root)
         capability = self._capability(config.model, early)
-        flags, how = installed_flags(self.settings.vllm, self.workspace.root / "cache") if config.extra_flags \
-            else (None, "not needed")
-        result = validate(self.settings, config, report, capability, flags, how)
+        catalogue = gate.catalogue(self.settings, self.workspace.root / "cache") if config.extra_flags else None
+        result = validate(self.settings, config, report, capability, catalogue)
         port = config.port
         if port is not None and process.port_in_use(self.settings.serve_host, port):
             result.error(f"port {port} on {self.settings.serve_host} is already in use",
@@ -111,7 +113,10 @@ class Launcher:
         port = port or process.free_port(self.settings.serve_host)
         argv = build_argv(self.settings.vllm, config, result.model_arg or config.model, self.settings.serve_host, port)
         env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, result.gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        return argv, env, early + result.warnings, result.gpus
+        record = gate.engine_check(self.settings, argv, env["CUDA_VISIBLE_DEVICES"], result)
+        if result.errors:
+            raise ConfigRejected(result.errors, result.fixes)
+        return argv, env, early + result.warnings, result.gpus, record
 
     # -- launch ---------------------------------------------------------------------------------
     def launch(self, config: ServeConfig, dry_run: bool = False, progress: Progress | None = None,
@@ -120,9 +125,10 @@ class Launcher:
         launched it, so a resumed tune can find and stop what its dead predecessor left running)."""
         if self.settings.read_only and not dry_run:
             raise ReadOnlyError("launch a server")
-        argv, env, warnings, gpus = self.plan_launch(config)
+        argv, env, warnings, gpus, record = self.plan_launch(config)
         if dry_run:
-            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, command=quote(argv))
+            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, command=quote(argv),
+                                preflight=record)
         server_id = new_id("srv")
         run_dir = self.workspace.new_run_dir(server_id)
         log_path = run_dir / "server.log"
@@ -153,7 +159,7 @@ class Launcher:
         self.store.update("servers", {"id": server_id}, {"data": record.data})
         log.info("server %s healthy after %.2f s on port %d", server_id, startup, port)
         return LaunchResult(dry_run=False, argv=argv, env=env, warnings=warnings, server=get_server(self.store, server_id),
-                            command=quote(argv))
+                            command=quote(argv), preflight=record)
 
     def _wait_healthy(self, server_id: str, popen: subprocess.Popen, port: int, timeout_s: float, start: float,
                       progress: Progress | None) -> None:
