@@ -188,13 +188,13 @@ class Launcher:
     def _fail(self, server_id: str, popen: subprocess.Popen, code: int | None, cause: str | None) -> None:
         record = get_server(self.store, server_id)
         process.kill_group(popen.pid, record.proc_start_time, grace_s=5, popen=popen)
-        tail = process.tail(Path(record.log_path))
-        cause = cause or process.classify(tail, code)
+        found, line, tail = process.failure(Path(record.log_path), code)  # the root cause first, ANSI stripped
+        cause = cause or found
         self.store.update("servers", {"id": server_id}, {"status": "failed", "cause": cause, "exit_code": code,
                                                          "stopped_at": now()})
         what = f"exited with code {code}" if code is not None else \
             f"did not answer /health within {record.config.get('health_timeout_s')} s; its process group was killed"
-        raise LaunchError(f"server {server_id} {what} ({cause}).", process.FIXES.get(cause), cause=cause,
+        raise LaunchError(f"server {server_id} {what} ({cause}: {line}).", process.FIXES.get(cause), cause=cause,
                           log_tail=tail)
 
     # -- stop, list, logs -----------------------------------------------------------------------
