@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from mcp import Client
+from mcp.types import TextContent, TextResourceContents
 
 from omnitune.server.main import build_server
 from omnitune.tools.gpus import GpuReport
@@ -19,6 +20,12 @@ from tests.launch_helpers import QWEN, WAN, ZIMAGE, emulator_processes, emulator
 
 pytestmark = pytest.mark.anyio
 LOGS = Path(__file__).resolve().parent / "data" / "real-logs"
+
+
+def _text(result) -> str:
+    content = result.content[0]
+    assert isinstance(content, TextContent)
+    return content.text
 
 
 async def dry(emulator, tmp_path, config, gpus=2, **settings):
@@ -37,7 +44,7 @@ async def test_false_on_a_boolean_optional_flag_becomes_its_no_form(emulator, tm
                                          ("--ulysses-degree", 2), ("--ring-degree", 2)])
 async def test_other_spellings_of_typed_fields_are_refused(emulator, tmp_path, flag, value):
     result = await dry(emulator, tmp_path, {"model": ZIMAGE, "extra_flags": {flag: value}})
-    assert result.is_error and "duplicates a typed field" in result.content[0].text
+    assert result.is_error and "duplicates a typed field" in _text(result)
 
 
 @pytest.mark.parametrize("config, gpus, needle", [
@@ -52,7 +59,7 @@ async def test_other_spellings_of_typed_fields_are_refused(emulator, tmp_path, f
 ])
 async def test_every_flag_that_changes_the_world_size_is_counted(emulator, tmp_path, config, gpus, needle):
     result = await dry(emulator, tmp_path, {"model": QWEN, **config}, gpus=gpus)
-    assert result.is_error and needle in result.content[0].text and "Fix:" in result.content[0].text
+    assert result.is_error and needle in _text(result) and "Fix:" in _text(result)
     assert emulator_processes(emulator) == []
 
 
@@ -63,7 +70,7 @@ async def test_every_flag_that_changes_the_world_size_is_counted(emulator, tmp_p
 ])
 async def test_the_counted_world_gets_its_gpus(emulator, tmp_path, config, devices):
     result = await dry(emulator, tmp_path, {"model": QWEN, **config}, gpus=4)
-    assert result.is_error is False, result.content[0].text
+    assert result.is_error is False, _text(result)
     assert result.structured_content["env"]["CUDA_VISIBLE_DEVICES"] == devices
 
 
@@ -79,7 +86,7 @@ async def test_the_counted_world_gets_its_gpus(emulator, tmp_path, config, devic
 ])
 async def test_extra_flag_values_are_checked_like_the_real_parser(emulator, tmp_path, flags, needle):
     result = await dry(emulator, tmp_path, {"model": ZIMAGE, "extra_flags": flags})
-    assert result.is_error and needle in result.content[0].text, result.content[0].text
+    assert result.is_error and needle in _text(result), _text(result)
 
 
 @pytest.mark.parametrize("flags, needle", [
@@ -90,7 +97,7 @@ async def test_extra_flag_values_are_checked_like_the_real_parser(emulator, tmp_
 ])
 async def test_flags_that_defeat_safety_or_accounting_are_refused(emulator, tmp_path, flags, needle):
     result = await dry(emulator, tmp_path, {"model": ZIMAGE, "extra_flags": flags})
-    assert result.is_error and needle in result.content[0].text and "Fix:" in result.content[0].text
+    assert result.is_error and needle in _text(result) and "Fix:" in _text(result)
 
 
 async def test_an_unsafe_flag_passes_only_with_the_explicit_opt_in(emulator, tmp_path):
@@ -113,7 +120,9 @@ async def test_the_serve_flags_resource_is_the_catalogue_without_fragments(tmp_p
     src = Path(__file__).resolve().parents[1] / ".venv" / "vllm-omni-src" / "0.30.0" / "vllm_omni"
     async with Client(build_server(Settings(workspace=tmp_path / "ws", vllm_omni_source=src))) as client:
         res = await client.read_resource("omnitune://serve-flags")
-    flags = set(json.loads(res.contents[0].text)["flags"])
+    content = res.contents[0]
+    assert isinstance(content, TextResourceContents)
+    flags = set(json.loads(content.text)["flags"])
     shipped = json.loads((Path(__file__).resolve().parents[1] / "resources" / "vllm_serve_args.json").read_text())
     assert flags == {f for a in shipped["actions"] for f in a.get("flags", [])}
     assert not {"--diffusion-", "--data-", "--json-arg"} & flags and all(not f.endswith("-") for f in flags)
@@ -128,7 +137,7 @@ async def test_a_real_cpu_only_failure_log_reports_its_cause_first(emulator, tmp
     settings = emulator_settings(emulator, tmp_path).model_copy(update={"vllm": str(fake)})
     async with Client(build_server(settings)) as client:
         result = await client.call_tool("launch_server", {"config": {"model": ZIMAGE}})
-    text = result.content[0].text
+    text = _text(result)
     first = text.splitlines()[0]
     assert result.is_error and "no_gpu" in first and "NotImplementedError" in first and "set_device" in first
     assert "\x1b[" not in text and "unsupported_feature" not in text and "drop the feature" not in text

@@ -38,6 +38,6 @@ async def test_a_venv_serving_python_yields_a_capability_report(serving_venv, tm
     s = settings_from_env({"OMNITUNE_SERVING_PYTHON": str(serving_venv), "OMNITUNE_WORKSPACE": str(tmp_path / "ws")})
     async with Client(build_server(s)) as client:
         result = await client.call_tool("inspect_model_capabilities", {"model": "ZImagePipeline"})
-    assert result.is_error is False, result.content[0].text
+    assert result.is_error is False, result.content
     assert result.structured_content["located_via"] == "serving_python"
     assert result.structured_content["vllm_omni_version"] == "0.30.0"

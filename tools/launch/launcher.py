@@ -125,10 +125,10 @@ class Launcher:
         launched it, so a resumed tune can find and stop what its dead predecessor left running)."""
         if self.settings.read_only and not dry_run:
             raise ReadOnlyError("launch a server")
-        argv, env, warnings, gpus, record = self.plan_launch(config)
+        argv, env, warnings, gpus, checked = self.plan_launch(config)
         if dry_run:
-            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, command=quote(argv),
-                                preflight=record)
+            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, server=None,
+                                command=quote(argv), preflight=checked)
         server_id = new_id("srv")
         run_dir = self.workspace.new_run_dir(server_id)
         log_path = run_dir / "server.log"
@@ -158,8 +158,8 @@ class Launcher:
         record.data["used_after_load_mib"] = {str(k): v for k, v in after.items()}
         self.store.update("servers", {"id": server_id}, {"data": record.data})
         log.info("server %s healthy after %.2f s on port %d", server_id, startup, port)
-        return LaunchResult(dry_run=False, argv=argv, env=env, warnings=warnings, server=get_server(self.store, server_id),
-                            command=quote(argv), preflight=record)
+        return LaunchResult(dry_run=False, argv=argv, env=env, warnings=warnings,
+                            server=get_server(self.store, server_id), command=quote(argv), preflight=checked)
 
     def _wait_healthy(self, server_id: str, popen: subprocess.Popen, port: int, timeout_s: float, start: float,
                       progress: Progress | None) -> None:

@@ -33,7 +33,8 @@ FIXES = {
     "no_gpu": "this host has no usable GPU for vLLM-Omni (it serves diffusion only on GPUs): run on the GPU host, "
               "or check the driver and CUDA_VISIBLE_DEVICES with detect_gpus",
     "not_enough_gpus": "give the server as many GPUs as its parallel settings need (gpus), or lower the degrees",
-    "out_of_memory": "use FP8, CPU offload (enable_layerwise_offload), VAE slicing/tiling, more GPUs, or a smaller size",
+    "out_of_memory": "use FP8, CPU offload (enable_layerwise_offload), VAE slicing/tiling, more GPUs, or a "
+                     "smaller size",
     "port_in_use": "leave port unset (omnitune picks a free one) or stop what holds it",
     "bad_flag": "check extra_flags against the installed version (inspect_model_capabilities lists them)",
     "model_not_found": "check the model path or id; omnitune does not download models",
@@ -125,6 +126,7 @@ def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> tuple[subproc
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 
     def release() -> None:
+        assert popen.stdin is not None
         try:
             popen.stdin.write(b"1")
             popen.stdin.close()
@@ -176,7 +178,8 @@ def group_members(pgid: int, since: float | None = None) -> list[int]:
     return members
 
 
-def kill_group(pgid: int, since: float | None, grace_s: float, popen: subprocess.Popen | None = None) -> tuple[bool, bool]:
+def kill_group(pgid: int, since: float | None, grace_s: float,
+               popen: subprocess.Popen | None = None) -> tuple[bool, bool]:
     """SIGTERM the group, SIGKILL what is left after ``grace_s``; (all gone, had to SIGKILL)."""
     def signal_group(sig: int) -> None:
         try:

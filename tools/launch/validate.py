@@ -21,8 +21,9 @@ from omnitune.tools.settings import Settings
 
 # config predicate -> capability method key
 USED_METHODS = {
-    "ulysses_sp": lambda c: c.usp > 1, "ring_sp": lambda c: c.ring > 1, "cfg_parallel": lambda c: c.cfg_parallel_size > 1,
-    "tensor_parallel": lambda c: c.tensor_parallel_size > 1, "vae_patch_parallel": lambda c: c.vae_patch_parallel_size > 1,
+    "ulysses_sp": lambda c: c.usp > 1, "ring_sp": lambda c: c.ring > 1,
+    "cfg_parallel": lambda c: c.cfg_parallel_size > 1, "tensor_parallel": lambda c: c.tensor_parallel_size > 1,
+    "vae_patch_parallel": lambda c: c.vae_patch_parallel_size > 1,
     "hsdp": lambda c: c.use_hsdp, "expert_parallel": lambda c: c.enable_expert_parallel,
     "cpu_offload": lambda c: c.enable_cpu_offload, "layerwise_offload": lambda c: c.enable_layerwise_offload,
     "tea_cache": lambda c: c.cache_backend == "tea_cache", "cache_dit": lambda c: c.cache_backend == "cache_dit",
@@ -55,7 +56,8 @@ class ValidationResult:
 def resolve_model(settings: Settings, model: str, result: ValidationResult) -> Path | None:
     """A local folder inside the allowed roots, or a hub id; anything else is refused."""
     if model.startswith("-") or any(c in model for c in "\n\r\x00"):
-        result.error(f"model {model!r} is not a path or a Hugging Face id", "give a model folder or an id like Qwen/Qwen-Image")
+        result.error(f"model {model!r} is not a path or a Hugging Face id",
+                     "give a model folder or an id like Qwen/Qwen-Image")
         return None
     looks_local = model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
     if not looks_local:

@@ -42,7 +42,8 @@ def world(config: ServeConfig) -> World:
     allgather = extra.get("allgather_degree", 1) or 1
     if allgather > 1 and (config.usp > 1 or config.ring > 1):
         return World(None, "", f"--allgather-degree {allgather} cannot be combined with usp/ring (vLLM-Omni: "
-                                "AllGather-KV is mutually exclusive with Ulysses/Ring)", "use either all-gather or usp/ring")
+                                "AllGather-KV is mutually exclusive with Ulysses/Ring)",
+                     "use either all-gather or usp/ring")
     sp = allgather if allgather > 1 else config.usp * config.ring
     tp, cfg = config.tensor_parallel_size, config.cfg_parallel_size
     other = pp * (dp or 1) * tp * sp * cfg

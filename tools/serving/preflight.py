@@ -115,7 +115,8 @@ class Worker:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return {"unavailable": f"the serving environment did not answer within {timeout_s:.0f} s "
-                                           "(importing vLLM is slow on a cold start; it keeps warming for the next call)"}
+                                           "(importing vLLM is slow on a cold start; it keeps warming for the "
+                                           "next call)"}
                 try:
                     msg = self.answers.get(timeout=left)
                 except queue.Empty:

@@ -1,3 +1,4 @@
+# pyright: reportMissingImports=false
 """Runs INSIDE the serving environment (its own python), never imported by omnitune.
 
 It answers, with the engine's own code, two questions about `vllm serve MODEL --omni ...`:
