@@ -99,8 +99,13 @@ def misread(config_fields: dict, od: dict) -> list[str]:
 
 
 def _preflight():
-    """This tree's preflight client, loaded by path (the table's "before" column runs main's rules, which lack it)."""
+    """The preflight client (loaded by path when the tree on sys.path is main's, which lacks it: the "before" run)."""
     import importlib.util
+    try:
+        from omnitune.tools.serving import preflight
+        return preflight
+    except ImportError:
+        pass
     spec = importlib.util.spec_from_file_location("_contract_preflight", Path(__file__).resolve().parents[1] / "tools"
                                                   / "serving" / "preflight.py")
     assert spec and spec.loader

@@ -41,3 +41,8 @@ async def test_a_venv_serving_python_yields_a_capability_report(serving_venv, tm
     assert result.is_error is False, result.content
     assert result.structured_content["located_via"] == "serving_python"
     assert result.structured_content["vllm_omni_version"] == "0.30.0"
+
+
+def test_the_test_stack_variable_is_not_mistaken_for_a_setting(tmp_path):
+    s = settings_from_env({"OMNITUNE_REAL_VLLM_VENV": str(tmp_path), "OMNITUNE_WORKSPACE": str(tmp_path / "ws")})
+    assert s.workspace == tmp_path / "ws"

@@ -65,7 +65,8 @@ def real_settings(emulator, tmp_path):
 @pytest.mark.anyio
 async def test_the_launch_asks_the_engine_and_takes_its_refusal(real_settings, rows):
     async with Client(build_server(real_settings)) as client:
-        ok = await client.call_tool("launch_server", {"config": {"model": QWEN, "usp": 2}, "dry_run": True})
+        ok = await client.call_tool("launch_server", {"config": {"model": QWEN, "cfg_parallel_size": 2},
+                                                        "dry_run": True})
         bad = await client.call_tool("launch_server", {"config": {
             "model": QWEN, "extra_flags": {"--lora-backend": "distill"}}, "dry_run": True})
     assert ok.is_error is False and ok.structured_content["preflight"]["source"] == "engine"

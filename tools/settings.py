@@ -104,6 +104,10 @@ ENV_FIELDS: dict[str, str] = {
 }
 
 
+# Variables of the test tooling (tests/install_real_vllm.sh, tests/run.sh), not omnitune settings: never an error.
+TEST_VARIABLES = {"REAL_VLLM_VENV", "REAL_VLLM", "REAL_VLLM_CHECK_S"}
+
+
 def _parse_bool(name: str, raw: str) -> bool:
     low = raw.strip().lower()
     if low in _TRUE:
@@ -125,6 +129,8 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
         if not key.startswith(ENV_PREFIX):
             continue
         short = key[len(ENV_PREFIX):]
+        if short in TEST_VARIABLES:
+            continue
         field = ENV_FIELDS.get(short)
         if field is None:
             close = difflib.get_close_matches(short, list(ENV_FIELDS), n=1)
