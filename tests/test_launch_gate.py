@@ -83,6 +83,8 @@ async def test_the_counted_world_gets_its_gpus(emulator, tmp_path, config, devic
     ({"--fa-deterministic": "true"}, "is a switch and takes no value"),
     ({"--vae-use-ema": ""}, "not a flag"),
     ({"--fa-deterministic": False}, "false cannot be expressed"),
+    ({"--lora-backend": "distill"}, "requires --lora-path"),
+    ({"--omni-heartbeat-timeout": 0}, "must be > 0"),
 ])
 async def test_extra_flag_values_are_checked_like_the_real_parser(emulator, tmp_path, flags, needle):
     result = await dry(emulator, tmp_path, {"model": ZIMAGE, "extra_flags": flags})

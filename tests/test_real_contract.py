@@ -68,10 +68,11 @@ async def test_the_launch_asks_the_engine_and_takes_its_refusal(real_settings, r
         ok = await client.call_tool("launch_server", {"config": {"model": QWEN, "cfg_parallel_size": 2},
                                                         "dry_run": True})
         bad = await client.call_tool("launch_server", {"config": {
-            "model": QWEN, "extra_flags": {"--lora-backend": "distill"}}, "dry_run": True})
+            "model": QWEN, "extra_flags": {"--quantization-config": '{"no_such_field": 1}'}}, "dry_run": True})
     assert ok.is_error is False and ok.structured_content["preflight"]["source"] == "engine"
     assert ok.structured_content["preflight"]["ok"] is True and ok.structured_content["preflight"]["world_size"] == 2
-    assert bad.is_error and "vllm-omni refuses the command" in _text(bad) and "--lora-path" in _text(bad)
+    assert bad.is_error and "vllm's own parser refuses the command" in _text(bad)
+    assert "--quantization-config" in _text(bad)
 
 
 @pytest.mark.anyio

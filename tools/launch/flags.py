@@ -153,6 +153,24 @@ def check_extra_flags(extra: dict, catalogue: Catalogue, allow_unsafe: list[str]
         problem = check_value(flag, name, value)
         if problem:
             issues.append(problem)
+    return issues + cli_rules(extra)
+
+
+def cli_rules(extra: dict) -> list[FlagIssue]:
+    """Cross-flag rules of vLLM-Omni 0.30.0's ``OmniServeCommand.validate`` (entrypoints/cli/serve.py)."""
+    issues = []
+    if extra.get("--lora-backend") == "distill" and not extra.get("--lora-path"):
+        issues.append(FlagIssue("--lora-backend distill requires --lora-path (vLLM-Omni refuses it at start)",
+                                "add --lora-path or drop --lora-backend"))
+    for name in ("--omni-heartbeat-timeout", "--omni-dp-size-local"):
+        try:
+            number = float(str(extra[name])) if name in extra and not isinstance(extra[name], bool) else None
+        except ValueError:
+            number = None
+        if number is not None and number <= 0 if name.endswith("timeout") else number not in (None, 1):
+            issues.append(FlagIssue(f"{name}={extra[name]} is refused by vLLM-Omni here ("
+                                    + ("must be > 0)" if name.endswith("timeout") else "!= 1 requires --stage-id, "
+                                       "which omnitune does not run)"), f"drop {name}"))
     return issues
 
 
