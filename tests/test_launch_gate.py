@@ -182,3 +182,29 @@ def test_capability_constraints_and_the_zimage_head_key_are_honoured():
     report.constraints = [one_of]
     errors, _ = _validate({"model": WAN, "tensor_parallel_size": 4}, report)
     assert any("not one of the sizes this model allows [1, 2]" in e for e in errors)
+
+
+async def test_a_cold_serving_environment_never_holds_the_launch_past_its_bound(emulator, tmp_path, monkeypatch):
+    import sys
+    import time
+
+    from omnitune.tools.launch import gate
+    from omnitune.tools.serving import preflight
+    fake = tmp_path / "serve-env" / "bin" / "python"
+    fake.parent.mkdir(parents=True)
+    # Answers the (cheap) version probe like a Python without vLLM; as the worker it never answers (a cold import).
+    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = \"-c\" ]; then exec {sys.executable} \"$@\"; fi\nexec sleep 120\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(gate, "PREFLIGHT_WAIT_S", 1.5)
+    started = time.monotonic()
+    try:
+        result = await dry(emulator, tmp_path, {"model": ZIMAGE}, serving_python=fake)
+        took = time.monotonic() - started
+        pre = result.structured_content["preflight"]
+        assert result.is_error is False and pre["source"] == "rules" and "did not answer within 2 s" in pre["reason"]
+        assert took < 30
+        worker = preflight.worker_for(fake)
+        assert worker.proc is not None and worker.proc.poll() is None  # still warming for the next launch
+    finally:
+        preflight.close_all()
+    assert worker.proc is None

@@ -52,6 +52,7 @@ class Worker:
         self.dead_reason: str | None = None
         self.started_at = 0.0
         self.ready_s: float | None = None
+        self.import_s: float | None = None
         self._next_id = 0
         self._stderr = tempfile.TemporaryFile()
 
@@ -62,8 +63,8 @@ class Worker:
                "VLLM_CONFIGURE_LOGGING": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.started_at = time.monotonic()
         try:
-            self.proc = subprocess.Popen([str(self.python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self._stderr, env=env, start_new_session=True, close_fds=True,
+            self.proc = subprocess.Popen([str(self.python), str(WORKER), "--warm"], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True, close_fds=True,
                                          text=True, bufsize=1)
         except OSError as exc:
             self.dead_reason = f"could not start {self.python}: {exc}"
@@ -78,7 +79,11 @@ class Worker:
                 msg = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if msg.get("ready"):
+            if "ready" in msg:
+                self.import_s = msg.get("import_s")
+                if not msg["ready"]:
+                    self.dead_reason = f"the serving Python {self.python} cannot import vLLM: {msg.get('error')}"
+                self.ready.set()
                 continue
             self.answers.put(msg)
         self.dead_reason = self.dead_reason or f"the preflight worker exited ({proc.wait()}): {self.stderr_tail()}"
@@ -114,14 +119,15 @@ class Worker:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return {"unavailable": f"the serving environment did not answer within {timeout_s:.0f} s "
-                                           "(importing vLLM is slow on a cold start; it keeps warming for the "
-                                           "next call)"}
+                    warming = "" if self.ready.is_set() else \
+                        f"; it is still importing vLLM ({time.monotonic() - self.started_at:.0f} s so far) and " \
+                        "keeps warming for the next launch"
+                    return {"unavailable": f"the serving environment did not answer within {timeout_s:.0f} s{warming}"}
                 try:
                     msg = self.answers.get(timeout=left)
                 except queue.Empty:
                     continue
-                if msg.get("dead"):
+                if msg.get("dead") or self.dead_reason:
                     return {"unavailable": self.dead_reason or "the preflight worker exited"}
                 if msg.get("id") == rid:
                     if self.ready_s is None:
@@ -164,11 +170,9 @@ def worker_for(python: Path) -> Worker:
 
 
 def warm(python: Path | None) -> None:
-    """Start the worker now (it imports vLLM in the background) so the first launch finds it ready."""
+    """Start the worker now (it imports vLLM at once, in its own process) so the first launch finds it ready."""
     if python is not None:
-        w = worker_for(python)
-        w.start()
-        threading.Thread(target=w.request, args=("versions", 600), name="preflight-warm", daemon=True).start()
+        worker_for(python).start()
 
 
 @atexit.register

@@ -219,7 +219,15 @@ def check(argv: list[str], env: dict[str, str]) -> dict:
 
 def main() -> None:
     out = _out_channel()
-    out.write(json.dumps({"ready": True, "python": sys.executable}) + "\n")
+    if "--warm" in sys.argv[1:]:  # import vLLM now, before the first question arrives
+        started = time.monotonic()
+        try:
+            _parser()
+            out.write(json.dumps({"ready": True, "import_s": round(time.monotonic() - started, 3)}) + "\n")
+        except Exception as exc:  # noqa: BLE001 - reported to omnitune, which falls back to its rules
+            out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+    else:
+        out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
