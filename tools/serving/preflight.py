@@ -64,8 +64,8 @@ class Worker:
         self.started_at = time.monotonic()
         try:
             self.proc = subprocess.Popen([str(self.python), str(WORKER), "--warm"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._stderr, env=env, start_new_session=True, close_fds=True,
-                                         text=True, bufsize=1)
+                                         stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+                                         start_new_session=True, close_fds=True, text=True, bufsize=1)
         except OSError as exc:
             self.dead_reason = f"could not start {self.python}: {exc}"
             return
