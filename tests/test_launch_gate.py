@@ -124,7 +124,10 @@ async def test_the_serve_flags_resource_is_the_catalogue_without_fragments(tmp_p
         res = await client.read_resource("omnitune://serve-flags")
     content = res.contents[0]
     assert isinstance(content, TextResourceContents)
-    flags = set(json.loads(content.text)["flags"])
+    data = json.loads(content.text)
+    flags = set(data["flags"])
+    assert data["catalogue"]["--vae-fast-path"]["choices"] == ["off", "lossless", "channels_last"]
+    assert data["catalogue"]["--diffusion-compile-dynamic"]["negatable"] is True
     shipped = json.loads((Path(__file__).resolve().parents[1] / "resources" / "vllm_serve_args.json").read_text())
     assert flags == {f for a in shipped["actions"] for f in a.get("flags", [])}
     assert not {"--diffusion-", "--data-", "--json-arg"} & flags and all(not f.endswith("-") for f in flags)

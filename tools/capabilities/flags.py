@@ -170,6 +170,18 @@ def regenerate(python: Path, out: Path, timeout_s: float = 600) -> int:
     return len(answer["actions"])
 
 
+def describe(names: set[str]) -> dict[str, dict]:
+    """Action, type, choices and nargs of each name (from the shipped parser copy; names it lacks are left out)."""
+    cat = shipped(_shipped_data()["versions"])
+    out = {}
+    for name in sorted(names):
+        f = cat.flags.get(name)
+        if f is not None:
+            out[name] = {"action": f.action, "type": f.type, "choices": list(f.choices) if f.choices else None,
+                         "nargs": f.nargs, "switch": f.switch, "negatable": f.negatable, "json": f.json}
+    return out
+
+
 def omni_flags(index: SourceIndex) -> dict[str, str]:
     """vLLM-Omni's own serve options -> evidence (serve.py:line), read from the located source."""
     mod = index.module(SERVE_MODULE)
