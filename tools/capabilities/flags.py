@@ -144,6 +144,9 @@ def for_serving(python: Path | None, cache_dir: Path, wait_s: float) -> Catalogu
             return from_actions(json.loads(cache.read_text("utf-8")), "engine", True, versions, how + " (cached)")
         except (OSError, ValueError, KeyError):
             pass
+    copy = shipped(versions)
+    if copy.exact and not preflight.worker_for(python).ready.is_set():
+        return copy  # the same versions as the shipped copy: no need to wait for a cold import
     answer = preflight.catalogue(python, wait_s)
     if answer.get("actions"):
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -223,6 +223,8 @@ def main() -> None:
         started = time.monotonic()
         try:
             _parser()
+            import vllm_omni.engine.async_omni_engine  # noqa: F401  (the config build's modules: the first check
+            import vllm_omni.engine.stage_init_utils  # noqa: F401  would otherwise pay for them, ~7 s)
             out.write(json.dumps({"ready": True, "import_s": round(time.monotonic() - started, 3)}) + "\n")
         except Exception as exc:  # noqa: BLE001 - reported to omnitune, which falls back to its rules
             out.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
