@@ -194,8 +194,8 @@ class Launcher:
                                                          "stopped_at": now()})
         what = f"exited with code {code}" if code is not None else \
             f"did not answer /health within {record.config.get('health_timeout_s')} s; its process group was killed"
-        raise LaunchError(f"server {server_id} {what} ({cause}: {line}).", process.FIXES.get(cause), cause=cause,
-                          log_tail=tail)
+        raise LaunchError(f"server {server_id} {what} ({cause}). Cause in the log: {line}.", process.FIXES.get(cause),
+                          cause=cause, log_tail=tail)
 
     # -- stop, list, logs -----------------------------------------------------------------------
     def stop(self, server_id: str, grace_s: float = 10.0) -> StopResult:
