@@ -111,6 +111,12 @@ async def test_an_unsafe_flag_passes_only_with_the_explicit_opt_in(emulator, tmp
     assert forbidden.is_error  # no opt-in for a server omnitune could never reach
 
 
+async def test_a_vae_patch_size_above_the_world_size_is_a_warning_not_a_refusal(emulator, tmp_path):
+    result = await dry(emulator, tmp_path, {"model": WAN, "vae_patch_parallel_size": 2})
+    assert result.is_error is False
+    assert any("clamps it to 1" in w for w in result.structured_content["warnings"])
+
+
 async def test_without_a_serving_python_the_result_says_rules_checked_it(emulator, tmp_path):
     result = await dry(emulator, tmp_path, {"model": ZIMAGE})
     pre = result.structured_content["preflight"]

@@ -143,6 +143,9 @@ def _combinations(r: ValidationResult, config: ServeConfig, ws: int) -> None:
                 "choose one: layerwise offload is nearly free for large video DiTs, model-level offload saves most")
     if (config.enable_cpu_offload or config.enable_layerwise_offload) and ws > 1:
         r.error(f"CPU offload is a single-GPU feature but world size is {ws}", "use offload with one GPU only")
+    if config.vae_patch_parallel_size > ws:
+        r.warnings.append(f"vae_patch_parallel_size {config.vae_patch_parallel_size} exceeds the world size {ws}: "
+                          f"vLLM-Omni clamps it to {ws} (diffusion/distributed/vae_patch_parallel.py)")
     if config.cache_config and not config.cache_backend:
         r.error("cache_config is set without cache_backend", "set cache_backend (tea_cache, cache_dit, ...)")
     if config.cache_config and config.cache_backend in CACHE_KEYS:
