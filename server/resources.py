@@ -48,7 +48,9 @@ def register(mcp: MCPServer) -> None:
         settings = state_of(ctx).settings
         flags = await in_thread(installed_serve_flags, settings)
         report = await in_thread(support_table, settings)
-        return json.dumps({"vllm_omni_version": report.vllm_omni_version, "flags": sorted(flags)}, indent=1)
+        from omnitune.tools.capabilities.flags import describe  # the ONE catalogue: types, choices, switches
+        return json.dumps({"vllm_omni_version": report.vllm_omni_version, "flags": sorted(flags),
+                           "catalogue": describe(flags)}, indent=1)
 
     @mcp.resource("omnitune://recipes{?refresh}", mime_type="application/json", title="Recipes of the guide")
     async def recipes(ctx: Context, refresh: Refresh = None) -> str:

@@ -8,4 +8,11 @@ if ! .venv/bin/python -c "import pytest, mcp, omnitune.server.main" 2>/dev/null;
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 fi
 bash tests/install_vllm_omni.sh
+# The real serving stack for the contract tests (tests/test_real_*.py), installed once and cached (about 5
+# minutes and 9 GB the first time). OMNITUNE_REAL_VLLM=0 skips it (those tests then report as skipped).
+if [ "${OMNITUNE_REAL_VLLM:-1}" != "0" ]; then
+  export OMNITUNE_REAL_VLLM_VENV="${OMNITUNE_REAL_VLLM_VENV:-$HOME/.cache/omnitune/real-vllm-0.30.0}"
+  bash tests/install_real_vllm.sh
+fi
+unset OMNITUNE_REAL_VLLM
 exec .venv/bin/python -m pytest "$@"

@@ -10,7 +10,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -31,7 +31,8 @@ def hf_cache_dir() -> Path:
     """Hugging Face hub cache, honouring HF_HUB_CACHE and HF_HOME as huggingface_hub does."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface")
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    home = os.environ.get("HF_HOME") or str(Path(cache) / "huggingface")
     return Path(home).expanduser() / "hub"
 
 
@@ -42,21 +43,31 @@ class Settings(BaseModel):
 
     workspace: Path = Field(default_factory=default_workspace,
                             description="Folder holding omnitune.db and one folder per run.")
-    vllm: str = Field("vllm", description="The `vllm` executable of the serving environment (name on PATH or path).")
-    serving_python: Path | None = Field(None, description="Python of the serving environment (imports vllm_omni).")
-    vllm_omni_source: Path | None = Field(None, description="A vllm-omni source folder (checkout or site-packages/vllm_omni).")
-    read_only: bool = Field(False, description="Refuse to launch or stop servers.")
-    serve_host: str = Field("127.0.0.1", description="Address launched servers bind to.")
-    allow_network: bool = Field(False, description="Allow model look-ups on the Hugging Face hub.")
-    stop_on_exit: bool = Field(True, description="Stop the servers this omnitune started when it shuts down.")
+    vllm: str = Field(default="vllm",
+                      description="The `vllm` executable of the serving environment (name on PATH or path).")
+    serving_python: Path | None = Field(default=None,
+                                        description="Python of the serving environment (imports vllm_omni).")
+    vllm_omni_source: Path | None = Field(default=None, description="A vllm-omni source folder (checkout or "
+                                                            "site-packages/vllm_omni).")
+    read_only: bool = Field(default=False, description="Refuse to launch or stop servers.")
+    serve_host: str = Field(default="127.0.0.1", description="Address launched servers bind to.")
+    allow_network: bool = Field(default=False, description="Allow model look-ups on the Hugging Face hub.")
+    stop_on_exit: bool = Field(default=True, description="Stop the servers this omnitune started when it shuts down.")
     model_roots: list[Path] = Field(default_factory=list,
                                     description="Folders local model paths must lie in (empty: home, HF cache, cwd).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("workspace", "serving_python", "vllm_omni_source", mode="after")
+    @field_validator("workspace", "vllm_omni_source", mode="after")
     @classmethod
     def _expand(cls, v: Path | None) -> Path | None:
         return v.expanduser().resolve() if v is not None else None
+
+    @field_validator("serving_python", mode="after")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        # Never resolve symlinks: <venv>/bin/python links to the base interpreter, and only the link's own
+        # path makes Python read the venv's pyvenv.cfg (its site-packages, where vLLM-Omni lives).
+        return Path(os.path.abspath(v.expanduser())) if v is not None else None
 
     @field_validator("model_roots", mode="after")
     @classmethod
@@ -93,6 +104,10 @@ ENV_FIELDS: dict[str, str] = {
 }
 
 
+# Variables of the test tooling (tests/install_real_vllm.sh, tests/run.sh), not omnitune settings: never an error.
+TEST_VARIABLES = {"REAL_VLLM_VENV", "REAL_VLLM", "REAL_VLLM_CHECK_S"}
+
+
 def _parse_bool(name: str, raw: str) -> bool:
     low = raw.strip().lower()
     if low in _TRUE:
@@ -109,11 +124,13 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
     misspelt ``OMNITUNE_READONLY`` silently ignored would let omnitune launch servers.
     """
     env = os.environ if environ is None else environ
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}
     for key, raw in env.items():
         if not key.startswith(ENV_PREFIX):
             continue
         short = key[len(ENV_PREFIX):]
+        if short in TEST_VARIABLES:
+            continue
         field = ENV_FIELDS.get(short)
         if field is None:
             close = difflib.get_close_matches(short, list(ENV_FIELDS), n=1)

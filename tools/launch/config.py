@@ -68,7 +68,11 @@ class ServeConfig(BaseModel):
     boundary_ratio: float | None = Field(None, ge=0, le=1, description="Low/high DiT boundary (Wan2.2, LTX-2).")
     extra_flags: dict[str, ExtraValue] = Field(
         default_factory=dict, description="Other `vllm serve` flags, e.g. {'--vae-fast-path': 'lossless'}; each name "
-                                          "must exist in the installed vLLM-Omni. true = bare flag.")
+                                          "must exist in the installed vLLM-Omni and each value must parse as its "
+                                          "type. true = bare switch, false = its --no- form (BooleanOptionalAction).")
+    allow_unsafe_flags: list[str] = Field(
+        default_factory=list, description="extra_flags you accept despite the risk omnitune names (e.g. "
+                                          "['--trust-remote-code']); without this they are refused.")
     health_timeout_s: float = Field(900, gt=0, le=7200, description="Longest wait for /health == 200, seconds.")
 
     @field_validator("served_model_name")
@@ -90,7 +94,9 @@ class ServeConfig(BaseModel):
 
     @property
     def world_size(self) -> int:
-        return self.usp * self.ring * self.cfg_parallel_size * self.tensor_parallel_size
+        """GPUs the engine will use, counting parallel flags in extra_flags too (see tools/launch/world.py)."""
+        from omnitune.tools.launch.world import world
+        return world(self).size or self.usp  # pyright: ignore[reportArgumentType] * self.ring * self.cfg_parallel_size * self.tensor_parallel_size
 
     def canonical(self) -> dict:
         """The settings that define the serving configuration (not where or under which name it runs)."""
@@ -113,7 +119,8 @@ def build_argv(vllm: str, config: ServeConfig, model: str, host: str, port: int)
     argv = [vllm, "serve", model, "--omni", "--host", host, "--port", str(port)]
     if config.served_model_name:
         argv += ["--served-model-name", config.served_model_name]
-    for flag, value in (("--usp", config.usp), ("--ring", config.ring), ("--cfg-parallel-size", config.cfg_parallel_size),
+    for flag, value in (("--usp", config.usp), ("--ring", config.ring),
+                        ("--cfg-parallel-size", config.cfg_parallel_size),
                         ("--tensor-parallel-size", config.tensor_parallel_size),
                         ("--vae-patch-parallel-size", config.vae_patch_parallel_size)):
         if value != 1:
@@ -134,9 +141,7 @@ def build_argv(vllm: str, config: ServeConfig, model: str, host: str, port: int)
         argv += ["--flow-shift", repr(config.flow_shift)]
     if config.boundary_ratio is not None:
         argv += ["--boundary-ratio", repr(config.boundary_ratio)]
-    for name, value in sorted(config.extra_flags.items()):
-        if value is True:
-            argv.append(name)
-        elif value is not False:
-            argv.append(f"{name}={value}")  # one element: a value can never become a flag of its own
+    from omnitune.tools.launch.flags import render
+    # One element each: a value can never become a flag of its own; false is the --no- form, never dropped.
+    argv += [render(name, value) for name, value in sorted(config.extra_flags.items())]
     return argv

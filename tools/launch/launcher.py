@@ -20,9 +20,8 @@ from pydantic import BaseModel, Field
 from omnitune.tools import nvml
 from omnitune.tools.errors import ConfigRejected, InvalidRequestError, LaunchError, OmnituneError, ReadOnlyError
 from omnitune.tools.gpus import detect_gpus
-from omnitune.tools.launch import process
+from omnitune.tools.launch import gate, process
 from omnitune.tools.launch.config import ServeConfig, build_argv
-from omnitune.tools.launch.flags import installed_flags
 from omnitune.tools.launch.validate import validate
 from omnitune.tools.servers import ServerRecord, get_server, list_server_records
 from omnitune.tools.settings import Settings
@@ -41,6 +40,9 @@ class LaunchResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     server: ServerRecord | None = Field(None, description="The running server (None for a dry run).")
     command: str = Field(description="The same command as one line to paste into a shell (quoted).")
+    preflight: dict = Field(default_factory=dict, description="Who checked the command: source 'engine' (the serving "
+                                                              "environment's own parser and config build) or 'rules' "
+                                                              "(omnitune's rules only, with the reason).")
 
 
 class ServerView(BaseModel):
@@ -80,6 +82,7 @@ class Launcher:
         self._capabilities = capabilities
         self._popens: dict[str, subprocess.Popen] = {}
         self._lock = threading.Lock()
+        gate.warm(settings)  # the real preflight imports vLLM in the background (35-100 s), once per serving Python
 
     # -- validation -----------------------------------------------------------------------------
     def _capability(self, model: str, warnings: list[str]) -> Any | None:
@@ -91,14 +94,13 @@ class Launcher:
             warnings.append(f"capability report unavailable, feature support not checked: {exc}")
             return None
 
-    def plan_launch(self, config: ServeConfig) -> tuple[list[str], dict[str, str], list[str], list[int]]:
-        """argv, env, warnings and GPUs of a launch, or ConfigRejected before anything starts."""
+    def plan_launch(self, config: ServeConfig) -> tuple[list[str], dict[str, str], list[str], list[int], dict]:
+        """argv, env, warnings, GPUs and preflight record of a launch, or ConfigRejected before anything starts."""
         early: list[str] = []
         report = detect_gpus(self.workspace.root)
         capability = self._capability(config.model, early)
-        flags, how = installed_flags(self.settings.vllm, self.workspace.root / "cache") if config.extra_flags \
-            else (None, "not needed")
-        result = validate(self.settings, config, report, capability, flags, how)
+        catalogue = gate.catalogue(self.settings, self.workspace.root / "cache") if config.extra_flags else None
+        result = validate(self.settings, config, report, capability, catalogue)
         port = config.port
         if port is not None and process.port_in_use(self.settings.serve_host, port):
             result.error(f"port {port} on {self.settings.serve_host} is already in use",
@@ -111,7 +113,10 @@ class Launcher:
         port = port or process.free_port(self.settings.serve_host)
         argv = build_argv(self.settings.vllm, config, result.model_arg or config.model, self.settings.serve_host, port)
         env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, result.gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        return argv, env, early + result.warnings, result.gpus
+        record = gate.engine_check(self.settings, argv, env["CUDA_VISIBLE_DEVICES"], result)
+        if result.errors:
+            raise ConfigRejected(result.errors, result.fixes)
+        return argv, env, early + result.warnings, result.gpus, record
 
     # -- launch ---------------------------------------------------------------------------------
     def launch(self, config: ServeConfig, dry_run: bool = False, progress: Progress | None = None,
@@ -120,9 +125,10 @@ class Launcher:
         launched it, so a resumed tune can find and stop what its dead predecessor left running)."""
         if self.settings.read_only and not dry_run:
             raise ReadOnlyError("launch a server")
-        argv, env, warnings, gpus = self.plan_launch(config)
+        argv, env, warnings, gpus, checked = self.plan_launch(config)
         if dry_run:
-            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, command=quote(argv))
+            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, server=None,
+                                command=quote(argv), preflight=checked)
         server_id = new_id("srv")
         run_dir = self.workspace.new_run_dir(server_id)
         log_path = run_dir / "server.log"
@@ -152,8 +158,8 @@ class Launcher:
         record.data["used_after_load_mib"] = {str(k): v for k, v in after.items()}
         self.store.update("servers", {"id": server_id}, {"data": record.data})
         log.info("server %s healthy after %.2f s on port %d", server_id, startup, port)
-        return LaunchResult(dry_run=False, argv=argv, env=env, warnings=warnings, server=get_server(self.store, server_id),
-                            command=quote(argv))
+        return LaunchResult(dry_run=False, argv=argv, env=env, warnings=warnings,
+                            server=get_server(self.store, server_id), command=quote(argv), preflight=checked)
 
     def _wait_healthy(self, server_id: str, popen: subprocess.Popen, port: int, timeout_s: float, start: float,
                       progress: Progress | None) -> None:
@@ -182,14 +188,14 @@ class Launcher:
     def _fail(self, server_id: str, popen: subprocess.Popen, code: int | None, cause: str | None) -> None:
         record = get_server(self.store, server_id)
         process.kill_group(popen.pid, record.proc_start_time, grace_s=5, popen=popen)
-        tail = process.tail(Path(record.log_path))
-        cause = cause or process.classify(tail, code)
+        found, line, tail = process.failure(Path(record.log_path), code)  # the root cause first, ANSI stripped
+        cause = cause or found
         self.store.update("servers", {"id": server_id}, {"status": "failed", "cause": cause, "exit_code": code,
                                                          "stopped_at": now()})
         what = f"exited with code {code}" if code is not None else \
             f"did not answer /health within {record.config.get('health_timeout_s')} s; its process group was killed"
-        raise LaunchError(f"server {server_id} {what} ({cause}).", process.FIXES.get(cause), cause=cause,
-                          log_tail=tail)
+        raise LaunchError(f"server {server_id} {what} ({cause}). Cause in the log: {line}.", process.FIXES.get(cause),
+                          cause=cause, log_tail=tail)
 
     # -- stop, list, logs -----------------------------------------------------------------------
     def stop(self, server_id: str, grace_s: float = 10.0) -> StopResult:

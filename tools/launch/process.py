@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -14,6 +15,9 @@ from pathlib import Path
 import psutil
 
 CAUSES = [  # (cause, needles in the log tail), checked in order
+    ("no_gpu", (" 0 device(s) are available", "No CUDA GPUs are available", "Found no NVIDIA driver",
+                "CUDA driver initialization failed", "in set_device\n", "NVIDIA driver on your system is too old")),
+    ("not_enough_gpus", ("device(s) are available",)),
     ("out_of_memory", ("CUDA out of memory", "OutOfMemoryError")),
     ("port_in_use", ("address already in use", "Errno 98")),
     ("bad_flag", ("unrecognized arguments", "error: argument", "invalid choice", "usage: vllm")),
@@ -22,11 +26,15 @@ CAUSES = [  # (cause, needles in the log tail), checked in order
     ("unsupported_feature", ("does not support", "NotImplementedError", "is not supported", "not supported for",
                              "must divide", "cannot be combined", "Unknown cache backend", "exceeds the number",
                              # vLLM-Omni 0.30.0's own texts (HSDP+TP, TeaCache coefficients, too few GPUs)
-                             "is not compatible with", "Cannot find coefficients", "device(s) are available",
+                             "is not compatible with", "Cannot find coefficients",
                              "Unsupported cache backend", "is incompatible with", "must be positive")),
 ]
 FIXES = {
-    "out_of_memory": "use FP8, CPU offload (enable_layerwise_offload), VAE slicing/tiling, more GPUs, or a smaller size",
+    "no_gpu": "this host has no usable GPU for vLLM-Omni (it serves diffusion only on GPUs): run on the GPU host, "
+              "or check the driver and CUDA_VISIBLE_DEVICES with detect_gpus",
+    "not_enough_gpus": "give the server as many GPUs as its parallel settings need (gpus), or lower the degrees",
+    "out_of_memory": "use FP8, CPU offload (enable_layerwise_offload), VAE slicing/tiling, more GPUs, or a "
+                     "smaller size",
     "port_in_use": "leave port unset (omnitune picks a free one) or stop what holds it",
     "bad_flag": "check extra_flags against the installed version (inspect_model_capabilities lists them)",
     "model_not_found": "check the model path or id; omnitune does not download models",
@@ -36,11 +44,52 @@ FIXES = {
 }
 
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+PREFIX = re.compile(r"^(\(\w+ pid=\d+\)\s*)?((INFO|WARNING|ERROR|DEBUG|CRITICAL) \S+ \S+ \[[^\]]+\]\s?)?")
+EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt))(: .*)?$")
+# Wrappers that re-raise the real cause with less (or no) text.
+WRAPPERS = ("Orchestrator initialization failed", "Engine core initialization failed", "See root cause above",
+            "See logs above", "died unexpectedly", "Worker failed")
+
+
+def clean(text: str) -> str:
+    """The log without ANSI colours or the per-line process/level prefixes vLLM adds."""
+    return "\n".join(PREFIX.sub("", ANSI.sub("", line)) for line in text.splitlines())
+
+
+def root_cause(text: str) -> str | None:
+    """The first real exception of the log (with the frame that raised it), not the wrapper that ends it."""
+    lines = clean(text).splitlines()
+    found: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        m = EXCEPTION.match(line.strip())
+        if m and not (line.startswith(" ") and "Error" not in m.group(1)):
+            found.append((i, line.strip()))
+    for i, line in found:
+        if any(w in line for w in WRAPPERS):
+            continue
+        frame = next((lines[j].strip() for j in range(i - 1, max(-1, i - 6), -1)
+                      if lines[j].strip().startswith("File ")), "")
+        return f"{line} ({frame.replace('File ', '', 1)})" if frame else line
+    usage = [ln.strip() for ln in lines if ": error: " in ln]
+    return usage[-1] if usage else (found[-1][1] if found else None)
+
+
 def classify(log_tail: str, exit_code: int | None) -> str:
+    text = clean(log_tail)
     for cause, needles in CAUSES:
-        if any(n in log_tail for n in needles):
+        if any(n in text for n in needles):
             return cause
     return "bad_flag" if exit_code == 2 else "crashed"
+
+
+def failure(path: Path, exit_code: int | None) -> tuple[str, str, str]:
+    """(cause class, the root-cause line, the report: cause first, then the cleaned tail)."""
+    text = read_end(path)
+    cause = classify(text, exit_code)
+    line = root_cause(text) or "no exception in the log"
+    tail_lines = clean(text).splitlines()[-40:]
+    return cause, line, "\n".join([f"cause: {line}", "...", *tail_lines])
 
 
 def free_port(host: str) -> int:
@@ -77,6 +126,7 @@ def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> tuple[subproc
                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
 
     def release() -> None:
+        assert popen.stdin is not None
         try:
             popen.stdin.write(b"1")
             popen.stdin.close()
@@ -86,16 +136,21 @@ def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> tuple[subproc
     return popen, release
 
 
-def tail(path: Path, lines: int = 40) -> str:
+def read_end(path: Path, size_limit: int = 256 * 1024) -> str:
+    """The last ``size_limit`` bytes of a log (a real failure log runs to hundreds of lines)."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 64 * 1024))
-            text = f.read().decode(errors="replace")
+            f.seek(max(0, size - size_limit))
+            return f.read().decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log, ANSI colour codes removed."""
+    return "\n".join(ANSI.sub("", read_end(path, 64 * 1024)).splitlines()[-lines:])
 
 
 def process_identity(pid: int) -> float | None:
@@ -123,7 +178,8 @@ def group_members(pgid: int, since: float | None = None) -> list[int]:
     return members
 
 
-def kill_group(pgid: int, since: float | None, grace_s: float, popen: subprocess.Popen | None = None) -> tuple[bool, bool]:
+def kill_group(pgid: int, since: float | None, grace_s: float,
+               popen: subprocess.Popen | None = None) -> tuple[bool, bool]:
     """SIGTERM the group, SIGKILL what is left after ``grace_s``; (all gone, had to SIGKILL)."""
     def signal_group(sig: int) -> None:
         try:
