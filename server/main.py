@@ -13,6 +13,7 @@ import sys
 from mcp.server.mcpserver import MCPServer
 
 from omnitune.server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources, tuning
+from omnitune.server.policy import apply_policies
 from omnitune.server.state import make_lifespan
 from omnitune.tools.errors import OmnituneError
 from omnitune.tools.settings import Settings, settings_from_env
@@ -30,6 +31,7 @@ def build_server(settings: Settings | None = None) -> MCPServer:
     server = MCPServer("omnitune", version=VERSION, instructions=INSTRUCTIONS, lifespan=make_lifespan(settings))
     for module in REGISTRARS:
         module.register(server)
+    apply_policies(server)  # strict arguments and read-only, for every tool at once
     return server
 
 
@@ -37,7 +39,7 @@ mcp = build_server()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="omnitune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="omnitune", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
     p.add_argument("--host", default="127.0.0.1", help="HTTP transport address (default 127.0.0.1).")
     p.add_argument("--port", type=int, default=8765, help="HTTP transport port (default 8765).")

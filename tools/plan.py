@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from omnitune.tools.errors import OmnituneError
 from omnitune.tools.gpus import GpuReport, detect_gpus
 from omnitune.tools.settings import Settings
+from omnitune.tools.strict import StrictModel
 
 Stage = Literal["baseline", "lossless", "lossy"]
 STEP_FRACTIONS = [0.75, 0.5]
@@ -22,7 +23,7 @@ TEA_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8]
 CACHE_DIT_THRESHOLDS = [0.08, 0.12, 0.24, 0.4]
 
 
-class Goal(BaseModel):
+class Goal(StrictModel):
     objective: Literal["latency", "throughput"] = Field("latency", description="What 'faster' means.")
     quality: Literal["lossless", "lossy"] = Field("lossless", description="lossless only, or lossy methods too "
                                                                           "(each gated by compare_outputs).")
@@ -118,7 +119,7 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
             capability = inspect_model(settings, model)
         except OmnituneError as exc:
             capability_error = str(exc)
-    gpus = [g for g in report.gpus]
+    gpus = list(report.gpus)
     n_gpus = min(len(gpus), goal.max_gpus or len(gpus))
     fp8_native = all(g.fp8_native for g in gpus[:max(n_gpus, 1)]) if gpus else None
     uses_cfg = bool(getattr(capability, "uses_cfg", True))
@@ -144,7 +145,8 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
                            evidence=_status(capability, "regional_compile")[1], expected_gain="1.1-1.3x"))
     best_single = dict(single)
     if allowed("fp8", "fp8"):
-        gain = "1.3-1.5x, half the DiT weight memory" if fp8_native else "memory only (weight-only fallback below SM 8.9)"
+        gain = "1.3-1.5x, half the DiT weight memory" if fp8_native else \
+            "memory only (weight-only fallback below SM 8.9)"
         cands.append(Candidate(name="compile+fp8", stage="lossless", config={**single, "quantization": "fp8"},
                                reason="FP8 DiT weights", evidence=_status(capability, "fp8")[1], expected_gain=gain))
         best_single = {**single, "quantization": "fp8"}
@@ -183,7 +185,7 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
         elif allowed("cache_dit", "cache_dit"):
             backend, key, values = "cache_dit", "residual_diff_threshold", CACHE_DIT_THRESHOLDS
         else:
-            backend = None
+            backend, key, values = None, "", []
             notes.append("no cache backend is supported for this model: no lossy stage")
         if backend:
             for v in values:

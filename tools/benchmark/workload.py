@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from omnitune.tools.strict import StrictModel
+
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 
 # Varied on purpose: subjects, styles, lighting, text, fine detail and composition stress different
@@ -43,10 +45,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-class Workload(BaseModel):
+class Workload(StrictModel):
     """One benchmark workload. Latency mode: concurrency 1, no request_rate."""
-
-    model_config = {"extra": "forbid"}
 
     task: Task = Field("text-to-image", description="text-to-image (POST /v1/images/generations, JSON) or "
                                                      "text-to-video (POST /v1/videos, multipart).")
