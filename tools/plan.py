@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from omnitune.tools.errors import OmnituneError
+from omnitune.tools.errors import InvalidRequestError, OmnituneError, UnregisteredPipeline
 from omnitune.tools.gpus import GpuReport, detect_gpus
 from omnitune.tools.settings import Settings
 from omnitune.tools.strict import StrictModel
@@ -110,15 +110,33 @@ def request_candidates(capability: Any, pruned: list[Pruned]) -> list[Candidate]
     return out
 
 
+def model_capability(settings: Settings, model: str, serve: bool = False) -> tuple[Any, str | None]:
+    """The model's capability report, or why there is none (vllm-omni not found, ...).
+
+    A model that does not exist, lies outside the model roots or names a pipeline the installed vLLM-Omni does
+    not register is refused here (raises), before anything is planned or launched; with ``serve`` a bare
+    pipeline class name is refused too (it names code, not weights `vllm serve` can load).
+    """
+    from omnitune.tools.capabilities import inspect_model
+    from omnitune.tools.capabilities.models import resolve_model
+    resolved = resolve_model(settings, model)
+    try:
+        report, error = inspect_model(settings, model), None
+    except UnregisteredPipeline:
+        raise
+    except OmnituneError as exc:
+        report, error = None, str(exc)
+    if serve and not resolved.launchable:
+        raise InvalidRequestError(f"{model!r} is a pipeline class name: there are no weights to serve.",
+                                  "pass the model's folder (holding model_index.json) or its Hugging Face id.")
+    return report, error
+
+
 def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport | None = None,
               capability: Any = None, capability_error: str | None = None) -> Plan:
-    report = gpu_report or detect_gpus(settings.workspace)
     if capability is None and capability_error is None:
-        try:
-            from omnitune.tools.capabilities import inspect_model
-            capability = inspect_model(settings, model)
-        except OmnituneError as exc:
-            capability_error = str(exc)
+        capability, capability_error = model_capability(settings, model)
+    report = gpu_report or detect_gpus(settings.workspace)
     gpus = list(report.gpus)
     n_gpus = min(len(gpus), goal.max_gpus or len(gpus))
     fp8_native = all(g.fp8_native for g in gpus[:max(n_gpus, 1)]) if gpus else None

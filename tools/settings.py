@@ -50,7 +50,8 @@ class Settings(BaseModel):
     allow_network: bool = Field(False, description="Allow model look-ups on the Hugging Face hub.")
     stop_on_exit: bool = Field(True, description="Stop the servers this omnitune started when it shuts down.")
     model_roots: list[Path] = Field(default_factory=list,
-                                    description="Folders local model paths must lie in (empty: home, HF cache, cwd).")
+                                    description="Folders local model paths must lie in (empty: home, HF cache, cwd; "
+                                                "never / or a top-level system folder).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("workspace", "serving_python", "vllm_omni_source", mode="after")
@@ -65,9 +66,18 @@ class Settings(BaseModel):
 
     @property
     def effective_model_roots(self) -> list[Path]:
-        """Where local model folders may come from (the workspace always counts)."""
-        roots = self.model_roots or [Path.home().resolve(), hf_cache_dir().resolve(), Path.cwd().resolve()]
-        return [*roots, self.workspace]
+        """Where local model folders may come from (the workspace always counts).
+
+        Without --model-root: home, the HF cache and the current folder, except any of them that is `/` or a
+        top-level folder such as /etc or /usr (home itself excepted): started from `/`, omnitune must not be
+        allowed to read every folder of the machine.
+        """
+        if self.model_roots:
+            return [*self.model_roots, self.workspace]
+        home = Path.home().resolve()
+        implicit = [home, hf_cache_dir().resolve(), Path.cwd().resolve()]
+        safe = [p for p in implicit if len(p.parts) > 2 or (p == home and len(p.parts) == 2)]
+        return [*dict.fromkeys(safe), self.workspace]
 
     @property
     def db_path(self) -> Path:

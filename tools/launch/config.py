@@ -17,7 +17,6 @@ from omnitune.tools.strict import StrictModel
 CacheBackend = Literal["tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache"]
 ExtraValue = str | int | float | bool
 FLAG_NAME = re.compile(r"^--[a-z0-9][a-z0-9-]*$")
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 Degree = Annotated[int, Field(ge=1, le=64)]
 

@@ -111,6 +111,8 @@ class Launcher:
         port = port or process.free_port(self.settings.serve_host)
         argv = build_argv(self.settings.vllm, config, result.model_arg or config.model, self.settings.serve_host, port)
         env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, result.gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        if not self.settings.allow_network:  # omnitune never downloads weights unless --allow-network
+            env["HF_HUB_OFFLINE"] = "1"
         return argv, env, early + result.warnings, result.gpus
 
     # -- launch ---------------------------------------------------------------------------------

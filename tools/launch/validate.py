@@ -8,13 +8,14 @@ with the result.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from omnitune.tools.capabilities.models import ResolvedModel
+from omnitune.tools.capabilities.models import resolve_model as resolve
+from omnitune.tools.errors import OmnituneError
 from omnitune.tools.gpus import GpuReport
-from omnitune.tools.launch.config import HUB_ID, MANAGED_FLAGS, ServeConfig
+from omnitune.tools.launch.config import MANAGED_FLAGS, ServeConfig
 from omnitune.tools.settings import Settings
 
 # config predicate -> capability method key
@@ -46,40 +47,19 @@ class ValidationResult:
         self.fixes.append(fix)
 
 
-def resolve_model(settings: Settings, model: str, result: ValidationResult) -> Path | None:
-    """A local folder inside the allowed roots, or a hub id; anything else is refused."""
-    if model.startswith("-") or any(c in model for c in "\n\r\x00"):
-        result.error(f"model {model!r} is not a path or a Hugging Face id", "give a model folder or an id like Qwen/Qwen-Image")
+def resolve_model(settings: Settings, model: str, result: ValidationResult) -> ResolvedModel | None:
+    """The one model resolver (model roots, HF cache only without --allow-network); a class name cannot be served."""
+    try:
+        resolved = resolve(settings, model)
+    except OmnituneError as exc:
+        result.error(exc.problem.rstrip("."), exc.fix or "give a model folder or an id like Qwen/Qwen-Image")
         return None
-    looks_local = model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
-    if not looks_local:
-        if HUB_ID.match(model):
-            result.model_arg = model
-        else:
-            result.error(f"model {model!r} is neither an existing folder nor a Hugging Face id (ORG/NAME)",
-                         "give the absolute path of a diffusers folder, or a hub id")
+    if not resolved.launchable:
+        result.error(f"{model!r} is a pipeline class name, not weights vllm serve can load",
+                     "give the model's folder (holding model_index.json) or its Hugging Face id")
         return None
-    path = Path(model).expanduser().resolve()
-    roots = settings.effective_model_roots
-    if not any(path == r or r in path.parents for r in roots):
-        result.error(f"model folder {path} lies outside the allowed model roots ({', '.join(map(str, roots))})",
-                     "move the model under an allowed root or add its folder with --model-root / OMNITUNE_MODEL_ROOTS")
-        return None
-    if not (path / "model_index.json").is_file():
-        result.error(f"{path} has no model_index.json, so it is not a diffusers model folder",
-                     "point at the folder that holds model_index.json")
-        return None
-    result.model_arg = str(path)
-    return path
-
-
-def _attention_heads(folder: Path | None) -> int | None:
-    cfg = folder / "transformer" / "config.json" if folder else None
-    if not cfg or not cfg.is_file():
-        return None
-    data = json.loads(cfg.read_text())
-    heads = data.get("num_attention_heads") or data.get("num_heads")
-    return int(heads) if isinstance(heads, int) else None
+    result.model_arg = resolved.serve_arg
+    return resolved
 
 
 def _method_status(report: Any, key: str) -> tuple[str | None, str]:
@@ -95,7 +75,7 @@ def _method_status(report: Any, key: str) -> tuple[str | None, str]:
 def validate(settings: Settings, config: ServeConfig, gpu_report: GpuReport, capability: Any | None,
              installed: set[str] | None, installed_how: str) -> ValidationResult:
     r = ValidationResult()
-    folder = resolve_model(settings, config.model, r)
+    resolved = resolve_model(settings, config.model, r)
     ws = config.world_size
 
     # hardware
@@ -144,10 +124,10 @@ def validate(settings: Settings, config: ServeConfig, gpu_report: GpuReport, cap
         if stray:
             r.error(f"cache_config keys {sorted(stray)} do not belong to {config.cache_backend}",
                     f"use {sorted(CACHE_KEYS[config.cache_backend])}")
-    heads = _attention_heads(folder)
+    heads, heads_from = resolved.heads() if resolved else (None, None)
     if heads and config.tensor_parallel_size > 1 and heads % config.tensor_parallel_size:
         r.error(f"tensor_parallel_size {config.tensor_parallel_size} does not divide the DiT's {heads} attention heads "
-                f"({folder}/transformer/config.json)", f"use a divisor of {heads}")
+                f"({heads_from})", f"use a divisor of {heads}")
 
     # what the installed vLLM-Omni supports for this model
     if capability is None:
