@@ -4,6 +4,10 @@ Strict arguments: each tool's argument model (built by the SDK from its signatur
 the closest valid name, and its input schema says ``additionalProperties: false``. Nested argument models derive
 from ``tools.strict.StrictModel``.
 
+Clear errors: a resource template that raises omnitune's error gives its text to the client (the SDK's generic
+"Error creating resource from template" hides the cause), and a prompt asked without a required argument is an
+invalid-params error naming it, not "Internal server error".
+
 Read-only (``--read-only`` / ``OMNITUNE_READ_ONLY``) promises that omnitune only observes: it detects GPUs,
 inspects models, plans, and lists or reads servers, logs, jobs and resources. It starts, stops or cancels nothing,
 sends no request to any server (no benchmark, no tune) and makes no comparison; the only files it writes are its
@@ -18,12 +22,20 @@ from typing import Any, cast
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from mcp.shared.exceptions import MCPError
+from mcp.types import INVALID_PARAMS
 
 from omnitune.server.state import state_of
-from omnitune.tools.errors import ReadOnlyError
+from omnitune.tools.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    OmnituneError,
+    ReadOnlyError,
+    UnregisteredPipeline,
+)
 from omnitune.tools.strict import strict_subclass
 
 
@@ -43,8 +55,44 @@ def _read_only_gate(tool: Tool) -> Any:
     return gated
 
 
+def _resource_errors(fn: Any) -> Any:
+    @functools.wraps(fn)  # keeps the signature: the SDK injects the Context by parameter
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except NotFoundError as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+        except (InvalidRequestError, UnregisteredPipeline) as exc:  # the caller's to fix: invalid params
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
+        except OmnituneError as exc:
+            raise ResourceError(str(exc)) from exc
+    return wrapper
+
+
+def _prompt_errors(server: MCPServer) -> None:
+    original = server.get_prompt
+
+    async def get_prompt(name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
+        prompt = server._prompt_manager.get_prompt(name)
+        missing = sorted(a.name for a in (prompt.arguments or []) if a.required and a.name not in (arguments or {})) \
+            if prompt else []
+        if missing:
+            raise MCPError(code=INVALID_PARAMS, message=f"prompt {name} needs the argument(s) {', '.join(missing)} "
+                                                        "(see prompts/list).")
+        try:
+            return await original(name, arguments, context)
+        except ValueError as exc:  # the SDK's own argument errors ("Unknown prompt: x") are the caller's to fix
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
+
+    server.get_prompt = get_prompt  # type: ignore[method-assign]  # the SDK's handler calls self.get_prompt
+
+
 def apply_policies(server: MCPServer) -> None:
-    """Make every registered tool strict about its arguments and subject to the read-only rule."""
+    """Make every registered tool strict about its arguments and subject to the read-only rule; resources and
+    prompts report the caller's mistakes as such."""
+    for template in server._resource_manager.list_templates():
+        template.fn = _resource_errors(template.fn)
+    _prompt_errors(server)
     for tool in server._tool_manager.list_tools():  # the SDK offers no public hook for the argument model
         strict = cast(type[ArgModelBase], strict_subclass(tool.fn_metadata.arg_model))
         tool.fn_metadata.arg_model = strict
