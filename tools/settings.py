@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from omnitune.tools.errors import SettingsError
 
@@ -45,7 +45,7 @@ class Settings(BaseModel):
     vllm: str = Field("vllm", description="The `vllm` executable of the serving environment (name on PATH or path).")
     serving_python: Path | None = Field(None, description="Python of the serving environment (imports vllm_omni).")
     vllm_omni_source: Path | None = Field(None, description="A vllm-omni source folder (checkout or site-packages/vllm_omni).")
-    read_only: bool = Field(False, description="Refuse to launch or stop servers.")
+    read_only: bool = Field(False, description="Observe only: refuse every tool that changes something.")
     serve_host: str = Field("127.0.0.1", description="Address launched servers bind to.")
     allow_network: bool = Field(False, description="Allow model look-ups on the Hugging Face hub.")
     stop_on_exit: bool = Field(True, description="Stop the servers this omnitune started when it shuts down.")
@@ -53,6 +53,8 @@ class Settings(BaseModel):
                                     description="Folders local model paths must lie in (empty: home, HF cache, cwd; "
                                                 "never / or a top-level system folder).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_token: SecretStr | None = Field(None, description="Bearer token the HTTP transport requires (default: "
+                                                           "generated for a non-loopback bind, none on loopback).")
 
     @field_validator("workspace", "serving_python", "vllm_omni_source", mode="after")
     @classmethod
@@ -100,6 +102,7 @@ ENV_FIELDS: dict[str, str] = {
     "STOP_ON_EXIT": "stop_on_exit",
     "MODEL_ROOTS": "model_roots",
     "LOG_LEVEL": "log_level",
+    "HTTP_TOKEN": "http_token",
 }
 
 
