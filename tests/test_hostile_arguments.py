@@ -87,3 +87,27 @@ async def test_raw_stdio_client_sees_the_refusal_too(tmp_path):
     assert tools["job_wait"].input_schema["additionalProperties"] is False
     assert result.is_error is True and "did you mean 'timeout_s'" in text(result)
     assert json.dumps(tools["plan"].input_schema).count('"additionalProperties": false') >= 2
+
+
+@pytest.mark.parametrize(("tool", "args", "field"), [
+    ("benchmark", {"base_url": "http://127.0.0.1:9", "gpus": [-1], "workload": {}, "dry_run": True}, "gpus.0"),
+    ("benchmark", {"base_url": "http://127.0.0.1:9", "gpus": [10**12], "workload": {}, "dry_run": True}, "gpus.0"),
+    ("plan", {"model": ZIMAGE, "goal": {"vram_limit_mib": 10**30}}, "goal.vram_limit_mib"),
+    ("plan", {"model": ZIMAGE, "goal": {"max_gpus": 10**9}}, "goal.max_gpus"),
+    ("tune_start", {"request": {"model": ZIMAGE, "max_gpu_seconds": 1e300}}, "request.max_gpu_seconds"),
+])
+async def test_out_of_range_numbers_are_refused_with_the_field(settings, tool, args, field):
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool(tool, args)
+    assert result.is_error is True and field in text(result), text(result)
+
+
+def test_nan_and_infinity_are_refused_by_argument_models():
+    from pydantic import ValidationError
+
+    from omnitune.tools.compare.verdict import Thresholds
+    from omnitune.tools.launch.config import CacheConfig
+    for model, field in ((Thresholds, "lossless_psnr_db"), (CacheConfig, "mag_threshold")):
+        for value in (float("nan"), float("inf")):
+            with pytest.raises(ValidationError):
+                model.model_validate({field: value})

@@ -29,8 +29,9 @@ class Goal(StrictModel):
                                                                           "(each gated by compare_outputs).")
     quality_floor: Literal["lossless-equivalent", "acceptable"] = Field(
         "acceptable", description="Worst compare_outputs verdict a lossy candidate may have.")
-    vram_limit_mib: int | None = Field(None, gt=0, description="Per-GPU memory the server may use (default: all).")
-    max_gpus: int | None = Field(None, ge=1, description="Use at most this many GPUs.")
+    vram_limit_mib: int | None = Field(None, gt=0, le=2**24,
+                                       description="Per-GPU memory the server may use, MiB (default: all).")
+    max_gpus: int | None = Field(None, ge=1, le=1024, description="Use at most this many GPUs.")
 
 
 class Candidate(BaseModel):

@@ -32,7 +32,7 @@ def unknown_fields_message(model: type[BaseModel], data: dict[str, Any]) -> str 
 class StrictModel(BaseModel):
     """A model an agent fills in: unknown fields are an error that names the closest valid field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -46,6 +46,6 @@ class StrictModel(BaseModel):
 
 def strict_subclass(model: type[BaseModel]) -> type[BaseModel]:
     """``model`` with extra fields forbidden and reported like :class:`StrictModel` (same name, same schema title)."""
-    config = ConfigDict(**{**model.model_config, "extra": "forbid"})  # type: ignore[typeddict-item]
+    config = ConfigDict(**{**model.model_config, "extra": "forbid", "allow_inf_nan": False})  # type: ignore[typeddict-item]
     namespace = {"model_config": config, "__module__": model.__module__}
     return type(model.__name__, (model, StrictModel), namespace)  # pyright: ignore[reportGeneralTypeIssues]

@@ -23,7 +23,8 @@ class TuneRequest(StrictModel):
         {"sizes": ["1024x1024"], "measured": 4, "warmup": 1}))
     goal: Goal = Field(default_factory=lambda: Goal.model_validate({}))
     max_launches: int = Field(20, ge=1, le=200, description="Budget: server launches (reused runs are free).")
-    max_gpu_seconds: float | None = Field(None, gt=0, description="Budget: GPU-seconds (launch + benchmark x GPUs).")
+    max_gpu_seconds: float | None = Field(None, gt=0, le=1e9,
+                                          description="Budget: GPU-seconds (launch + benchmark x GPUs).")
 
 
 class Outcome(BaseModel):
