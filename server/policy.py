@@ -9,10 +9,11 @@ Clear errors: a resource template that raises omnitune's error gives its text to
 invalid-params error naming it, not "Internal server error".
 
 Read-only (``--read-only`` / ``OMNITUNE_READ_ONLY``) promises that omnitune only observes: it detects GPUs,
-inspects models, plans, and lists or reads servers, logs, jobs and resources. It starts, stops or cancels nothing,
-sends no request to any server (no benchmark, no tune) and makes no comparison; the only files it writes are its
-own database and caches inside the workspace. The tool annotations carry the promise: a tool not annotated
-``readOnlyHint: true`` is refused, unless the call is a dry run (``dry_run: true`` changes nothing).
+inspects models, plans, and lists or reads servers, logs, jobs and resources. It launches, stops or cancels
+nothing, sends no request to any server (no benchmark, no tune) and makes no comparison; the only files it writes
+are its own database and caches inside the workspace (inspect may still ask the serving Python where vllm_omni
+lives). The tool annotations carry the promise: a tool not annotated ``readOnlyHint: true`` is refused, unless the
+call is a dry run (``dry_run: true`` changes nothing). A prompt's unknown or missing arguments are refused too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from omnitune.tools.errors import (
     ReadOnlyError,
     UnregisteredPipeline,
 )
-from omnitune.tools.strict import strict_subclass
+from omnitune.tools.strict import strict_subclass, unknown_fields_message
 
 
 def _read_only_gate(tool: Tool) -> Any:
@@ -74,11 +75,14 @@ def _prompt_errors(server: MCPServer) -> None:
 
     async def get_prompt(name: str, arguments: dict[str, Any] | None = None, context: Any = None) -> Any:
         prompt = server._prompt_manager.get_prompt(name)
-        missing = sorted(a.name for a in (prompt.arguments or []) if a.required and a.name not in (arguments or {})) \
-            if prompt else []
+        declared = {a.name: a for a in (prompt.arguments or [])} if prompt else {}
+        missing = sorted(n for n, a in declared.items() if a.required and n not in (arguments or {}))
         if missing:
             raise MCPError(code=INVALID_PARAMS, message=f"prompt {name} needs the argument(s) {', '.join(missing)} "
                                                         "(see prompts/list).")
+        unknown = unknown_fields_message(declared, arguments or {}) if prompt else None
+        if unknown:
+            raise MCPError(code=INVALID_PARAMS, message=f"prompt {name}: {unknown}")
         try:
             return await original(name, arguments, context)
         except ValueError as exc:  # the SDK's own argument errors ("Unknown prompt: x") are the caller's to fix

@@ -61,8 +61,11 @@ async def test_the_prompt_without_its_model_names_the_missing_argument(tmp_path)
             await client.get_prompt("tune_diffusion_serving", {})
         with pytest.raises(MCPError) as unknown:
             await client.get_prompt("no_such_prompt", {"model": "x"})
+        with pytest.raises(MCPError) as typo:
+            await client.get_prompt("tune_diffusion_serving", {"model": "x", "allow_lossi": "yes"})
         ok = await client.get_prompt("tune_diffusion_serving", {"model": "Qwen/Qwen-Image"})
     assert "needs the argument(s) model" in str(missing.value) and missing.value.error.code == -32602
+    assert "did you mean 'allow_lossy'" in str(typo.value) and typo.value.error.code == -32602
     assert "Unknown prompt" in str(unknown.value) and "Internal server error" not in str(unknown.value)
     assert "Qwen/Qwen-Image" in getattr(ok.messages[0].content, "text", "")
 

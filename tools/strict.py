@@ -8,15 +8,18 @@ with :func:`strict_subclass`. ``extra="forbid"`` also puts ``additionalPropertie
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 
-def unknown_fields_message(model: type[BaseModel], data: dict[str, Any]) -> str | None:
-    """'unknown field 'x' (did you mean 'y'?)' for each key ``model`` does not have; None if all are known."""
-    known = sorted({f.alias or name for name, f in model.model_fields.items()})
-    accepted = set(known) | set(model.model_fields)
+def unknown_fields_message(model: type[BaseModel] | Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
+    """'unknown field 'x' (did you mean 'y'?)' for each key ``model`` (or a mapping of names) does not have; None
+    if all are known."""
+    fields = model if isinstance(model, Mapping) else model.model_fields
+    known = sorted({getattr(f, "alias", None) or name for name, f in fields.items()})
+    accepted = set(known) | set(fields)
     unknown = [key for key in data if key not in accepted]
     if not unknown:
         return None
