@@ -82,3 +82,46 @@ def test_starting_on_a_database_with_a_dropped_table_is_a_clear_error(tmp_path, 
     second = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert second.returncode == 2
     assert f"lacks the table(s) {table}" in second.stderr and "Traceback" not in second.stderr
+
+
+def test_raw_json_rpc_over_stdio_gets_clear_errors_for_a_missing_prompt_argument_and_an_unknown_tool_argument(
+        tmp_path):
+    """What a client without the SDK sees: the JSON-RPC error of prompts/get names the argument, and a typo in a
+    tool argument is an isError result at once (job_wait(timeout=1) used to wait its default 60 s)."""
+    import json
+    import time
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITUNE_")}
+    env.update(PYTHONPATH=str(REPO), OMNITUNE_WORKSPACE=str(tmp_path / "ws"))
+    messages = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "prompts/get", "params": {"name": "tune_diffusion_serving"}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+         "params": {"name": "job_wait", "arguments": {"job_id": "job-x", "timeout": 1}}},
+    ]
+    import selectors
+    proc = subprocess.Popen([sys.executable, "-m", "omnitune.server.main"], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    answers: dict[int, dict] = {}
+    try:
+        assert proc.stdin and proc.stdout
+        proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages))
+        proc.stdin.flush()
+        selector = selectors.DefaultSelector()
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 40  # well under job_wait's 60 s default
+        while {2, 3} - set(answers) and time.monotonic() < deadline:
+            if selector.select(timeout=0.5):
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                message = json.loads(line)
+                if "id" in message:
+                    answers[message["id"]] = message
+    finally:
+        _, stderr = proc.communicate(input="", timeout=30)  # closing stdin ends the stdio server
+    assert answers[2]["error"]["code"] == -32602 and "needs the argument(s) model" in answers[2]["error"]["message"]
+    result = answers[3]["result"]
+    assert result["isError"] is True and "did you mean 'timeout_s'" in result["content"][0]["text"]
+    assert "Traceback" not in stderr
