@@ -20,8 +20,9 @@ from omnitune.tools.workspace import new_id
 ServerIdArg = Annotated[str | None, Field(description="Server to measure: an id from launch_server/list_servers.")]
 BaseUrlArg = Annotated[str | None, Field(description="Instead of server_id: http://127.0.0.1:PORT of a vLLM-Omni "
                                                      "server started outside omnitune.")]
-GpusArg = Annotated[list[int] | None, Field(description="With base_url: the physical GPU indices it runs on "
-                                                        "(sampled with NVML). Ignored with server_id.")]
+GpuIndex = Annotated[int, Field(ge=0, le=1023)]
+GpusArg = Annotated[list[GpuIndex] | None, Field(max_length=1024, description="With base_url: the physical GPU "
+                                                 "indices it runs on (sampled with NVML). Ignored with server_id.")]
 WorkloadArg = Annotated[Workload, Field(description="What to send; defaults: 4 built-in prompts, 1024x1024, seed 42, "
                                                     "1 warm-up per size, 8 measured requests, concurrency 1.")]
 
@@ -76,7 +77,7 @@ def register(mcp: MCPServer) -> None:
         target = _target(server_id, base_url, gpus)
         if dry_run:
             await in_thread(resolve, state.workspace.store, target)  # the target must exist all the same
-            return BenchmarkResult(run_id=None, status="dry_run", plan=plan(workload))
+            return BenchmarkResult.model_validate({"run_id": None, "status": "dry_run", "plan": plan(workload)})
         events: queue.SimpleQueue = queue.SimpleQueue()
         status, run_id = await in_thread(_start, state, target, workload, events)
 
@@ -96,8 +97,8 @@ def register(mcp: MCPServer) -> None:
             state.jobs.cancel(status.id)  # the agent gave up on this call: stop measuring, keep what was measured
             raise
         if status.status not in FINISHED:
-            return BenchmarkResult(run_id=run_id, status="running", run_dir=str(state.workspace.runs_dir / run_id),
-                                   job_id=status.id)
+            return BenchmarkResult.model_validate({"run_id": run_id, "status": "running", "job_id": status.id,
+                                                   "run_dir": str(state.workspace.runs_dir / run_id)})
         if status.result is None:
             raise BenchmarkError(f"benchmark {run_id} did not run: {status.error or status.message}")
         return BenchmarkResult(**{**status.result, "job_id": status.id})

@@ -10,9 +10,11 @@ import argparse
 import logging
 import sys
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 from omnitune.server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources, tuning
+from omnitune.server.policy import apply_policies
 from omnitune.server.state import make_lifespan
 from omnitune.tools.errors import OmnituneError
 from omnitune.tools.settings import Settings, settings_from_env
@@ -30,6 +32,7 @@ def build_server(settings: Settings | None = None) -> MCPServer:
     server = MCPServer("omnitune", version=VERSION, instructions=INSTRUCTIONS, lifespan=make_lifespan(settings))
     for module in REGISTRARS:
         module.register(server)
+    apply_policies(server)  # strict arguments and read-only, for every tool at once
     return server
 
 
@@ -37,16 +40,20 @@ mcp = build_server()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="omnitune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="omnitune", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP transport address (default 127.0.0.1).")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP transport address (default 127.0.0.1); any other "
+                                                        "than loopback requires a bearer token [OMNITUNE_HTTP_TOKEN].")
+    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[],
+                   help="Another Host header the HTTP transport accepts (a DNS name of this machine); repeatable.")
     p.add_argument("--port", type=int, default=8765, help="HTTP transport port (default 8765).")
     p.add_argument("--workspace", help="Folder for the database and runs [OMNITUNE_WORKSPACE].")
     p.add_argument("--vllm", help="The vllm executable of the serving environment [OMNITUNE_VLLM].")
     p.add_argument("--serving-python", help="Python that imports vllm_omni [OMNITUNE_SERVING_PYTHON].")
     p.add_argument("--vllm-omni-source", help="A vllm-omni source folder to inspect [OMNITUNE_VLLM_OMNI_SOURCE].")
     p.add_argument("--read-only", action="store_true", default=None,
-                   help="Never launch or stop servers [OMNITUNE_READ_ONLY].")
+                   help="Observe only: refuse every tool that changes something, dry runs excepted "
+                        "[OMNITUNE_READ_ONLY].")
     p.add_argument("--serve-host", help="Address launched servers bind to (default 127.0.0.1) [OMNITUNE_SERVE_HOST].")
     p.add_argument("--allow-network", action="store_true", default=None,
                    help="Allow Hugging Face hub look-ups [OMNITUNE_ALLOW_NETWORK].")
@@ -60,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("transport", "host", "port")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("transport", "host", "port", "allowed_hosts")}
     try:
         settings = settings_from_env(**overrides)
         from omnitune.tools.workspace import Workspace
@@ -75,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.transport == "stdio":
         server.run()
     else:
-        server.run(transport="streamable-http", host=args.host, port=args.port)
+        from omnitune.server.http_transport import serve_http, token_for
+        given = settings.http_token.get_secret_value() if settings.http_token else None
+        token = token_for(args.host, given)
+        anyio.run(serve_http, server, args.host, args.port, token, args.allowed_hosts, settings.log_level)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from pydantic import Field
 
 from omnitune.server.lifecycle import launcher
 from omnitune.server.state import agent_errors, annotations, in_thread, state_of
-from omnitune.tools.errors import InvalidRequestError, ReadOnlyError
+from omnitune.tools.errors import InvalidRequestError
 from omnitune.tools.jobs import JobStatus
-from omnitune.tools.plan import Goal, Plan, make_plan
+from omnitune.tools.plan import Goal, Plan, make_plan, model_capability
 from omnitune.tools.tune import TuneRequest, resumable_request, tune_job
 from omnitune.tools.workspace import new_id
 
@@ -26,7 +26,7 @@ def register(mcp: MCPServer) -> None:
         report path:line, hardware facts) and the expected gain, plus every configuration pruned and why.
         Nothing is launched; tune_start measures the plan."""
         state = state_of(ctx)
-        return await in_thread(make_plan, state.settings, model, goal or Goal())
+        return await in_thread(make_plan, state.settings, model, goal or Goal.model_validate({}))
 
     @mcp.tool(annotations=annotations(destructive=True, title="Start an automatic tune"))
     @agent_errors
@@ -44,18 +44,19 @@ def register(mcp: MCPServer) -> None:
         outcomes are replayed from the store, servers it left running are stopped). Follow with job_status /
         job_wait; the result holds the winning `vllm serve` command, every candidate's outcome, a Pareto plot
         and a markdown report."""
-        state = state_of(ctx)
-        if state.settings.read_only:
-            raise ReadOnlyError("launch servers for a tune")
+        state = state_of(ctx)  # read-only mode refuses this tool in server/policy.py
         if (request is None) == (resume is None):
             raise InvalidRequestError("give either a request (a new tune) or resume (a job id), not both or neither.",
                                       "tune_start(request={...}) to start; tune_start(resume='tune-...') to continue.")
         run = launcher(state)
-        if resume:
+        if resume is not None:
             job_id = resume
-            request, notes = await in_thread(resumable_request, state.workspace, run, job_id)
+            resumed, notes = await in_thread(resumable_request, state.workspace, run, job_id)
             return await in_thread(lambda: state.jobs.resume(job_id, lambda job: tune_job(
-                state.workspace, run, request, job_id, job.report, job.cancelled.is_set, notes)))
+                state.workspace, run, resumed, job_id, job.report, job.cancelled.is_set, notes)))
+        assert request is not None
+        # A model that cannot be served is refused now, not after a job "completes" with no winner.
+        await in_thread(model_capability, state.settings, request.model, True)
         job_id = new_id("tune")
         return await in_thread(lambda: state.jobs.start(
             "tune", request.model_dump(mode="json"),

@@ -190,11 +190,11 @@ def test_unknown_hub_id_without_network_says_where_it_looked(omni030):
     assert "models--nobody--no-such-model" in text and "OMNITUNE_ALLOW_NETWORK" in text
 
 
-def test_folder_without_model_index_is_a_clear_error(omni030, tmp_path):
+def test_folder_without_model_index_is_a_clear_error(tmp_path):
     folder = tmp_path / "weights"
     folder.mkdir()
-    with pytest.raises(CapabilityError) as err:
-        inspect_model(omni030, str(folder))
+    with pytest.raises(CapabilityError) as err:  # the folder lies under a model root: only there is it looked at
+        inspect_model(settings_for(tmp_path, "0.30.0", model_roots=[tmp_path]), str(folder))
     assert "model_index.json" in str(err.value) and "Fix:" in str(err.value)
 
 

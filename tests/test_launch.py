@@ -54,7 +54,7 @@ async def test_dry_run_returns_the_exact_argv_and_environment_and_starts_nothing
     assert out["argv"] == [str(emulator.shim), "serve", QWEN, "--omni", "--host", "127.0.0.1", "--port", "18555",
                            "--usp", "2", "--cfg-parallel-size", "2", "--quantization", "fp8",
                            "--cache-backend", "tea_cache", "--cache-config", '{"rel_l1_thresh":0.2}']
-    assert out["env"] == {"CUDA_VISIBLE_DEVICES": "2,3,0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    assert out["env"] == {"CUDA_VISIBLE_DEVICES": "2,3,0,1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "HF_HUB_OFFLINE": "1"}
     assert out["server"] is None and emulator_processes(emulator) == []
 
 

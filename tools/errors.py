@@ -9,7 +9,8 @@ Every error an agent can meet names the problem *and* the fix: the server turns
     ├── NotFoundError        unknown server / run / job / model
     ├── InvalidRequestError  a request that cannot be honoured as given
     ├── ReadOnlyError        a mutating tool in read-only mode
-    ├── CapabilityError      vllm-omni not found, model not in the registry
+    ├── CapabilityError      vllm-omni not found or not understood
+    │   └── UnregisteredPipeline  the model's pipeline class is not in vllm-omni's registry
     ├── ConfigRejected       a serve configuration that validation refuses
     ├── LaunchError          the server process failed to start (carries a cause)
     └── BenchmarkError       a benchmark that could not run at all
@@ -55,6 +56,10 @@ class ReadOnlyError(OmnituneError):
 
 class CapabilityError(OmnituneError):
     """vllm-omni or the model could not be located or analysed."""
+
+
+class UnregisteredPipeline(CapabilityError):
+    """The model names a pipeline class the installed vLLM-Omni does not register: it cannot be served."""
 
 
 class ConfigRejected(OmnituneError):

@@ -12,9 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from omnitune.tools.errors import OmnituneError
+from omnitune.tools.errors import InvalidRequestError, OmnituneError, UnregisteredPipeline
 from omnitune.tools.gpus import GpuReport, detect_gpus
 from omnitune.tools.settings import Settings
+from omnitune.tools.strict import StrictModel
 
 Stage = Literal["baseline", "lossless", "lossy"]
 STEP_FRACTIONS = [0.75, 0.5]
@@ -22,14 +23,15 @@ TEA_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8]
 CACHE_DIT_THRESHOLDS = [0.08, 0.12, 0.24, 0.4]
 
 
-class Goal(BaseModel):
+class Goal(StrictModel):
     objective: Literal["latency", "throughput"] = Field("latency", description="What 'faster' means.")
     quality: Literal["lossless", "lossy"] = Field("lossless", description="lossless only, or lossy methods too "
                                                                           "(each gated by compare_outputs).")
     quality_floor: Literal["lossless-equivalent", "acceptable"] = Field(
         "acceptable", description="Worst compare_outputs verdict a lossy candidate may have.")
-    vram_limit_mib: int | None = Field(None, gt=0, description="Per-GPU memory the server may use (default: all).")
-    max_gpus: int | None = Field(None, ge=1, description="Use at most this many GPUs.")
+    vram_limit_mib: int | None = Field(None, gt=0, le=2**24,
+                                       description="Per-GPU memory the server may use, MiB (default: all).")
+    max_gpus: int | None = Field(None, ge=1, le=1024, description="Use at most this many GPUs.")
 
 
 class Candidate(BaseModel):
@@ -109,16 +111,34 @@ def request_candidates(capability: Any, pruned: list[Pruned]) -> list[Candidate]
     return out
 
 
+def model_capability(settings: Settings, model: str, serve: bool = False) -> tuple[Any, str | None]:
+    """The model's capability report, or why there is none (vllm-omni not found, ...).
+
+    A model that does not exist, lies outside the model roots or names a pipeline the installed vLLM-Omni does
+    not register is refused here (raises), before anything is planned or launched; with ``serve`` a bare
+    pipeline class name is refused too (it names code, not weights `vllm serve` can load).
+    """
+    from omnitune.tools.capabilities import inspect_model
+    from omnitune.tools.capabilities.models import resolve_model
+    resolved = resolve_model(settings, model)
+    try:
+        report, error = inspect_model(settings, model), None
+    except UnregisteredPipeline:
+        raise
+    except OmnituneError as exc:
+        report, error = None, str(exc)
+    if serve and not resolved.launchable:
+        raise InvalidRequestError(f"{model!r} is a pipeline class name: there are no weights to serve.",
+                                  "pass the model's folder (holding model_index.json) or its Hugging Face id.")
+    return report, error
+
+
 def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport | None = None,
               capability: Any = None, capability_error: str | None = None) -> Plan:
-    report = gpu_report or detect_gpus(settings.workspace)
     if capability is None and capability_error is None:
-        try:
-            from omnitune.tools.capabilities import inspect_model
-            capability = inspect_model(settings, model)
-        except OmnituneError as exc:
-            capability_error = str(exc)
-    gpus = [g for g in report.gpus]
+        capability, capability_error = model_capability(settings, model)
+    report = gpu_report or detect_gpus(settings.workspace)
+    gpus = list(report.gpus)
     n_gpus = min(len(gpus), goal.max_gpus or len(gpus))
     fp8_native = all(g.fp8_native for g in gpus[:max(n_gpus, 1)]) if gpus else None
     uses_cfg = bool(getattr(capability, "uses_cfg", True))
@@ -144,7 +164,8 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
                            evidence=_status(capability, "regional_compile")[1], expected_gain="1.1-1.3x"))
     best_single = dict(single)
     if allowed("fp8", "fp8"):
-        gain = "1.3-1.5x, half the DiT weight memory" if fp8_native else "memory only (weight-only fallback below SM 8.9)"
+        gain = "1.3-1.5x, half the DiT weight memory" if fp8_native else \
+            "memory only (weight-only fallback below SM 8.9)"
         cands.append(Candidate(name="compile+fp8", stage="lossless", config={**single, "quantization": "fp8"},
                                reason="FP8 DiT weights", evidence=_status(capability, "fp8")[1], expected_gain=gain))
         best_single = {**single, "quantization": "fp8"}
@@ -183,7 +204,7 @@ def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport 
         elif allowed("cache_dit", "cache_dit"):
             backend, key, values = "cache_dit", "residual_diff_threshold", CACHE_DIT_THRESHOLDS
         else:
-            backend = None
+            backend, key, values = None, "", []
             notes.append("no cache backend is supported for this model: no lossy stage")
         if backend:
             for v in values:

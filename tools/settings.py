@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from omnitune.tools.errors import SettingsError
 
@@ -49,13 +49,16 @@ class Settings(BaseModel):
                                         description="Python of the serving environment (imports vllm_omni).")
     vllm_omni_source: Path | None = Field(default=None, description="A vllm-omni source folder (checkout or "
                                                             "site-packages/vllm_omni).")
-    read_only: bool = Field(default=False, description="Refuse to launch or stop servers.")
+    read_only: bool = Field(default=False, description="Observe only: refuse every tool that changes something.")
     serve_host: str = Field(default="127.0.0.1", description="Address launched servers bind to.")
     allow_network: bool = Field(default=False, description="Allow model look-ups on the Hugging Face hub.")
     stop_on_exit: bool = Field(default=True, description="Stop the servers this omnitune started when it shuts down.")
     model_roots: list[Path] = Field(default_factory=list,
-                                    description="Folders local model paths must lie in (empty: home, HF cache, cwd).")
+                                    description="Folders local model paths must lie in (empty: home, HF cache, cwd; "
+                                                "never / or a top-level system folder).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_token: SecretStr | None = Field(default=None, description="Bearer token the HTTP transport requires (default: "
+                                                           "generated for a non-loopback bind, none on loopback).")
 
     @field_validator("workspace", "vllm_omni_source", mode="after")
     @classmethod
@@ -76,9 +79,18 @@ class Settings(BaseModel):
 
     @property
     def effective_model_roots(self) -> list[Path]:
-        """Where local model folders may come from (the workspace always counts)."""
-        roots = self.model_roots or [Path.home().resolve(), hf_cache_dir().resolve(), Path.cwd().resolve()]
-        return [*roots, self.workspace]
+        """Where local model folders may come from (the workspace always counts).
+
+        Without --model-root: home, the HF cache and the current folder, except any of them that is `/` or a
+        top-level folder such as /etc or /usr (home itself excepted): started from `/`, omnitune must not be
+        allowed to read every folder of the machine.
+        """
+        if self.model_roots:
+            return [*self.model_roots, self.workspace]
+        home = Path.home().resolve()
+        implicit = [home, hf_cache_dir().resolve(), Path.cwd().resolve()]
+        safe = [p for p in implicit if len(p.parts) > 2 or (p == home and len(p.parts) == 2)]
+        return [*dict.fromkeys(safe), self.workspace]
 
     @property
     def db_path(self) -> Path:
@@ -101,6 +113,7 @@ ENV_FIELDS: dict[str, str] = {
     "STOP_ON_EXIT": "stop_on_exit",
     "MODEL_ROOTS": "model_roots",
     "LOG_LEVEL": "log_level",
+    "HTTP_TOKEN": "http_token",
 }
 
 

@@ -11,6 +11,7 @@ Tables keep a ``data`` JSON column so modules can record details without a migra
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -172,10 +173,21 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             Store._migrate(conn, path)
+            Store._check_tables(conn, path, fix_corrupt)
         except Exception:
             conn.close()
             raise
         return conn
+
+    @staticmethod
+    def _check_tables(conn: sqlite3.Connection, path: Path, fix: str) -> None:
+        """A table dropped by hand would surface as a raw sqlite3 error deep inside some tool: say so at start."""
+        expected = {m.group(1) for sql in MIGRATIONS for m in re.finditer(r"CREATE TABLE (\w+)", sql)}
+        present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = sorted(expected - present)
+        if missing:
+            raise WorkspaceError(f"the workspace database {path} lacks the table(s) {', '.join(missing)} that its "
+                                 "schema version says it has.", fix)
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -285,6 +285,9 @@ def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, pr
     try:
         run.warmup(sampler)
         run.measure(sampler)
+        measured = [r for r in run.records if r.phase == "measured"]
+        if measured and not any(r.outcome.ok for r in measured) and not cancel.is_set():  # no figure to report
+            run.abort(f"every measured request failed ({len(measured)} of {len(measured)})")
         status = "cancelled" if cancel.is_set() else ("failed" if run.aborted else "completed")
     finally:
         telemetry = sampler.stop()

@@ -10,11 +10,22 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
-SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+from omnitune.tools.strict import StrictModel
+
+SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})", re.ASCII)  # fullmatch: `$` would accept a trailing newline
+SIDE_MIN, SIDE_MAX, PIXELS_MAX = 16, 8192, 4096 * 4096
+SEED_MAX = 2**63 - 1  # SQLite's largest integer (the server accepts up to 2**63)
+# Request fields that set what a request produces: they have workload fields (checked there) or none to allow.
+OWNED_FIELDS = {"prompt", "size", "seed", "n", "num_inference_steps", "guidance_scale", "negative_prompt",
+                "num_frames", "fps"}
+SHAPE_FIELDS = {"width", "height", "short_edge", "aspect_ratio", "seconds", "num_outputs_per_prompt",
+                "num_images_per_prompt", "num_videos_per_prompt", "max_sequence_length"}
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Prompt = Annotated[str, StringConstraints(max_length=100_000)]
 
 # Varied on purpose: subjects, styles, lighting, text, fine detail and composition stress different
 # parts of a diffusion model, so a lossy setting that hurts one kind of picture shows up.
@@ -37,38 +48,61 @@ Task = Literal["text-to-image", "text-to-video"]
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    m = SIZE.match(text)
+    m = SIZE.fullmatch(text)
     if not m:
         raise ValueError(f"size {text!r} is not WIDTHxHEIGHT (e.g. '1024x1024')")
-    return int(m.group(1)), int(m.group(2))
+    width, height = int(m.group(1)), int(m.group(2))
+    if not (SIDE_MIN <= width <= SIDE_MAX and SIDE_MIN <= height <= SIDE_MAX):
+        raise ValueError(f"size {text!r}: each side must be between {SIDE_MIN} and {SIDE_MAX} pixels")
+    if width * height > PIXELS_MAX:
+        raise ValueError(f"size {text!r} is {width * height} pixels; at most {PIXELS_MAX} pixels (4096x4096)")
+    return width, height
 
 
-class Workload(BaseModel):
+def _shape_fields(extra_body: dict[str, Any]) -> list[str]:
+    """Fields of extra_body (and of its extra_params, passed to the pipeline) that would bypass the size checks."""
+    found = [k for k in extra_body if k in SHAPE_FIELDS]
+    nested = extra_body.get("extra_params")
+    if isinstance(nested, str):
+        import json
+        try:
+            nested = json.loads(nested)
+        except ValueError:
+            nested = None
+    if isinstance(nested, dict):
+        found += [f"extra_params.{k}" for k in nested if k in SHAPE_FIELDS | OWNED_FIELDS]
+    return sorted(found)
+
+
+class Workload(StrictModel):
     """One benchmark workload. Latency mode: concurrency 1, no request_rate."""
-
-    model_config = {"extra": "forbid"}
 
     task: Task = Field("text-to-image", description="text-to-image (POST /v1/images/generations, JSON) or "
                                                      "text-to-video (POST /v1/videos, multipart).")
-    prompts: list[str] | None = Field(None, description="Your prompts; empty/None uses the built-in varied set.")
+    prompts: list[Prompt] | None = Field(None, max_length=1000,
+                                         description="Your prompts; empty/None uses the built-in varied set.")
     prompt_count: int = Field(4, ge=1, le=len(BUILTIN_PROMPTS),
                               description="How many built-in prompts to use when `prompts` is not given.")
     sizes: list[str] = Field(default_factory=lambda: ["1024x1024"], min_length=1,
                              description="Output sizes 'WIDTHxHEIGHT'; each is warmed up before timing.")
     num_inference_steps: int | None = Field(None, ge=1, le=200, description="Denoising steps (None: model default).")
     guidance_scale: float | None = Field(None, ge=0, le=20, description="CFG scale (None: model default).")
-    negative_prompt: str | None = None
-    seeds: list[int] = Field(default_factory=lambda: [42], min_length=1,
-                             description="Seeds, always sent; outputs are paired across runs by prompt and seed.")
+    negative_prompt: Prompt | None = None
+    seeds: list[Seed] = Field(default_factory=lambda: [42], min_length=1, max_length=1000,
+                              description="Seeds (0 to 2**63-1), always sent; outputs are paired across runs by "
+                                          "prompt and seed.")
     n: int = Field(1, ge=1, le=10, description="Images per request (text-to-image only).")
-    num_frames: int | None = Field(None, ge=1, description="Video frames (text-to-video; None: model default).")
-    fps: float | None = Field(None, ge=1, description="Video frames per second (text-to-video).")
+    num_frames: int | None = Field(None, ge=1, le=2048,
+                                   description="Video frames (text-to-video, at most 2048; None: model default).")
+    fps: float | None = Field(None, ge=1, le=240, description="Video frames per second (text-to-video).")
     extra_body: dict[str, Any] = Field(default_factory=dict,
                                        description="Further request fields sent as is (e.g. true_cfg_scale, "
-                                                   "flow_shift); must not repeat a field above.")
+                                                   "flow_shift); must not repeat a field above nor set the "
+                                                   "output's shape (width, height, ...: use sizes).")
     concurrency: int = Field(1, ge=1, le=256, description="Requests in flight at most (1 = latency mode).")
-    request_rate: float | None = Field(None, gt=0, description="Poisson arrivals, requests/s (None: as fast as "
-                                                               "concurrency allows).")
+    request_rate: float | None = Field(None, ge=0.01, le=10000,
+                                       description="Poisson arrivals, requests/s, at least 0.01 (None: as fast as "
+                                                   "concurrency allows).")
     warmup: int = Field(1, ge=0, le=20, description="Untimed requests per measured size before timing "
                                                     "(torch.compile compiles per shape).")
     measured: int | None = Field(8, ge=1, le=100000, description="Measured requests per repeat (with duration_s "
@@ -86,7 +120,7 @@ class Workload(BaseModel):
     poll_max_s: float = Field(0.05, gt=0, le=10, description="Longest poll interval (bounds detection delay).")
     save_outputs: bool = Field(True, description="Save the first output of each (prompt, seed, size, index).")
     return_stage_metrics: bool = Field(False, description="Ask the server for detailed stage metrics.")
-    arrival_seed: int = Field(0, description="Seed of the Poisson arrival times (request_rate).")
+    arrival_seed: Seed = Field(0, description="Seed of the Poisson arrival times (request_rate).")
 
     @field_validator("sizes")
     @classmethod
@@ -105,10 +139,13 @@ class Workload(BaseModel):
             raise ValueError("give `measured` (a count) or `duration_s`")
         if self.prompts is not None and not [p for p in self.prompts if p.strip()]:
             self.prompts = None
-        clash = set(self.extra_body) & {"prompt", "size", "seed", "n", "num_inference_steps", "guidance_scale",
-                                         "negative_prompt", "num_frames", "fps"}
+        clash = set(self.extra_body) & OWNED_FIELDS
         if clash:
             raise ValueError(f"extra_body repeats {sorted(clash)}: use the workload fields")
+        shape = _shape_fields(self.extra_body)
+        if shape:
+            raise ValueError(f"extra_body sets {shape}, which would bypass the size and count bounds: use sizes "
+                             "('WIDTHxHEIGHT'), n, num_frames and seeds instead")
         if self.poll_initial_s > self.poll_max_s:
             self.poll_initial_s = self.poll_max_s
         return self

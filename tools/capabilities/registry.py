@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass
 
 from omnitune.tools.capabilities.source import Module, SourceIndex, string_keys
-from omnitune.tools.errors import CapabilityError
+from omnitune.tools.errors import CapabilityError, UnregisteredPipeline
 
 REGISTRY_MODULE = "vllm_omni.diffusion.registry"
 
@@ -38,7 +38,7 @@ class Registry:
         lower = [a for a in self.entries if a.lower() == arch.lower()]
         hint = f"did you mean {', '.join(lower or close)}?" if (lower or close) else \
             "read omnitune://support for the registered pipelines."
-        raise CapabilityError(
+        raise UnregisteredPipeline(
             f"{arch!r} is not in vllm-omni's diffusion registry ({self.module.rel}, {len(self.entries)} pipelines).",
             hint + " A model folder's model_index.json `_class_name` must name a registered pipeline.")
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
+
+from omnitune.tools.strict import StrictModel
 
 Verdict = Literal["identical", "lossless-equivalent", "acceptable", "degraded"]
 ORDER: list[str] = ["identical", "lossless-equivalent", "acceptable", "degraded"]
 
 
-class Thresholds(BaseModel):
+class Thresholds(StrictModel):
     lossless_psnr_db: float = Field(40.0, description="PSNR (dB) at or above which a pair is lossless-equivalent.")
     acceptable_psnr_db: float = Field(30.0, description="Minimum PSNR (dB) for 'acceptable'.")
     acceptable_ssim: float = Field(0.90, ge=0, le=1, description="Minimum SSIM (luma, 0-1) for 'acceptable'; "

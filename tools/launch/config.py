@@ -10,20 +10,20 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from omnitune.tools.strict import StrictModel
 
 CacheBackend = Literal["tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache"]
 ExtraValue = str | int | float | bool
 FLAG_NAME = re.compile(r"^--[a-z0-9][a-z0-9-]*$")
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")
 Degree = Annotated[int, Field(ge=1, le=64)]
 
 
-class CacheConfig(BaseModel):
+class CacheConfig(StrictModel):
     """`--cache-config` as typed fields (serialized to JSON); unset fields keep vLLM-Omni's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
     rel_l1_thresh: float | None = Field(None, ge=0, le=2, description="TeaCache: higher = faster, lossier (0.1-0.8).")
     residual_diff_threshold: float | None = Field(None, ge=0, le=2,
                                                   description="Cache-DiT DBCache: higher = faster, lossier.")
@@ -40,10 +40,9 @@ class CacheConfig(BaseModel):
         return json.dumps(self.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":"))
 
 
-class ServeConfig(BaseModel):
+class ServeConfig(StrictModel):
     """One `vllm serve MODEL --omni` configuration. Field names follow the online flags."""
 
-    model_config = ConfigDict(extra="forbid")
     model: str = Field(description="Local diffusers folder (inside the allowed model roots) or a Hugging Face id.")
     gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="Physical GPU indices to use (CUDA_VISIBLE_DEVICES). Default: the first world_size GPUs.")

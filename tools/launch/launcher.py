@@ -113,6 +113,8 @@ class Launcher:
         port = port or process.free_port(self.settings.serve_host)
         argv = build_argv(self.settings.vllm, config, result.model_arg or config.model, self.settings.serve_host, port)
         env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, result.gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        if not self.settings.allow_network:  # omnitune never downloads weights unless --allow-network
+            env["HF_HUB_OFFLINE"] = "1"
         record = gate.engine_check(self.settings, argv, env["CUDA_VISIBLE_DEVICES"], result)
         if result.errors:
             raise ConfigRejected(result.errors, result.fixes)

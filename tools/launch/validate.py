@@ -7,14 +7,15 @@ with the result.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omnitune.tools.capabilities.flags import Catalogue
+from omnitune.tools.capabilities.models import ResolvedModel
+from omnitune.tools.capabilities.models import resolve_model as resolve
+from omnitune.tools.errors import OmnituneError
 from omnitune.tools.gpus import GpuReport
-from omnitune.tools.launch.config import HUB_ID, MANAGED_FLAGS, ServeConfig
+from omnitune.tools.launch.config import MANAGED_FLAGS, ServeConfig
 from omnitune.tools.launch.flags import check_extra_flags
 from omnitune.tools.launch.world import world
 from omnitune.tools.settings import Settings
@@ -33,8 +34,6 @@ USED_METHODS = {
 CONSTRAINED = {"tensor_parallel_size": "tensor_parallel_size", "ulysses_degree": "usp", "usp": "usp",
                "ring_degree": "ring", "ring": "ring", "cfg_parallel_size": "cfg_parallel_size",
                "vae_patch_parallel_size": "vae_patch_parallel_size"}
-# Head-count keys of diffusers transformer configs (Z-Image says n_heads, Wan/Qwen num_attention_heads).
-HEAD_KEYS = ("num_attention_heads", "num_heads", "n_heads", "heads")
 CACHE_KEYS = {"tea_cache": {"rel_l1_thresh"}, "mag_cache": {"mag_threshold"},
               "cache_dit": {"residual_diff_threshold", "Fn_compute_blocks", "Bn_compute_blocks", "max_warmup_steps",
                             "enable_taylorseer", "taylorseer_order", "scm_steps_mask_policy"}}
@@ -53,47 +52,19 @@ class ValidationResult:
         self.fixes.append(fix)
 
 
-def resolve_model(settings: Settings, model: str, result: ValidationResult) -> Path | None:
-    """A local folder inside the allowed roots, or a hub id; anything else is refused."""
-    if model.startswith("-") or any(c in model for c in "\n\r\x00"):
-        result.error(f"model {model!r} is not a path or a Hugging Face id",
-                     "give a model folder or an id like Qwen/Qwen-Image")
+def resolve_model(settings: Settings, model: str, result: ValidationResult) -> ResolvedModel | None:
+    """The one model resolver (model roots, HF cache only without --allow-network); a class name cannot be served."""
+    try:
+        resolved = resolve(settings, model)
+    except OmnituneError as exc:
+        result.error(exc.problem.rstrip("."), exc.fix or "give a model folder or an id like Qwen/Qwen-Image")
         return None
-    looks_local = model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
-    if not looks_local:
-        if HUB_ID.match(model):
-            result.model_arg = model
-        else:
-            result.error(f"model {model!r} is neither an existing folder nor a Hugging Face id (ORG/NAME)",
-                         "give the absolute path of a diffusers folder, or a hub id")
+    if not resolved.launchable:
+        result.error(f"{model!r} is a pipeline class name, not weights vllm serve can load",
+                     "give the model's folder (holding model_index.json) or its Hugging Face id")
         return None
-    path = Path(model).expanduser().resolve()
-    roots = settings.effective_model_roots
-    if not any(path == r or r in path.parents for r in roots):
-        result.error(f"model folder {path} lies outside the allowed model roots ({', '.join(map(str, roots))})",
-                     "move the model under an allowed root or add its folder with --model-root / OMNITUNE_MODEL_ROOTS")
-        return None
-    if not (path / "model_index.json").is_file():
-        result.error(f"{path} has no model_index.json, so it is not a diffusers model folder",
-                     "point at the folder that holds model_index.json")
-        return None
-    result.model_arg = str(path)
-    return path
-
-
-def _attention_heads(folder: Path | None) -> tuple[int | None, str]:
-    for sub in ("transformer", "transformer_2"):
-        cfg = folder / sub / "config.json" if folder else None
-        if not cfg or not cfg.is_file():
-            continue
-        try:
-            data = json.loads(cfg.read_text())
-        except (OSError, ValueError):
-            continue
-        for key in HEAD_KEYS:
-            if isinstance(data.get(key), int) and not isinstance(data.get(key), bool):
-                return data[key], f"{cfg} ({key})"
-    return None, ""
+    result.model_arg = resolved.serve_arg
+    return resolved
 
 
 def _method_status(report: Any, key: str) -> tuple[str | None, str]:
@@ -158,8 +129,9 @@ def _combinations(r: ValidationResult, config: ServeConfig, ws: int) -> None:
                 "keep quantization: fp8, or drop it and describe the method in --diffusion-quantization-config")
 
 
-def _model_rules(r: ValidationResult, config: ServeConfig, folder: Path | None, capability: Any | None) -> None:
-    heads, where = _attention_heads(folder)
+def _model_rules(r: ValidationResult, config: ServeConfig, resolved: ResolvedModel | None,
+                 capability: Any | None) -> None:
+    heads, where = resolved.heads() if resolved else (None, None)
     if heads and config.tensor_parallel_size > 1 and heads % config.tensor_parallel_size:
         r.error(f"tensor_parallel_size {config.tensor_parallel_size} does not divide the DiT's {heads} attention heads "
                 f"({where})", f"use a divisor of {heads}")
@@ -201,13 +173,13 @@ def validate(settings: Settings, config: ServeConfig, gpu_report: GpuReport, cap
              catalogue: Catalogue | None) -> ValidationResult:
     """omnitune's own rules (the engine preflight runs after these, on the argv they allow)."""
     r = ValidationResult()
-    folder = resolve_model(settings, config.model, r)
+    resolved = resolve_model(settings, config.model, r)
     w = world(config)
     if w.size is None:
         r.error(w.problem or "the parallel settings are inconsistent", w.fix or "fix the parallel degrees")
     _hardware(r, config, gpu_report, w.size or 1, w.formula)
     _combinations(r, config, w.size or 1)
-    _model_rules(r, config, folder, capability)
+    _model_rules(r, config, resolved, capability)
     if config.extra_flags:
         if catalogue is None:
             r.error("cannot check extra_flags: no flag catalogue", "fix the vllm setting or drop extra_flags")

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from omnitune.tools.benchmark import Workload
 from omnitune.tools.plan import Goal, Pruned
+from omnitune.tools.strict import StrictModel
 
 ACCEPT = {"lossless": ("identical", "lossless-equivalent"),
           "lossless-equivalent": ("identical", "lossless-equivalent"),
@@ -16,12 +17,14 @@ Status = Literal["measured", "reused", "failed", "rejected_quality", "over_memor
                  "skipped_budget", "not_needed"]
 
 
-class TuneRequest(BaseModel):
+class TuneRequest(StrictModel):
     model: str
-    workload: Workload = Field(default_factory=lambda: Workload(sizes=["1024x1024"], measured=4, warmup=1))
-    goal: Goal = Field(default_factory=Goal)
+    workload: Workload = Field(default_factory=lambda: Workload.model_validate(
+        {"sizes": ["1024x1024"], "measured": 4, "warmup": 1}))
+    goal: Goal = Field(default_factory=lambda: Goal.model_validate({}))
     max_launches: int = Field(20, ge=1, le=200, description="Budget: server launches (reused runs are free).")
-    max_gpu_seconds: float | None = Field(None, gt=0, description="Budget: GPU-seconds (launch + benchmark x GPUs).")
+    max_gpu_seconds: float | None = Field(None, gt=0, le=1e9,
+                                          description="Budget: GPU-seconds (launch + benchmark x GPUs).")
 
 
 class Outcome(BaseModel):
