@@ -10,6 +10,8 @@ import argparse
 import json
 import math
 import os
+import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -82,8 +84,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class FlexibleError(ValueError):
+    """What vLLM's FlexibleArgumentParser raises (a traceback and exit 1, not argparse's exit 2)."""
+
+
+def flexible(args: list[str]) -> list[str]:
+    """vLLM's FlexibleArgumentParser rewrites before argparse sees the serve arguments.
+
+    ``--model M`` moves M to the positional slot; ``--served-model-name`` with no positional model is a
+    ValueError; ``_`` becomes ``-`` in flag names (``--enforce_eager`` is ``--enforce-eager``); ``-O3`` is
+    ``--optimization-level 3``.
+    """
+    for i, arg in enumerate(args):
+        if re.match(r"^--model(=.+|$)", arg):
+            model, rest = (args[i + 1], i + 2) if arg == "--model" and i + 1 < len(args) else \
+                (arg.removeprefix("--model="), i + 1)
+            args = [model, *args[:i], *args[rest:]]
+            break
+    if args and args[0].startswith("-") and not any(re.match(r"^--config(=.+|$)", a) for a in args) and \
+            any(re.match(r"^--served[-_]model[-_]name(=.+|$)", a) for a in args):
+        raise FlexibleError("`model` should be provided as the first positional argument when using `vllm serve`. "
+                            "i.e. `vllm serve <model> --<arg> <value>`.")
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            key, eq, value = arg.partition("=")
+            head, dot, tail = key[2:].partition(".")
+            out.append("--" + head.replace("_", "-") + dot + tail + eq + value)
+        elif arg.startswith("-O") and arg != "-O":
+            out += ["--optimization-level", arg[3:] if arg[2:3] == "=" else arg[2:]]
+        elif arg == "-O" and i + 1 < len(args) and args[i + 1] in {"0", "1", "2", "3"}:
+            out.append("--optimization-level")
+        else:
+            out.append(arg)
+    return out
+
+
+TOP_USAGE = "usage: vllm [-h] [-v] {serve,bench} ...\n"
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    """Parse ``serve MODEL ...`` (what follows the ``vllm`` executable's name)."""
+    """Parse ``serve MODEL ...`` (what follows the ``vllm`` executable's name) as the real CLI does.
+
+    Unknown flags are reported by the top-level ``vllm`` parser (the real one parses the subcommand with
+    ``parse_known_args``), every other argparse error by ``vllm serve``: usage on stderr, exit 2.
+    """
     if argv[:1] in (["--version"], ["-v"]):
         print("0.30.0")
         raise SystemExit(0)
@@ -100,4 +145,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     top.add_argument("command", choices=["serve"])
     command, rest = top.parse_known_args(argv[:1])
     del command
-    return build_parser().parse_args(argv[1:] + rest)
+    ns, unknown = build_parser().parse_known_args(flexible(argv[1:] + rest))
+    if unknown:
+        sys.stderr.write(TOP_USAGE + f"vllm: error: unrecognized arguments: {' '.join(unknown)}\n")
+        raise SystemExit(2)
+    return ns
