@@ -7,13 +7,12 @@ import io
 import json
 import math
 import os
-import re
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import FIXTURE_MODELS, H200
+from tests.conftest import FIXTURE_MODELS, H200, REFERENCE
 from tests.emulator.harness import make_emulator, start, wait_until
 
 ZIMAGE = str(FIXTURE_MODELS / "tiny-zimage")
@@ -109,8 +108,10 @@ def test_a_video_from_two_lossless_configurations_is_the_same_mp4(emu):
 
 REFUSALS = [
     ("world size over the GPUs", {"gpus": [H200] * 2}, ["--usp", "2", "--cfg-parallel-size", "2"],
-     "RuntimeError: Stage 0 requires 4 device(s) based on parallel_config, but only 2 device(s) are available: "
-     "[0, 1]"),
+     "RuntimeError: Orchestrator initialization failed: Stage 0 requires 4 device(s) based on parallel_config, but 2 "
+     "device(s) are available: ['0', '1']"),
+    ("data parallel counts in the world size", {"gpus": [H200]}, ["--data-parallel-size", "2"],
+     "Stage 0 requires 2 device(s)"),
     ("model rejects a feature", {"model": {"rejects": ["cfg_parallel"]}, "gpus": [H200] * 2},
      ["--cfg-parallel-size", "2"], "NotImplementedError: ZImagePipeline does not support cfg_parallel"),
     ("TeaCache without coefficients", {"model": {"tea_cache": False, "transformer_class": "WanTransformer3DModel"}},
@@ -120,9 +121,13 @@ REFUSALS = [
      ["--cache-backend", "tea_cache", "--model-fixture", "tiny-wan"],
      "Cannot find coefficients for WanTransformer3DModel"),
     ("HSDP with TP", {"gpus": [H200] * 2}, ["--use-hsdp", "--tensor-parallel-size", "2"],
-     "ValueError: HSDP (FSDP2) is not compatible with TP"),
+     "Value error, HSDP (FSDP2) is not compatible with TP"),
     ("standalone HSDP without a shard size", {}, ["--use-hsdp"],
-     "ValueError: Cannot auto-calculate hsdp_shard_size when other parallelism is all 1"),
+     "pydantic_core._pydantic_core.ValidationError: 1 validation error for DiffusionParallelConfig\n"),
+    ("FP8 plus a quantization config", {}, ["--quantization", "fp8", "--diffusion-quantization-config",
+                                            '{"method": "fp8"}'],
+     "ValueError: Diffusion config fields 'quantization' and 'quantization_config' cannot both be provided."),
+    ("unknown quantization method", {}, ["--quantization", "fp9"], "Unknown quantization method: 'fp9'"),
     ("HSDP dimensions not matching", {"gpus": [H200] * 4}, ["--use-hsdp", "--usp", "4", "--hsdp-shard-size", "3"],
      "HSDP dimensions (1 × 3 = 3) must equal world_size from other parallelism (4)"),
     ("full compile with SP", {"gpus": [H200] * 2}, ["--usp", "2", "--diffusion-compile-granularity", "full"],
@@ -159,8 +164,36 @@ def test_refused_configurations_log_the_reason_and_exit_1_without_holding_memory
     served = start(emu, model, *args, wait=False)
     assert served.proc.wait(30) == 1
     log = served.log.read_text()
-    assert needle in log and "EngineCore failed to start" in log, log
+    assert needle in log, log
+    assert "\x1b[0;36m(APIServer pid=" in log and len(log.splitlines()) > 80  # as long and noisy as the real one
     assert list(emu.state_dir.iterdir()) == []
+
+
+def test_a_stage_init_refusal_ends_in_the_orchestrator_line_with_the_cause_far_above_as_the_real_log(emu):
+    """The real 0.30.0 log (reference/.../logs/no-gpu.log): the last line is "RuntimeError: Orchestrator
+    initialization failed: <cause>", the cause's own line is ~60 lines up, every line carries ANSI codes."""
+    emu.write({"model": {"rejects": ["cfg_parallel"]}, "gpus": [H200] * 2}, cost=QUICK)
+    served = start(emu, ZIMAGE, "--cfg-parallel-size", "2", wait=False)
+    assert served.proc.wait(30) == 1
+    lines = served.log.read_text().rstrip("\n").split("\n")
+    assert lines[-1].endswith("RuntimeError: Orchestrator initialization failed: ZImagePipeline does not support "
+                              "cfg_parallel.")
+    cause = max(i for i, line in enumerate(lines) if line.rstrip("\r").endswith(
+        " NotImplementedError: ZImagePipeline does not support cfg_parallel."))
+    assert len(lines) - 1 - cause > 50
+    real = (REFERENCE / "logs" / "no-gpu.log").read_text().rstrip("\n").split("\n")
+    assert len(real) - 12 <= len(lines) <= len(real)  # the real one less its 4 x 3 set_device frame lines
+
+
+def test_a_refusal_in_the_api_server_process_ends_with_the_exception_as_the_real_log(emu):
+    emu.write({}, cost=QUICK)
+    served = start(emu, ZIMAGE, "--use-hsdp", wait=False)
+    assert served.proc.wait(30) == 1
+    lines = served.log.read_text().rstrip("\n").split("\n")
+    assert lines[-2].endswith("Value error, Cannot auto-calculate hsdp_shard_size when other parallelism is all 1. "
+                              "Please specify hsdp_shard_size explicitly for standalone HSDP. [type=value_error, "
+                              "input_value=ArgsKwargs((), {...}), input_type=ArgsKwargs]")
+    assert "Orchestrator initialization failed" not in served.log.read_text()
 
 
 @pytest.mark.parametrize("scenario, args, needle", [
@@ -168,6 +201,9 @@ def test_refused_configurations_log_the_reason_and_exit_1_without_holding_memory
      "Sequence parallelism is enabled (sp_size=2) but no transformer with _sp_plan found"),
     ({}, ["--enable-cpu-offload", "--enable-layerwise-offload"],
      "Both enable_cpu_offload and enable_layerwise_offload"),
+    ({"gpus": [H200] * 3}, ["--cfg-parallel-size", "3"], "cfg_parallel_size=3 > n_branches=2, 1 GPU(s) will be idle"),
+    ({}, ["--cache-backend", "cache_dit", "--cache-config", "{bad"],
+     "Invalid cache_config JSON, using backend defaults"),
 ])
 def test_what_vllm_omni_only_warns_about_still_serves(emu, scenario, args, needle):
     emu.write(scenario, cost=QUICK)
@@ -452,7 +488,9 @@ def test_startup_crash_exits_1_after_loading_and_workers_share_the_process_group
     emu.write({"gpus": [H200], "cost": QUICK, "faults": {"startup_crash": True}})
     crash = start(emu, ZIMAGE, wait=False)
     assert crash.proc.wait(30) == 1
-    assert re.search(r"RuntimeError: simulated crash while loading", crash.log.read_text())
+    log = crash.log.read_text()  # the real engine's own no-GPU crash: set_device raises NotImplementedError
+    assert log.rstrip("\n").endswith("RuntimeError: Orchestrator initialization failed: ")
+    assert "current_omni_platform.set_device(self.device)" in log and "NotImplementedError" in log
 
 
 FAKE_TORCH = '''

@@ -23,6 +23,14 @@ def _json_value(text: str):
     return json.loads(text)
 
 
+def _named(name: str, fn):
+    """``fn`` under the real type's name: argparse quotes it ("invalid loads value: ...")."""
+    def typed(text: str):
+        return fn(text)
+    typed.__name__ = name
+    return typed
+
+
 def _finite_nonneg(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value < 0:
@@ -45,7 +53,8 @@ def human_readable_int_or_auto(text: str) -> int:
     return -1 if text.strip().lower() in ("auto", "-1") else human_readable_int(text)
 
 
-_TYPES = {"int": int, "float": float, "str": str, "loads": _json_value, "_json_object": _json_value,
+_TYPES = {"int": int, "float": float, "str": str, "loads": _named("loads", _json_value),
+          "_json_object": _named("_json_object", _json_value),
           "_nonneg_finite_float": _finite_nonneg, "human_readable_int": human_readable_int,
           "human_readable_int_or_auto": human_readable_int_or_auto}
 

@@ -358,11 +358,14 @@ def main(argv: list[str] | None = None) -> None:
         fail(startlog.main_failure(model, str(exc)))
         return
     if verdict.stage != "ok":  # refused inside the orchestrator (OmniDiffusionConfig)
-        fail(startlog.orchestrator_failure(model, pipeline, verdict.error))
+        fail(startlog.orchestrator_failure(model, pipeline, verdict.error, "config"))
     cfg = verdict.cfg
     assert cfg is not None
     try:
         startup.check_devices(cfg, gpus)
+    except startup.StartupError as exc:
+        fail(startlog.orchestrator_failure(model, pipeline, exc.text, "config"))
+    try:
         for warning in verdict.warnings + w.check_startup(scenario, cfg, gpus, pipeline):
             log.warning(warning)
         load_mib = w.load_memory_mib(scenario, cfg)
@@ -371,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             if load_mib > total:
                 raise w.Refusal(f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
                                 f"{load_mib / 1024:.2f} GiB. GPU {g} has a total capacity of {total / 1024:.2f} GiB")
-    except (w.Refusal, startup.StartupError) as exc:
+    except w.Refusal as exc:
         fail(startlog.orchestrator_failure(model, pipeline, str(exc)))
         return
     engine = Engine(scenario, cfg, pipeline, (ns.served_model_name or [model])[0], gpus[: cfg.world_size])

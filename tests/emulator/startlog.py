@@ -53,26 +53,34 @@ def _exception_lines(prefix: str, error: str, cr: str) -> list[str]:
     return [prefix + part + cr for part in error.split("\n")]
 
 
-def orchestrator_failure(model: str, pipeline: str, error: str | None) -> str:
-    """The real tail after the head for a stage-init failure. ``error``: "Type: message" of the cause (None: the
-    captured no-GPU cause, a bare NotImplementedError from set_device)."""
+# Real orchestrator-side failure logs: (file, the cause's line as captured, frame lines the swap leaves out).
+CONFIG_CAUSE = ("ValueError: diffusion_compile_granularity='full' is incompatible with sequence parallelism; use "
+                "'regional' compilation instead")
+TEMPLATES = {"load": (ORCHESTRATOR, "NotImplementedError", ("set_device", "raise NotImplementedError")),
+             "config": ("compile-full-usp2.log", CONFIG_CAUSE, ())}
+FAILED = "RuntimeError: Orchestrator initialization failed: "
+
+
+def orchestrator_failure(model: str, pipeline: str, error: str | None, stage: str = "load") -> str:
+    """The real tail after the head for a stage-init failure: ``stage`` "load" (the worker failed: the no-GPU log)
+    or "config" (OmniDiffusionConfig or the device count refused: the compile-full log). ``error``: "Type: message"
+    of the cause (None: the captured cause as it is)."""
+    name, cause, leave_out = TEMPLATES[stage]
     out = []
-    for line in _lines(ORCHESTRATOR)[_split(ORCHESTRATOR):]:
+    for line in _lines(name)[_split(name):]:
         body = line.rstrip("\r")
         cr = "\r" if line.endswith("\r") else ""
-        if error is not None and ("set_device" in body or body.endswith("raise NotImplementedError")):
+        if error is None:
+            out.append(line)
+        elif any(body.endswith(x) or f"in {x}" in body or f".{x}(" in body for x in leave_out):
             continue
-        prefix = body[: -len("NotImplementedError")]
-        if error is not None and body.endswith("NotImplementedError") and (prefix == "" or prefix.endswith("] ")
-                                                                           or prefix.endswith("m ")):
-            out += _exception_lines(prefix, error, cr)  # the cause line itself, in each of the four copies
-            continue
-        if error is not None and body.endswith("Orchestrator initialization failed: "):
+        elif body.endswith(FAILED + cause.split(": ", 1)[-1]) or body.endswith(FAILED):
             message = error.split(": ", 1)[1] if ": " in error.split("\n")[0] else error
-            prefix = body[: -len("RuntimeError: Orchestrator initialization failed: ")]
-            out += _exception_lines(prefix, "RuntimeError: Orchestrator initialization failed: " + message, cr)
-            continue
-        out.append(line)
+            out += _exception_lines(body[: body.index(FAILED)], FAILED + message, cr)
+        elif body.endswith(cause) and body[: -len(cause)][-2:] in ("", "] ", "m "):
+            out += _exception_lines(body[: -len(cause)], error, cr)  # the cause line, in each of its copies
+        else:
+            out.append(line)
     return _fill(out, model, pipeline)
 
 
