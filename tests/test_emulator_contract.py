@@ -103,6 +103,7 @@ def test_async_video_job_goes_queued_to_completed_and_its_content_is_a_real_mp4(
         job = r.json()
         assert job["status"] in ("queued", "in_progress")
         seen = set()
+        status = c.get(f"/v1/videos/{job['id']}")
         for _ in range(2000):  # bounded poll on the job's own status
             status = c.get(f"/v1/videos/{job['id']}")
             check_response("/v1/videos/{video_id}", "get", status)
@@ -217,7 +218,7 @@ def valid_value(action: dict) -> list[str]:
         return [str(action["choices"][0])]
     by_type = {"int": "2", "float": "0.5", "human_readable_int": "1k", "human_readable_int_or_auto": "1k",
                "_nonneg_finite_float": "1.5", "<lambda>": "0"}
-    return [by_type.get(action.get("type"), "{}" if "config" in action["dest"] or action.get("type") in (
+    return [by_type.get(str(action.get("type")), "{}" if "config" in action["dest"] or action.get("type") in (
         "loads", "_json_object", "parse_dataclass", "union_dict_and_str", "_parse_type",
         "_parse_stage_overrides") else "1")]
 

@@ -25,9 +25,6 @@ class Engine:
         self.world, self.cfg, self.pipeline, self.served, self.gpus = scenario, cfg, pipeline, served, gpus
         self.ready = False
         self.loaded = threading.Event()
-        # "503": answer /health 503 while loading (the issue's contract); "block": as 0.30.0, whose socket is bound
-        # (connections accepted) before the engine loads but whose HTTP app only answers once it has loaded.
-        self.while_loading = scenario.get("api", {}).get("while_loading", "503")
         self.lock = threading.Lock()
         self.compiled: set[tuple] = set()
         self.count = 0
@@ -36,7 +33,7 @@ class Engine:
         self.jitter = __import__("random").Random(scenario["cost"]["jitter_seed"])
         self.faults = scenario.get("faults", {})
         sm = scenario["gpus"][gpus[0]]["compute_capability"] if gpus and gpus[0] < len(scenario["gpus"]) else [9, 0]
-        self.sm = tuple(sm)
+        self.sm = (int(sm[0]), int(sm[1]))
         self.load_mib = w.load_memory_mib(scenario, cfg)
         self.state_file = Path(os.environ["VLLM_EMU_STATE_DIR"]) / f"{os.getpid()}.json" \
             if os.environ.get("VLLM_EMU_STATE_DIR") else None
@@ -59,7 +56,7 @@ class Engine:
         Weights stay allocated from load on; what a request adds above them is freed (and returned to the
         driver) when it ends, so NVML sees the same rise and fall as the simulated footprint.
         """
-        import torch
+        import torch  # pyright: ignore[reportMissingImports] - only on a GPU host with torch
         devices = range(min(len(self.gpus), torch.cuda.device_count()))  # the first world-size visible GPUs
         if not self.held:
             self.held = [torch.empty(mib * 1024 * 1024, dtype=torch.uint8, device=f"cuda:{d}") for d in devices]

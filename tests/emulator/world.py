@@ -274,11 +274,12 @@ def pixel_noise(world: dict, cfg: Config) -> float:
 
 
 def _cache_effect(world: dict, cfg: Config) -> tuple[float, float]:
-    key = LOSSY_CACHE_KEY.get(cfg.cache_backend or "")
+    backend = cfg.cache_backend or ""
+    key = LOSSY_CACHE_KEY.get(backend)
     if not key:
         return 1.0, 0.0
-    default = {"tea_cache": 0.2, "cache_dit": 0.24}[cfg.cache_backend]  # 0.30.0's defaults (DiffusionCacheConfig)
-    return interpolate(world["cost"][cfg.cache_backend], float(cfg.cache_config.get(key, default)))
+    default = {"tea_cache": 0.2, "cache_dit": 0.24}[backend]  # 0.30.0's defaults (DiffusionCacheConfig)
+    return interpolate(world["cost"][backend], float(cfg.cache_config.get(key, default)))
 
 
 def guidance_runs(guidance_scale: float | None, true_cfg_scale: float | None) -> bool:
@@ -291,7 +292,7 @@ def request_deviations(world: dict, steps: int, guidance_scale: float | None, tr
     """Pixel deviations from request-level settings, as (std, tag, key) each; default settings give std 0."""
     model, cost = world["model"], world["cost"]
     fewer = max(0, model["default_steps"] - steps) / model["default_steps"]
-    out = [(cost["fewer_steps_noise"] * fewer, "steps", steps)]
+    out: list[tuple[float, str, object]] = [(cost["fewer_steps_noise"] * fewer, "steps", steps)]
     if model["uses_cfg"] and not guidance_runs(guidance_scale, true_cfg_scale):
         out.append((cost["cfg_off_noise"], "guidance", "off"))
     elif model["uses_cfg"]:
