@@ -126,6 +126,41 @@ def flexible(args: list[str]) -> list[str]:
             out.append("--optimization-level")
         else:
             out.append(arg)
+    return _dotted(out)
+
+
+def _dotted(args: list[str]) -> list[str]:
+    """``--json-arg.key value`` (``+`` appends list items) folded into ``--json-arg '{"key": value}'``, last."""
+    folded: dict[str, dict] = {}
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        name, eq, value = arg.partition("=")
+        if not (arg.startswith("-") and "." in name) or (not eq and i + 1 >= len(args)):
+            out.append(arg)
+            continue
+        if not eq:
+            value, skip = args[i + 1], True
+        if name.endswith("+"):
+            name, value = name[:-1], json.dumps(value.split(","))
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                parsed = human_readable_int(value)
+            except ValueError:
+                parsed = value
+        key, *path = name.split(".")
+        node = folded.setdefault(key, {})
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = node[path[-1]] + parsed if isinstance(parsed, list) and isinstance(
+            node.get(path[-1]), list) else parsed
+    for key, value in folded.items():
+        out += [key, json.dumps(value)]
     return out
 
 

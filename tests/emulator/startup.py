@@ -116,6 +116,8 @@ def check_config(ns: argparse.Namespace, cfg: w.Config) -> None:
     problem = hsdp_problem(cfg)
     if problem:
         raise StartupError(pydantic_error("DiffusionParallelConfig", problem))
+    if getattr(ns, "num_gpus", None):  # OmniDiffusionConfig: resolve_data_parallel_size(num_gpus)
+        resolve_num_gpus(cfg, int(ns.num_gpus))
     if cfg.compile_full:  # OmniDiffusionConfig.__post_init__, inside the orchestrator
         offload = "layerwise offload" if cfg.layerwise else "CPU offload" if cfg.cpu_offload else None
         blockers = [name for name, on in (("HSDP", cfg.hsdp), ("sequence parallelism", cfg.usp * cfg.ring > 1),
@@ -124,6 +126,28 @@ def check_config(ns: argparse.Namespace, cfg: w.Config) -> None:
             raise StartupError("ValueError: diffusion_compile_granularity='full' is incompatible with "
                                f"{', '.join(str(b) for b in blockers)}; use 'regional' compilation instead",
                                "orchestrator")
+
+
+def resolve_num_gpus(cfg: w.Config, num_gpus: int) -> None:
+    """DiffusionParallelConfig.resolve_data_parallel_size: ``--num-gpus`` is the world; DP fills what is left."""
+    def refuse(message: str) -> StartupError:
+        return StartupError(f"ValueError: {message}", "orchestrator")
+    if num_gpus <= 0:
+        raise refuse(f"WORLD size must be > 0, but got {num_gpus}")
+    if cfg.hsdp:
+        if cfg.dp != 1:
+            raise refuse("HSDP (FSDP2) requires data_parallel_size to be 1")
+        shard = cfg.hsdp_shards
+        if num_gpus != cfg.hsdp_replicate * shard:
+            raise refuse(f"WORLD size ({num_gpus}) must equal HSDP size ({cfg.hsdp_replicate} x {shard} = "
+                         f"{cfg.hsdp_replicate * shard})")
+        return
+    non_dp = cfg.pp * cfg.tp * cfg.usp * cfg.ring * cfg.cfg
+    if num_gpus % non_dp:
+        raise refuse(f"WORLD size ({num_gpus}) must be divisible by non-DP parallel size ({non_dp})")
+    if cfg.dp != 1 and cfg.dp != num_gpus // non_dp:  # an explicit -dp 1 is indistinguishable from the default here
+        raise refuse(f"data_parallel_size ({cfg.dp}) does not match WORLD-derived value ({num_gpus // non_dp})")
+    cfg.dp = num_gpus // non_dp
 
 
 def hsdp_problem(cfg: w.Config) -> str | None:

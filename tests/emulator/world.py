@@ -112,8 +112,11 @@ class Config:
             cache_cfg = json.loads(ns.cache_config) if ns.cache_config else {}
         except json.JSONDecodeError:
             cache_cfg = {}
-        return cls(usp=ns.ulysses_degree or 1, ring=ns.ring_degree or 1, cfg=ns.cfg_parallel_size or 1,
-                   tp=ns.tensor_parallel_size or 1, vae_patch=ns.vae_patch_parallel_size or 1, hsdp=ns.use_hsdp,
+        def degree(value) -> int:  # unset is 1; an explicit 0 stays 0 (the real config build refuses it)
+            return 1 if value is None else int(value)
+
+        return cls(usp=degree(ns.ulysses_degree), ring=degree(ns.ring_degree), cfg=degree(ns.cfg_parallel_size),
+                   tp=degree(ns.tensor_parallel_size), vae_patch=degree(ns.vae_patch_parallel_size), hsdp=ns.use_hsdp,
                    eager=bool(ns.enforce_eager), cpu_offload=ns.enable_cpu_offload,
                    layerwise=ns.enable_layerwise_offload, slicing=ns.vae_use_slicing, tiling=ns.vae_use_tiling,
                    fp8=(ns.quantization or "").lower() == "fp8", cache_backend=cache, cache_config=cache_cfg,
