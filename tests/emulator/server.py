@@ -24,7 +24,6 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from tests.emulator import flags, media, startlog, startup
 from tests.emulator import world as w
@@ -290,23 +289,6 @@ class Handler(BaseHTTPRequestHandler):
             "X-Stage-Durations": json.dumps(job["stage_durations"], separators=(",", ":"))})
 
 
-def resolve_pipeline(model: str, scenario: dict) -> str:
-    """The pipeline class: scenario override, model_index.json's _class_name, or MODEL as a class name."""
-    path = Path(model)
-    local = (path / "model_index.json").is_file()
-    if not local and (model.startswith(("/", ".", "~")) or path.exists()):
-        raise FileNotFoundError(f"OSError: {model} is not a local folder with a model_index.json and is not a valid "
-                                f"model identifier listed on 'https://huggingface.co/models'")
-    index = json.loads((path / "model_index.json").read_text()) if local else {}
-    if not scenario["model"].get("transformer_class") and isinstance(index.get("transformer"), list):
-        scenario["model"]["transformer_class"] = index["transformer"][-1]  # the DiT class TeaCache looks up
-    if scenario["model"].get("pipeline_class"):
-        return scenario["model"]["pipeline_class"]
-    if local:
-        return index["_class_name"]
-    return model.rsplit("/", 1)[-1]
-
-
 def spawn_workers(count: int) -> list[subprocess.Popen]:
     """One extra process per additional GPU, like vLLM-Omni's workers: same process group, never detached."""
     # Workers outlive a SIGKILLed leader, as multiprocessing workers do: only a group kill cleans up.
@@ -353,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [int(x) for x in visible.split(",") if x.strip()] if visible else list(range(len(scenario["gpus"])))
     try:
-        pipeline = resolve_pipeline(model, scenario)
+        pipeline = startup.resolve_pipeline(model, scenario)
     except FileNotFoundError as exc:
         fail(startlog.main_failure(model, str(exc)))
         return
@@ -366,14 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     except startup.StartupError as exc:
         fail(startlog.orchestrator_failure(model, pipeline, exc.text, "config"))
     try:
-        for warning in verdict.warnings + w.check_startup(scenario, cfg, gpus, pipeline):
+        for warning in verdict.warnings + startup.check_load(scenario, cfg, gpus, pipeline):
             log.warning(warning)
-        load_mib = w.load_memory_mib(scenario, cfg)
-        for g in gpus[: cfg.world_size]:
-            total = scenario["gpus"][g]["memory_mib"] if g < len(scenario["gpus"]) else 143771
-            if load_mib > total:
-                raise w.Refusal(f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
-                                f"{load_mib / 1024:.2f} GiB. GPU {g} has a total capacity of {total / 1024:.2f} GiB")
     except w.Refusal as exc:
         fail(startlog.orchestrator_failure(model, pipeline, str(exc)))
         return

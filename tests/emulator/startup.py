@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.emulator import flags
 from tests.emulator import world as w
@@ -171,6 +173,35 @@ def hsdp_problem(cfg: w.Config) -> str | None:
         return (f"HSDP dimensions ({cfg.hsdp_replicate} × {cfg.hsdp_shard} = {cfg.hsdp_replicate * cfg.hsdp_shard}) "
                 f"must equal world_size from other parallelism ({other})")
     return None
+
+
+def resolve_pipeline(model: str, scenario: dict) -> str:
+    """The pipeline class: scenario override, model_index.json's _class_name, or MODEL as a class name."""
+    path = Path(model)
+    local = (path / "model_index.json").is_file()
+    if not local and (model.startswith(("/", ".", "~")) or path.exists()):
+        raise FileNotFoundError(f"OSError: {model} is not a local folder with a model_index.json and is not a valid "
+                                f"model identifier listed on 'https://huggingface.co/models'")
+    index = json.loads((path / "model_index.json").read_text()) if local else {}
+    if not scenario["model"].get("transformer_class") and isinstance(index.get("transformer"), list):
+        scenario["model"]["transformer_class"] = index["transformer"][-1]  # the DiT class TeaCache looks up
+    if scenario["model"].get("pipeline_class"):
+        return scenario["model"]["pipeline_class"]
+    if local:
+        return index["_class_name"]
+    return model.rsplit("/", 1)[-1]
+
+
+def check_load(scenario: dict, cfg: w.Config, gpus: list[int], pipeline: str) -> list[str]:
+    """What the workers refuse while loading on the GPUs (model-specific rules, weights over memory); warnings."""
+    warnings = w.check_startup(scenario, cfg, gpus, pipeline)
+    load_mib = w.load_memory_mib(scenario, cfg)
+    for g in gpus[: cfg.world_size]:
+        total = scenario["gpus"][g]["memory_mib"] if g < len(scenario["gpus"]) else 143771
+        if load_mib > total:
+            raise w.Refusal(f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+                            f"{load_mib / 1024:.2f} GiB. GPU {g} has a total capacity of {total / 1024:.2f} GiB")
+    return warnings
 
 
 def check_devices(cfg: w.Config, devices: list[int]) -> None:
