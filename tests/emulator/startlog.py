@@ -35,6 +35,8 @@ def _fill(lines, model: str, pipeline: str = CAPTURED_PIPELINE) -> str:
     text = "\n".join(lines)
     text = text.replace(CAPTURED_MODEL, model).replace(CAPTURED_PIPELINE, pipeline)
     text = re.sub(r"pid=\d+\)", f"pid={os.getpid()})", text)
+    glog = time.strftime("W%m%d %H:%M:%S.000000 ") + str(os.getpid())  # torch's C++ warning prefix
+    text = re.sub(r"W\d{4} \d\d:\d\d:\d\d\.\d{6} \d+", glog, text)
     return STAMP.sub(stamp, text)
 
 

@@ -1,3 +1,5 @@
+# pyright: reportMissingImports=false
+# (runs in the real serving venv, not in omnitune's: vllm and vllm_omni resolve there)
 """Ask the real vLLM 0.30.0 + vLLM-Omni 0.30.0 for its answers to the emulator contract cases.
 
 Runs inside the REAL serving venv (``$OMNITUNE_REAL_VLLM_VENV/bin/python real_answers.py CASES MODEL OUT``) and writes
@@ -210,11 +212,10 @@ def main() -> None:
     parser, cmds = build_parser()
     captured: dict = {}
     patch_config_build(captured)
-    sub = {"MODEL": model}
     out = {"versions": {name: md.version(name) for name in ("vllm", "vllm-omni", "fastapi", "pydantic")},
            "startup": {}, "http": {}}
     for case in cases["startup"]:
-        argv = [sub.get(a, a) for a in case["argv"]]
+        argv = [model if a == "MODEL" else a for a in case["argv"]]
         out["startup"][case["id"]] = startup_case(parser, cmds, argv, case.get("env", {}))
     if "stage_cfg" not in captured:
         raise SystemExit("no startup case built a config: the HTTP cases need one (add an accepted case)")
