@@ -25,12 +25,13 @@ from email.policy import HTTP
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.emulator import flags, media, startlog, startup
+from tests.emulator import flags, gpulog, media, startlog, startup
 from tests.emulator import world as w
 from tests.emulator.api_schema import parse_size, public, schema_errors, typed_form, validation_error
 from tests.emulator.engine import Engine
 
 log = logging.getLogger("vllm_omni.emulator")
+access = logging.getLogger(gpulog.ACCESS)
 
 
 # The real app's routes the emulator serves, in the real registration order (api_server.py).
@@ -47,8 +48,24 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # as uvicorn: no 40 ms delayed-ACK stall between headers and body
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's parameter name  # access log like uvicorn's, into the server log
-        log.info("%s - \"%s\" %s", self.client_address[0], self.requestline, args[1] if len(args) > 1 else "")
+    block: str | None = None  # the request's log lines, written after its answer (they cost the client nothing)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """uvicorn's access line (127.0.0.1:53028 - "GET /health HTTP/1.1" 200 OK), after the request's block."""
+        status = int(code) if str(code).isdigit() else 0
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        self.access_line = (self.client_address[0], self.client_address[1], self.requestline, code, phrase)
+
+    def write_log(self) -> None:
+        block, self.block = self.block, None
+        if block:
+            gpulog.write(block)
+        line, self.access_line = getattr(self, "access_line", None), None
+        if line:
+            access.info('%s:%s - "%s" %s %s', *line)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's parameter name
+        log.info(format, *args)
 
     def reply(self, status: int, body: bytes | dict, ctype: str = "application/json", headers: dict | None = None):
         data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -59,6 +76,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
+        self.write_log()
 
     def error(self, status: int, message: str) -> None:
         """vLLM's HTTPException handler: an OpenAI-style error object whose type is the status phrase."""
@@ -220,10 +239,12 @@ class Handler(BaseHTTPRequestHandler):
         seed = req["seed"] if req.get("seed") is not None else int.from_bytes(os.urandom(4), "little")
         guidance = (req.get("guidance_scale"), req.get("true_cfg_scale"))
         guided = w.guidance_runs(*guidance)
+        began = time.perf_counter()
         metrics = e.generate(width, height, int(steps), 1, guided)
         for _ in range(n - 1):
             more = e.generate(width, height, int(steps), 1, guided)
-            metrics["inference_time_s"] += more["inference_time_s"]
+            metrics["stage_durations"]["stage_0_gen_ms"] += more["stage_durations"]["stage_0_gen_ms"]
+            metrics["_gen_s"] += more["_gen_s"]
         deviations = e.deviations(int(steps), guidance)
         data = []
         for i in range(n):
@@ -234,6 +255,10 @@ class Handler(BaseHTTPRequestHandler):
             if index in e.faults.get("bad_image_on", []):
                 png = b"\x89PNG garbage"
             data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": None, "url": None})
+        self.block = e.request_log(f"img_gen-{uuid.uuid4().hex}", False, int(steps), seed, req.get("guidance_scale"),
+                      time.perf_counter() - began, metrics.pop("_gen_s"), width * height // 256)
+        # No inference_time_s: 0.30.0's _build_image_response_metrics sets stage_durations and peak_memory_mb only
+        # (more keys only from the engine's metrics with return_stage_metrics); a real H200 answered the same.
         self.reply(200, {"created": int(time.time()), "data": data, "size": f"{width}x{height}",
                          "output_format": "png", "metrics": metrics})
 
@@ -257,10 +282,12 @@ class Handler(BaseHTTPRequestHandler):
                "progress": 0, "created_at": int(time.time()), "prompt": form["prompt"], "size": f"{width}x{height}",
                "seconds": str(max(1, round(frames / fps))), "quality": "default", "num_frames": frames, "fps": fps,
                "media_type": "video/mp4", "peak_memory_mb": 0.0, "stage_durations": {}}
+        job["_request_id"] = f"video_sync-{uuid.uuid4().hex[:16]}-{uuid.uuid4().hex[:8]}" if sync else job["id"]
         e.videos[job["id"]] = job
         index = e.next_index()
 
         def run() -> None:
+            began = time.perf_counter()
             job["status"] = "in_progress"
             fault = e.check_faults(index)
             try:
@@ -271,8 +298,13 @@ class Handler(BaseHTTPRequestHandler):
                                                e.deviations(steps, guidance),
                                                form.get("negative_prompt") or "")
                 job["_mp4"] = media.mp4_bytes(frames_px, fps)
-                job.update(metrics, status="completed", progress=100, completed_at=int(time.time()),
-                           duration_s=frames / fps, file_name=f"{job['id']}.mp4")
+                total = time.perf_counter() - began  # as the real route's: queue, generation and MP4 encoding
+                job["_log"] = e.request_log(job["_request_id"], True, steps, seed, guidance[0], total,
+                                            metrics.pop("_gen_s"), width * height * frames // 4096)
+                if not sync:
+                    gpulog.write(job.pop("_log"))
+                job.update(metrics, inference_time_s=total, status="completed", progress=100,
+                           completed_at=int(time.time()), duration_s=frames / fps, file_name=f"{job['id']}.mp4")
             except (RuntimeError, MemoryError) as exc:
                 job.update(status="failed", error={"code": 500, "message": str(exc)}, completed_at=int(time.time()))
 
@@ -281,10 +313,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, public(job))
         run()
         del e.videos[job["id"]]  # the sync route keeps no job record
+        self.block = job.get("_log")
         if job["status"] != "completed":
             return self.error(500, f"Video generation failed: {job['error']['message']}")
         self.reply(200, job["_mp4"], "video/mp4", {
-            "X-Request-Id": f"video_sync-{uuid.uuid4().hex}", "X-Model": e.served,
+            "X-Request-Id": job["_request_id"], "X-Model": e.served,
             "X-Inference-Time-S": f"{job['inference_time_s']:.3f}", "X-Peak-Memory-MB": f"{job['peak_memory_mb']:.3f}",
             "X-Stage-Durations": json.dumps(job["stage_durations"], separators=(",", ":"))})
 
@@ -304,7 +337,7 @@ def fail(text: str, code: int = 1) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(asctime)s %(message)s")
+    gpulog.setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         ns = flags.parse(argv)
@@ -375,6 +408,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def load() -> None:
         began = time.perf_counter()
+        if not (faults.get("startup_crash") or faults.get("gpu_load_failure")):
+            gpulog.write(gpulog.loading(model, pipeline).rstrip("\n"))
         for name in ("ImageGenerationRequest", "Body_create_video_v1_videos_post",
                      "Body_create_video_sync_v1_videos_sync_post"):  # request validators, built while "loading"
             schema_errors(name, {"prompt": ""})
@@ -384,13 +419,20 @@ def main(argv: list[str] | None = None) -> None:
             sys.stdout.write(startlog.orchestrator_failure(model, pipeline, None))
             sys.stdout.flush()
             os._exit(1)
+        if faults.get("gpu_load_failure"):  # the real GPU log: the cause 314 lines above an empty RuntimeError
+            engine.clear_memory()
+            sys.stdout.write(gpulog.load_failure(model, pipeline))
+            sys.stdout.flush()
+            os._exit(1)
         if faults.get("startup_hang"):
             return
         engine.publish_memory(engine.load_mib)
+        gib = engine.load_mib / 1024
+        gpulog.write(gpulog.loaded(model, pipeline, host, port, time.perf_counter() - began, gib, gib,
+                                   str(getattr(ns, "dtype", "")) == "float32").rstrip("\n"))
         engine.ready = True
         if not answer_while_loading:
-            httpd.server_activate()  # listen: from now on connections are accepted
-        log.info("Application startup complete.")
+            httpd.server_activate()  # listen: from now on connections are accepted (after uvicorn's last line)
         engine.loaded.set()
 
     if answer_while_loading:
