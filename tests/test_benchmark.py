@@ -62,8 +62,10 @@ async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and
     assert lat["count"] == 4 and s["requests_ok"] == 4 and s["requests_failed"] == 0
     assert abs(lat["p50_s"] - truth) <= max(0.01 * truth, 0.002), lat
     assert lat["min_s"] >= truth and lat["max_s"] < truth * 1.1 and lat["std_s"] < 0.03  # loaded 2-core CI box
-    assert abs(s["server"]["inference_time_s"]["p50_s"] - truth) < 0.002
-    assert set(s["server"]["stage_durations_mean_s"]) == {"text_encoder", "denoise", "vae_decode"}
+    # Images: the real server reports no inference_time_s, only stage_durations in ms (as on a real H200).
+    assert s["server"]["inference_time_s"] is None
+    assert set(s["server"]["stage_durations_mean_s"]) == {"queue_wait_ms", "stage_0_gen_ms"}
+    assert abs(s["server"]["stage_durations_mean_s"]["stage_0_gen_ms"] - truth * 1000) < 2
     assert s["cold_latency_s"] is not None and s["warmup_latencies_s"] == [s["cold_latency_s"]]
     assert s["throughput_images_per_s"] == pytest.approx(1 / lat["mean_s"], rel=0.05)
     # One progress notification per request (1 warm-up + 4 measured), each with the total.
@@ -84,7 +86,7 @@ async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and
     assert all(p["size"] == "16x16" and p["num_inference_steps"] == 10 and p["n"] == 1 for p in params)
     assert [(p["seed"], r["prompt_index"]) for p, r in zip(params[1:], reqs[1:])] == \
         [(7, 0), (8, 0), (7, 1), (8, 1)]
-    assert json.loads(reqs[1]["server_metrics"])["inference_time_s"] > 0
+    assert json.loads(reqs[1]["server_metrics"])["stage_durations"]["stage_0_gen_ms"] > 0
     outputs = rows(settings, "SELECT * FROM outputs WHERE run_id = ? ORDER BY path", out["run_id"])
     assert [o["path"] for o in outputs] == ["outputs/p000-s7-n0.png", "outputs/p000-s8-n0.png",
                                             "outputs/p001-s7-n0.png", "outputs/p001-s8-n0.png"]

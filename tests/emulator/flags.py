@@ -10,6 +10,8 @@ import argparse
 import json
 import math
 import os
+import re
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +21,14 @@ REFERENCE = Path(os.environ.get("VLLM_EMU_SERVE_ARGS")
 
 def _json_value(text: str):
     return json.loads(text)
+
+
+def _named(name: str, fn):
+    """``fn`` under the real type's name: argparse quotes it ("invalid loads value: ...")."""
+    def typed(text: str):
+        return fn(text)
+    typed.__name__ = name
+    return typed
 
 
 def _finite_nonneg(text: str) -> float:
@@ -43,7 +53,8 @@ def human_readable_int_or_auto(text: str) -> int:
     return -1 if text.strip().lower() in ("auto", "-1") else human_readable_int(text)
 
 
-_TYPES = {"int": int, "float": float, "str": str, "loads": _json_value, "_json_object": _json_value,
+_TYPES = {"int": int, "float": float, "str": str, "loads": _named("loads", _json_value),
+          "_json_object": _named("_json_object", _json_value),
           "_nonneg_finite_float": _finite_nonneg, "human_readable_int": human_readable_int,
           "human_readable_int_or_auto": human_readable_int_or_auto}
 
@@ -82,8 +93,86 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class FlexibleError(ValueError):
+    """What vLLM's FlexibleArgumentParser raises (a traceback and exit 1, not argparse's exit 2)."""
+
+
+def flexible(args: list[str]) -> list[str]:
+    """vLLM's FlexibleArgumentParser rewrites before argparse sees the serve arguments.
+
+    ``--model M`` moves M to the positional slot; ``--served-model-name`` with no positional model is a
+    ValueError; ``_`` becomes ``-`` in flag names (``--enforce_eager`` is ``--enforce-eager``); ``-O3`` is
+    ``--optimization-level 3``.
+    """
+    for i, arg in enumerate(args):
+        if re.match(r"^--model(=.+|$)", arg):
+            model, rest = (args[i + 1], i + 2) if arg == "--model" and i + 1 < len(args) else \
+                (arg.removeprefix("--model="), i + 1)
+            args = [model, *args[:i], *args[rest:]]
+            break
+    if args and args[0].startswith("-") and not any(re.match(r"^--config(=.+|$)", a) for a in args) and \
+            any(re.match(r"^--served[-_]model[-_]name(=.+|$)", a) for a in args):
+        raise FlexibleError("`model` should be provided as the first positional argument when using `vllm serve`. "
+                            "i.e. `vllm serve <model> --<arg> <value>`.")
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            key, eq, value = arg.partition("=")
+            head, dot, tail = key[2:].partition(".")
+            out.append("--" + head.replace("_", "-") + dot + tail + eq + value)
+        elif arg.startswith("-O") and arg != "-O":
+            out += ["--optimization-level", arg[3:] if arg[2:3] == "=" else arg[2:]]
+        elif arg == "-O" and i + 1 < len(args) and args[i + 1] in {"0", "1", "2", "3"}:
+            out.append("--optimization-level")
+        else:
+            out.append(arg)
+    return _dotted(out)
+
+
+def _dotted(args: list[str]) -> list[str]:
+    """``--json-arg.key value`` (``+`` appends list items) folded into ``--json-arg '{"key": value}'``, last."""
+    folded: dict[str, dict] = {}
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        name, eq, value = arg.partition("=")
+        if not (arg.startswith("-") and "." in name) or (not eq and i + 1 >= len(args)):
+            out.append(arg)
+            continue
+        if not eq:
+            value, skip = args[i + 1], True
+        if name.endswith("+"):
+            name, value = name[:-1], json.dumps(value.split(","))
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            try:
+                parsed = human_readable_int(value)
+            except ValueError:
+                parsed = value
+        key, *path = name.split(".")
+        node = folded.setdefault(key, {})
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = node[path[-1]] + parsed if isinstance(parsed, list) and isinstance(
+            node.get(path[-1]), list) else parsed
+    for key, value in folded.items():
+        out += [key, json.dumps(value)]
+    return out
+
+
+TOP_USAGE = "usage: vllm [-h] [-v] {serve,bench} ...\n"
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    """Parse ``serve MODEL ...`` (what follows the ``vllm`` executable's name)."""
+    """Parse ``serve MODEL ...`` (what follows the ``vllm`` executable's name) as the real CLI does.
+
+    Unknown flags are reported by the top-level ``vllm`` parser (the real one parses the subcommand with
+    ``parse_known_args``), every other argparse error by ``vllm serve``: usage on stderr, exit 2.
+    """
     if argv[:1] in (["--version"], ["-v"]):
         print("0.30.0")
         raise SystemExit(0)
@@ -100,4 +189,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     top.add_argument("command", choices=["serve"])
     command, rest = top.parse_known_args(argv[:1])
     del command
-    return build_parser().parse_args(argv[1:] + rest)
+    ns, unknown = build_parser().parse_known_args(flexible(argv[1:] + rest))
+    if unknown:
+        sys.stderr.write(TOP_USAGE + f"vllm: error: unrecognized arguments: {' '.join(unknown)}\n")
+        raise SystemExit(2)
+    return ns

@@ -45,9 +45,9 @@ class Emulator:
     def write(self, scenario: dict | str | None = None, **overrides) -> dict:
         """Set the world: a dict, or the name of a file in scenarios/, plus top-level overrides."""
         from tests.emulator.world import _merge
-        if isinstance(scenario, str):
-            scenario = json.loads((SCENARIOS / f"{scenario}.json").read_text())
-        self.scenario = _merge(scenario or {}, overrides)  # nested objects (cost, model ...) merge field by field
+        base: dict = json.loads((SCENARIOS / f"{scenario}.json").read_text()) if isinstance(scenario, str) \
+            else scenario or {}
+        self.scenario = _merge(base, overrides)  # nested objects (cost, model ...) merge field by field
         self.scenario_path.write_text(json.dumps(self.scenario))
         return self.scenario
 

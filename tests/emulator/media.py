@@ -23,7 +23,7 @@ def base_image(prompt: str, seed: int, width: int, height: int, negative: str = 
     """A smooth, structured picture (so SSIM means something) fixed by prompt, seed and size."""
     rng = _rng("content", prompt, seed, negative)
     coarse = (rng.random((6, 6, 3)) * 255).astype(np.uint8)
-    img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     freq = 2 * np.pi * (2 + rng.integers(0, 6)) / max(width, height)
     img += 40 * np.sin(freq * (xx + yy))[..., None]

@@ -1,7 +1,10 @@
 """The emulated `vllm serve MODEL --omni` process: HTTP API of vLLM-Omni 0.30.0 over the simulated world.
 
-Binds its port at once (as the real server does) but answers /health 503 until the simulated load is
-done. One request runs at a time on the simulated GPUs; others queue, as in a single diffusion engine.
+As the real 0.30.0, it binds its port before loading but listens only once loaded: while loading a connection
+is refused (no HTTP answer at all), and another process cannot take the port. Startup decisions are the real
+parser's and config build's (``startup.py``); failure logs are real ones (``startlog.py``). Errors have the real
+shapes: 400 with an OpenAI-style error object for invalid requests, FastAPI's ``{"detail"}`` for 404/405.
+One request runs at a time on the simulated GPUs; others queue, as in a single diffusion engine.
 """
 
 from __future__ import annotations
@@ -19,24 +22,50 @@ import time
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
-from tests.emulator import flags, media
+from tests.emulator import flags, gpulog, media, startlog, startup
 from tests.emulator import world as w
-from tests.emulator.api_schema import parse_size, public, schema_errors, typed_form
+from tests.emulator.api_schema import parse_size, public, schema_errors, typed_form, validation_error
 from tests.emulator.engine import Engine
 
 log = logging.getLogger("vllm_omni.emulator")
+access = logging.getLogger(gpulog.ACCESS)
+
+
+# The real app's routes the emulator serves, in the real registration order (api_server.py).
+ROUTES: list[tuple[str, set[str]]] = [
+    (r"/version", {"GET"}), (r"/metrics", {"GET"}), (r"/health", {"GET"}), (r"/v1/models", {"GET"}),
+    (r"/v1/images/generations", {"POST"}), (r"/v1/videos", {"POST"}), (r"/v1/videos/sync", {"POST"}),
+    (r"/v1/videos", {"GET"}), (r"/v1/videos/[^/]+", {"GET"}), (r"/v1/videos/[^/]+", {"DELETE"}),
+    (r"/v1/videos/[^/]+/content", {"GET"})]
 
 
 class Handler(BaseHTTPRequestHandler):
     engine: Engine
+    model_path: str = ""
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # as uvicorn: no 40 ms delayed-ACK stall between headers and body
 
-    def log_message(self, fmt: str, *args) -> None:  # access log like uvicorn's, into the server log
-        log.info("%s - \"%s\" %s", self.client_address[0], self.requestline, args[1] if len(args) > 1 else "")
+    block: str | None = None  # the request's log lines, written after its answer (they cost the client nothing)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """uvicorn's access line (127.0.0.1:53028 - "GET /health HTTP/1.1" 200 OK), after the request's block."""
+        status = int(code) if str(code).isdigit() else 0
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        self.access_line = (self.client_address[0], self.client_address[1], self.requestline, code, phrase)
+
+    def write_log(self) -> None:
+        block, self.block = self.block, None
+        if block:
+            gpulog.write(block)
+        line, self.access_line = getattr(self, "access_line", None), None
+        if line:
+            access.info('%s:%s - "%s" %s %s', *line)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's parameter name
+        log.info(format, *args)
 
     def reply(self, status: int, body: bytes | dict, ctype: str = "application/json", headers: dict | None = None):
         data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -47,13 +76,34 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
+        self.write_log()
 
-    def error(self, status: int, message: str, kind: str = "BadRequestError") -> None:
-        self.reply(status, {"error": {"message": message, "type": kind, "param": None, "code": status}})
+    def error(self, status: int, message: str) -> None:
+        """vLLM's HTTPException handler: an OpenAI-style error object whose type is the status phrase."""
+        self.reply(status, {"error": {"message": message, "type": HTTPStatus(status).phrase, "param": None,
+                                      "code": status}})
 
-    def invalid(self, field: str, message: str, kind: str = "value_error") -> None:
-        """FastAPI's 422: {"detail": [{"loc", "msg", "type"}]} (HTTPValidationError in openapi.json)."""
-        self.reply(422, {"detail": [{"loc": ["body", field], "msg": message, "type": kind}]})
+    def invalid(self, errors: list[dict]) -> None:
+        """vLLM's RequestValidationError handler: 400, not FastAPI's 422."""
+        self.reply(400, validation_error(errors))
+
+    def starlette(self, status: int, allow: set[str] | None = None) -> None:
+        """What Starlette's router answers for no route (404) or a route without the method (405)."""
+        headers = {"Allow": ", ".join(sorted(allow))} if allow else None
+        self.reply(status, {"detail": HTTPStatus(status).phrase}, headers=headers)
+
+    def route(self, method: str) -> bool:
+        """True if the path has a route for this method; else answer 404/405 as the real app and return False."""
+        path = self.path.partition("?")[0]
+        matches = [methods for pattern, methods in ROUTES if re.fullmatch(pattern, path)]
+        if any(method in methods for methods in matches):
+            return True
+        if matches:  # Starlette reports the methods of the first route whose path matched
+            self.starlette(405, matches[0])
+        else:
+            self.starlette(404)
+        return False
 
     def form(self) -> dict[str, str]:
         """Form fields, multipart or urlencoded (FastAPI's Form() takes both)."""
@@ -61,28 +111,34 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.body()
         if ctype.startswith("multipart/form-data"):
             msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
-            return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
-                    for part in msg.iter_parts()}
+            fields: dict[str, str] = {}
+            for part in msg.iter_parts():
+                payload = part.get_payload(decode=True)
+                fields[str(part.get_param("name", header="content-disposition"))] = \
+                    payload.decode() if isinstance(payload, bytes) else str(payload or "")
+            return fields
         from urllib.parse import parse_qsl
         return dict(parse_qsl(raw.decode(), keep_blank_values=True))
 
     def body(self) -> bytes:
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def handle_one_request(self) -> None:
-        """Requests that arrive while loading wait for the load in "block" mode (bounded by an hour)."""
-        if self.engine.while_loading == "block" and not self.engine.ready:
-            self.engine.loaded.wait(3600)
-        super().handle_one_request()
-
     def do_GET(self) -> None:
         e = self.engine
+        if not self.route("GET"):
+            return None
         if self.path == "/health":
-            if not e.ready:
-                return self.error(503, "loading", "ServiceUnavailable")
-            return self.reply(200, b"", "application/json")
+            if not e.ready:  # only in the opt-in "503" loading mode: the real port refuses connections instead
+                return self.error(503, "The server is still loading the model.")
+            return self.reply(200, {"status": "healthy"})
         if self.path == "/v1/models":
-            model = {"id": e.served, "object": "model", "created": int(time.time()), "owned_by": "vllm-omni"}
+            now = int(time.time())
+            permission = {"id": f"modelperm-{uuid.uuid4().hex[:16]}", "object": "model_permission", "created": now,
+                          "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+                          "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+                          "organization": "*", "group": None, "is_blocking": False}
+            model = {"id": e.served, "object": "model", "created": now, "owned_by": "vllm", "root": self.model_path,
+                     "parent": None, "max_model_len": None, "permission": [permission]}
             return self.reply(200, {"object": "list", "data": [model]})
         if self.path == "/metrics":
             text = f"# TYPE vllm_omni_requests_total counter\nvllm_omni_requests_total {e.count}\n"
@@ -94,18 +150,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.list_videos(query)
         m = re.match(r"^/v1/videos/([\w-]+)(/content)?$", path)
         job = e.videos.get(m.group(1)) if m else None
-        if m and job is None:
-            return self.error(404, "Video not found", "Not Found")
-        if m and m.group(2):
+        if m is None:
+            return None
+        if job is None:
+            return self.error(404, "Video not found")
+        if m.group(2):
             if job["status"] == "failed":  # as api_server.download_video
-                return self.error(422, "Video generation failed. Check job status for error details.",
-                                  "Unprocessable Entity")
+                return self.error(422, "Video generation failed. Check job status for error details.")
             if job["status"] != "completed":
-                return self.error(404, "Generation is still in-progress", "Not Found")
+                return self.error(404, "Generation is still in-progress")
             return self.reply(200, job["_mp4"], "video/mp4")
-        if m:  # a failed job answers with its error code as the status, as api_server.retrieve_video
-            return self.reply(job["error"]["code"] if job["status"] == "failed" else 200, public(job))
-        self.error(404, "Not Found", "Not Found")
+        # a failed job answers with its error code as the status, as api_server.retrieve_video
+        return self.reply(job["error"]["code"] if job["status"] == "failed" else 200, public(job))
 
     def list_videos(self, query: str) -> None:
         from urllib.parse import parse_qs
@@ -122,53 +178,73 @@ class Handler(BaseHTTPRequestHandler):
                          "first_id": jobs[0]["id"] if jobs else None, "last_id": jobs[-1]["id"] if jobs else None})
 
     def do_DELETE(self) -> None:
+        if not self.route("DELETE"):
+            return None
         m = re.match(r"^/v1/videos/([\w-]+)$", self.path)
         job = self.engine.videos.get(m.group(1)) if m else None
         if job is None:
-            return self.error(404, "Video not found" if m else "Not Found", "Not Found")
+            return self.error(404, "Video not found")
         if job["status"] not in ("completed", "failed"):
-            return self.error(409, "Video output not yet available. Please try again later.", "Conflict")
+            return self.error(409, "Video output not yet available. Please try again later.")
         del self.engine.videos[job["id"]]
         self.reply(200, {"id": job["id"], "object": "video.deleted", "deleted": True})
 
+    def do_PUT(self) -> None:
+        self.route("PUT")
+
+    def do_PATCH(self) -> None:
+        self.route("PATCH")
+
     def do_POST(self) -> None:
         e = self.engine
+        if not self.route("POST"):
+            return None
         if not e.ready:
-            return self.error(503, "The server is still loading the model.", "ServiceUnavailable")
+            return self.error(503, "The server is still loading the model.")
         try:
             if self.path == "/v1/images/generations":
                 return self.images()
-            if self.path in ("/v1/videos", "/v1/videos/sync"):
-                return self.videos(sync=self.path.endswith("/sync"))
+            return self.videos(sync=self.path.endswith("/sync"))
         except ValueError as exc:
             return self.error(400, str(exc))
         except MemoryError as exc:
-            return self.error(500, str(exc), "InternalServerError")
-        self.error(404, "Not Found", "NotFoundError")
+            return self.error(500, str(exc))
 
     def images(self) -> None:
         e = self.engine
+        raw = self.body()
+        if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+            # validate_json_request: a RequestValidationError whose only error is this string
+            return self.reply(400, {"error": {"message": "1 validation error:\n  Unsupported Media Type: Only "
+                                              "'application/json' is allowed", "type": "Bad Request",
+                                              "param": None, "code": 400}})
         try:
-            req = json.loads(self.body() or b"{}")
-        except json.JSONDecodeError:
-            return self.invalid("body", "JSON decode error", "json_invalid")
+            req = json.loads(raw or b"{}")
+        except json.JSONDecodeError as exc:
+            return self.invalid([{"type": "json_invalid", "loc": ["body", exc.pos], "msg": "JSON decode error",
+                                  "input": {}, "ctx": {"error": exc.msg}}])
         problems = schema_errors("ImageGenerationRequest", req)
         if problems:
-            return self.reply(422, {"detail": problems})
+            return self.invalid(problems)
+        if req.get("model") is not None and req["model"] != e.served:
+            return self.error(400, f"Model mismatch: request specifies '{req['model']}' but server is running "
+                                   f"'{e.served}'.")
         n = int(req.get("n") or 1)
         steps = req.get("num_inference_steps") or e.world["model"]["default_steps"]
         width, height = parse_size(req.get("size"), e.world["model"]["default_size"])
         index = e.next_index()
         fault = e.check_faults(index)
         if fault:
-            return self.error(500, fault, "InternalServerError")
+            return self.error(500, fault)
         seed = req["seed"] if req.get("seed") is not None else int.from_bytes(os.urandom(4), "little")
         guidance = (req.get("guidance_scale"), req.get("true_cfg_scale"))
         guided = w.guidance_runs(*guidance)
+        began = time.perf_counter()
         metrics = e.generate(width, height, int(steps), 1, guided)
         for _ in range(n - 1):
             more = e.generate(width, height, int(steps), 1, guided)
-            metrics["inference_time_s"] += more["inference_time_s"]
+            metrics["stage_durations"]["stage_0_gen_ms"] += more["stage_durations"]["stage_0_gen_ms"]
+            metrics["_gen_s"] += more["_gen_s"]
         deviations = e.deviations(int(steps), guidance)
         data = []
         for i in range(n):
@@ -179,6 +255,10 @@ class Handler(BaseHTTPRequestHandler):
             if index in e.faults.get("bad_image_on", []):
                 png = b"\x89PNG garbage"
             data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": None, "url": None})
+        self.block = e.request_log(f"img_gen-{uuid.uuid4().hex}", False, int(steps), seed, req.get("guidance_scale"),
+                      time.perf_counter() - began, metrics.pop("_gen_s"), width * height // 256)
+        # No inference_time_s: 0.30.0's _build_image_response_metrics sets stage_durations and peak_memory_mb only
+        # (more keys only from the engine's metrics with return_stage_metrics); a real H200 answered the same.
         self.reply(200, {"created": int(time.time()), "data": data, "size": f"{width}x{height}",
                          "output_format": "png", "metrics": metrics})
 
@@ -186,9 +266,9 @@ class Handler(BaseHTTPRequestHandler):
         e = self.engine
         form = self.form()
         schema = "Body_create_video_sync_v1_videos_sync_post" if sync else "Body_create_video_v1_videos_post"
-        problems = schema_errors(schema, typed_form(form, schema))
+        problems = schema_errors(schema, typed_form(form, schema), form=True)
         if problems:
-            return self.reply(422, {"detail": problems})
+            return self.invalid(problems)
         width, height = parse_size(form.get("size"), e.world["model"]["default_size"])
         if form.get("width") and form.get("height"):
             width, height = int(form["width"]), int(form["height"])
@@ -196,15 +276,18 @@ class Handler(BaseHTTPRequestHandler):
         fps = float(form.get("fps") or 16)
         steps = int(form.get("num_inference_steps") or e.world["model"]["default_steps"])
         seed = int(form["seed"]) if form.get("seed") else int.from_bytes(os.urandom(4), "little")
-        guidance = tuple(float(form[k]) if form.get(k) else None for k in ("guidance_scale", "true_cfg_scale"))
+        guidance = (float(form["guidance_scale"]) if form.get("guidance_scale") else None,
+                    float(form["true_cfg_scale"]) if form.get("true_cfg_scale") else None)
         job = {"id": f"video_{uuid.uuid4().hex[:16]}", "object": "video", "model": e.served, "status": "queued",
                "progress": 0, "created_at": int(time.time()), "prompt": form["prompt"], "size": f"{width}x{height}",
                "seconds": str(max(1, round(frames / fps))), "quality": "default", "num_frames": frames, "fps": fps,
                "media_type": "video/mp4", "peak_memory_mb": 0.0, "stage_durations": {}}
+        job["_request_id"] = f"video_sync-{uuid.uuid4().hex[:16]}-{uuid.uuid4().hex[:8]}" if sync else job["id"]
         e.videos[job["id"]] = job
         index = e.next_index()
 
         def run() -> None:
+            began = time.perf_counter()
             job["status"] = "in_progress"
             fault = e.check_faults(index)
             try:
@@ -215,8 +298,13 @@ class Handler(BaseHTTPRequestHandler):
                                                e.deviations(steps, guidance),
                                                form.get("negative_prompt") or "")
                 job["_mp4"] = media.mp4_bytes(frames_px, fps)
-                job.update(metrics, status="completed", progress=100, completed_at=int(time.time()),
-                           duration_s=frames / fps, file_name=f"{job['id']}.mp4")
+                total = time.perf_counter() - began  # as the real route's: queue, generation and MP4 encoding
+                job["_log"] = e.request_log(job["_request_id"], True, steps, seed, guidance[0], total,
+                                            metrics.pop("_gen_s"), width * height * frames // 4096)
+                if not sync:
+                    gpulog.write(job.pop("_log"))
+                job.update(metrics, inference_time_s=total, status="completed", progress=100,
+                           completed_at=int(time.time()), duration_s=frames / fps, file_name=f"{job['id']}.mp4")
             except (RuntimeError, MemoryError) as exc:
                 job.update(status="failed", error={"code": 500, "message": str(exc)}, completed_at=int(time.time()))
 
@@ -225,29 +313,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, public(job))
         run()
         del e.videos[job["id"]]  # the sync route keeps no job record
+        self.block = job.get("_log")
         if job["status"] != "completed":
-            return self.error(500, f"Video generation failed: {job['error']['message']}", "Internal Server Error")
+            return self.error(500, f"Video generation failed: {job['error']['message']}")
         self.reply(200, job["_mp4"], "video/mp4", {
-            "X-Request-Id": f"video_sync-{uuid.uuid4().hex}", "X-Model": e.served,
+            "X-Request-Id": job["_request_id"], "X-Model": e.served,
             "X-Inference-Time-S": f"{job['inference_time_s']:.3f}", "X-Peak-Memory-MB": f"{job['peak_memory_mb']:.3f}",
             "X-Stage-Durations": json.dumps(job["stage_durations"], separators=(",", ":"))})
-
-
-def resolve_pipeline(model: str, scenario: dict) -> str:
-    """The pipeline class: scenario override, model_index.json's _class_name, or MODEL as a class name."""
-    path = Path(model)
-    local = (path / "model_index.json").is_file()
-    if not local and (model.startswith(("/", ".", "~")) or path.exists()):
-        raise FileNotFoundError(f"OSError: {model} is not a local folder with a model_index.json and is not a valid "
-                                f"model identifier listed on 'https://huggingface.co/models'")
-    index = json.loads((path / "model_index.json").read_text()) if local else {}
-    if not scenario["model"].get("transformer_class") and isinstance(index.get("transformer"), list):
-        scenario["model"]["transformer_class"] = index["transformer"][-1]  # the DiT class TeaCache looks up
-    if scenario["model"].get("pipeline_class"):
-        return scenario["model"]["pipeline_class"]
-    if local:
-        return index["_class_name"]
-    return model.rsplit("/", 1)[-1]
 
 
 def spawn_workers(count: int) -> list[subprocess.Popen]:
@@ -257,9 +329,22 @@ def spawn_workers(count: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
 
 
+def fail(text: str, code: int = 1) -> None:
+    """Write a startup failure log (already shaped as the real one) and exit."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    raise SystemExit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(asctime)s %(message)s")
-    ns = flags.parse(list(sys.argv[1:] if argv is None else argv))
+    gpulog.setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        ns = flags.parse(argv)
+    except flags.FlexibleError as exc:  # raised by the real parser itself: a bare traceback, exit 1
+        sys.stderr.write("Traceback (most recent call last):\n  File \"vllm\", line 8, in <module>\n"
+                         f"ValueError: {exc}\n")
+        raise SystemExit(1) from None
     if not ns.omni:
         sys.stderr.write("vllm serve: error: this emulator only serves diffusion models with --omni\n")
         raise SystemExit(2)
@@ -267,31 +352,45 @@ def main(argv: list[str] | None = None) -> None:
     model = ns.model_tag or ns.model
     faults = scenario.get("faults", {})
     host, port = ns.host or "127.0.0.1", ns.port
+    sys.stdout.write(startlog.head(model, startup.non_default(ns)))
+    sys.stdout.flush()
+    verdict = startup.check(ns)
+    if verdict.stage != "ok" and verdict.where == "main":
+        fail(startlog.main_failure(model, verdict.error or ""))
+    # As vLLM's setup_server: the socket is bound now and listens only once the engine is up.
+    httpd = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
     try:
-        httpd = ThreadingHTTPServer((host, port), Handler)
+        httpd.server_bind()
     except OSError as exc:
         log.error("[Errno %s] error while attempting to bind on address ('%s', %s): %s", exc.errno, host, port,
                   exc.strerror.lower() if exc.strerror else exc)
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = [int(x) for x in visible.split(",") if x.strip()] if visible else list(range(len(scenario["gpus"])))
     try:
-        pipeline = resolve_pipeline(model, scenario)
-        cfg = w.Config.from_args(ns)
-        for warning in w.check_startup(scenario, cfg, gpus, pipeline):
+        pipeline = startup.resolve_pipeline(model, scenario)
+    except FileNotFoundError as exc:
+        fail(startlog.main_failure(model, str(exc)))
+        return
+    if verdict.stage != "ok":  # refused inside the orchestrator (OmniDiffusionConfig)
+        fail(startlog.orchestrator_failure(model, pipeline, verdict.error, "config"))
+    cfg = verdict.cfg
+    assert cfg is not None
+    try:
+        startup.check_devices(cfg, gpus)
+    except startup.StartupError as exc:
+        fail(startlog.orchestrator_failure(model, pipeline, exc.text, "config"))
+    try:
+        for warning in verdict.warnings + startup.check_load(scenario, cfg, gpus, pipeline):
             log.warning(warning)
-        load_mib = w.load_memory_mib(scenario, cfg)
-        for g in gpus[: cfg.world_size]:
-            total = scenario["gpus"][g]["memory_mib"] if g < len(scenario["gpus"]) else 143771
-            if load_mib > total:
-                raise w.Refusal(f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
-                                f"{load_mib / 1024:.2f} GiB. GPU {g} has a total capacity of {total / 1024:.2f} GiB")
-    except (w.Refusal, FileNotFoundError) as exc:
-        log.error("EngineCore failed to start.\nTraceback (most recent call last):\n%s", exc)
-        raise SystemExit(1)
+    except w.Refusal as exc:
+        fail(startlog.orchestrator_failure(model, pipeline, str(exc)))
+        return
     engine = Engine(scenario, cfg, pipeline, (ns.served_model_name or [model])[0], gpus[: cfg.world_size])
     Handler.engine = engine
+    Handler.model_path = model
     workers = spawn_workers(max(0, cfg.world_size - 1))
+    answer_while_loading = scenario.get("api", {}).get("while_loading", "refuse") == "503"
 
     def shutdown(signum, frame) -> None:
         if faults.get("ignore_sigterm"):
@@ -309,22 +408,38 @@ def main(argv: list[str] | None = None) -> None:
 
     def load() -> None:
         began = time.perf_counter()
+        if not (faults.get("startup_crash") or faults.get("gpu_load_failure")):
+            gpulog.write(gpulog.loading(model, pipeline).rstrip("\n"))
         for name in ("ImageGenerationRequest", "Body_create_video_v1_videos_post",
                      "Body_create_video_sync_v1_videos_sync_post"):  # request validators, built while "loading"
             schema_errors(name, {"prompt": ""})
         time.sleep(max(0.0, float(scenario["cost"]["startup_s"]) - (time.perf_counter() - began)))
-        if faults.get("startup_crash"):
-            log.error("Traceback (most recent call last):\nRuntimeError: simulated crash while loading the model")
+        if faults.get("startup_crash"):  # the real engine's own crash log (stage init fails in set_device)
             engine.clear_memory()
+            sys.stdout.write(startlog.orchestrator_failure(model, pipeline, None))
+            sys.stdout.flush()
+            os._exit(1)
+        if faults.get("gpu_load_failure"):  # the real GPU log: the cause 314 lines above an empty RuntimeError
+            engine.clear_memory()
+            sys.stdout.write(gpulog.load_failure(model, pipeline))
+            sys.stdout.flush()
             os._exit(1)
         if faults.get("startup_hang"):
             return
         engine.publish_memory(engine.load_mib)
+        gib = engine.load_mib / 1024
+        gpulog.write(gpulog.loaded(model, pipeline, host, port, time.perf_counter() - began, gib, gib,
+                                   str(getattr(ns, "dtype", "")) == "float32").rstrip("\n"))
         engine.ready = True
+        if not answer_while_loading:
+            httpd.server_activate()  # listen: from now on connections are accepted (after uvicorn's last line)
         engine.loaded.set()
-        log.info("Application startup complete.")
 
+    if answer_while_loading:
+        httpd.server_activate()
     threading.Thread(target=load, daemon=True).start()
+    while not answer_while_loading and not engine.loaded.wait(0.1):
+        pass  # the port stays bound and refuses connections until loaded (bounded only by the launcher's wait)
     try:
         httpd.serve_forever(poll_interval=0.05)
     finally:

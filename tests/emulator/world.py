@@ -102,25 +102,32 @@ class Config:
     hsdp_shard: int = -1                 # --hsdp-shard-size (-1: derived from the other parallelism)
     hsdp_replicate: int = 1              # --hsdp-replicate-size
     compile_full: bool = False           # --diffusion-compile-granularity full
+    dp: int = 1                          # --data-parallel-size (counts in the real world size)
+    pp: int = 1                          # --pipeline-parallel-size
 
     @classmethod
     def from_args(cls, ns) -> Config:
         cache = None if ns.cache_backend in (None, "none") else ns.cache_backend
-        try:
+        try:  # as 0.30.0 (diffusion/data.py): invalid JSON only warns and the backend defaults apply
             cache_cfg = json.loads(ns.cache_config) if ns.cache_config else {}
-        except json.JSONDecodeError as exc:
-            raise Refusal(f"ValueError: --cache-config is not valid JSON: {exc}") from exc
-        return cls(usp=ns.ulysses_degree or 1, ring=ns.ring_degree or 1, cfg=ns.cfg_parallel_size or 1,
-                   tp=ns.tensor_parallel_size or 1, vae_patch=ns.vae_patch_parallel_size or 1, hsdp=ns.use_hsdp,
+        except json.JSONDecodeError:
+            cache_cfg = {}
+        def degree(value) -> int:  # unset is 1; an explicit 0 stays 0 (the real config build refuses it)
+            return 1 if value is None else int(value)
+
+        return cls(usp=degree(ns.ulysses_degree), ring=degree(ns.ring_degree), cfg=degree(ns.cfg_parallel_size),
+                   tp=degree(ns.tensor_parallel_size), vae_patch=degree(ns.vae_patch_parallel_size), hsdp=ns.use_hsdp,
                    eager=bool(ns.enforce_eager), cpu_offload=ns.enable_cpu_offload,
                    layerwise=ns.enable_layerwise_offload, slicing=ns.vae_use_slicing, tiling=ns.vae_use_tiling,
                    fp8=(ns.quantization or "").lower() == "fp8", cache_backend=cache, cache_config=cache_cfg,
                    hsdp_shard=ns.hsdp_shard_size, hsdp_replicate=ns.hsdp_replicate_size,
-                   compile_full=ns.diffusion_compile_granularity == "full")
+                   compile_full=ns.diffusion_compile_granularity == "full",
+                   dp=getattr(ns, "data_parallel_size", None) or 1, pp=getattr(ns, "pipeline_parallel_size", None) or 1)
 
     @property
     def parallel_world(self) -> int:
-        return self.usp * self.ring * self.cfg * self.tp
+        """DiffusionParallelConfig's other_parallel_world_size: pp x dp x tp x sp x cfg."""
+        return self.usp * self.ring * self.cfg * self.tp * self.dp * self.pp
 
     @property
     def world_size(self) -> int:
@@ -154,26 +161,15 @@ VALID_CACHE_BACKENDS = ("tea_cache", "cache_dit", "mag_cache", "sea_cache", "ste
 
 
 def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -> list[str]:
-    """Refusals (raise) and warnings (returned) at startup, as vLLM-Omni 0.30.0 gives them.
+    """Model-specific refusals (raise) and warnings (returned) that the real engine gives while loading.
 
-    ``devices``: the physical GPU indices the server sees (CUDA_VISIBLE_DEVICES, else all).
+    ``devices``: the physical GPU indices the server sees (CUDA_VISIBLE_DEVICES, else all). The rules the real
+    parser and config build apply before any worker starts live in ``startup.py``.
     """
     model = world["model"]
     warnings = []
-    _check_hsdp(cfg)
-    if cfg.compile_full:
-        blockers = [name for name, on in (("HSDP", cfg.hsdp), ("sequence parallelism", cfg.usp * cfg.ring > 1),
-                                          ("layerwise offload", cfg.layerwise),
-                                          ("CPU offload", cfg.cpu_offload and not cfg.layerwise)) if on]
-        if blockers:
-            raise Refusal("ValueError: diffusion_compile_granularity='full' is incompatible with "
-                          f"{', '.join(blockers)}; use 'regional' compilation instead")
-    if cfg.world_size > len(devices):  # engine/stage_init_utils.py
-        raise Refusal(f"RuntimeError: Stage 0 requires {cfg.world_size} device(s) based on parallel_config, but only "
-                      f"{len(devices)} device(s) are available: {devices} (world_size = ulysses {cfg.usp} x ring "
-                      f"{cfg.ring} x cfg {cfg.cfg} x tp {cfg.tp})")
-    if cfg.cfg not in (1, 2):
-        raise Refusal(f"ValueError: cfg_parallel_size must be 1 or 2, got {cfg.cfg}.")
+    if cfg.cfg > 2:  # diffusion/distributed/cfg_parallel.py (warning_once at the first request)
+        warnings.append(f"cfg_parallel_size={cfg.cfg} > n_branches=2, {cfg.cfg - 2} GPU(s) will be idle for CFG")
     feature_used = {"cfg_parallel": cfg.cfg > 1, "tensor_parallel": cfg.tp > 1, "ulysses_sp": cfg.usp > 1,
                     "ring_sp": cfg.ring > 1, "vae_patch_parallel": cfg.vae_patch > 1, "hsdp": cfg.hsdp,
                     "cpu_offload": cfg.cpu_offload, "layerwise_offload": cfg.layerwise, "fp8": cfg.fp8,
@@ -206,27 +202,6 @@ def check_startup(world: dict, cfg: Config, devices: list[int], pipeline: str) -
         warnings.append("Both enable_cpu_offload and enable_layerwise_offload are set; using layerwise offload "
                         "(legacy flags resolve by priority: distributed layerwise > layerwise > model-level).")
     return warnings
-
-
-def _check_hsdp(cfg: Config) -> None:
-    """DiffusionParallelConfig.__post_init__'s HSDP rules (diffusion/data.py)."""
-    if not cfg.hsdp:
-        return
-    if cfg.tp > 1:
-        raise Refusal("ValueError: HSDP (FSDP2) is not compatible with TP")
-    other = cfg.parallel_world
-    if cfg.hsdp_shard == -1:
-        if cfg.hsdp_replicate <= 0:
-            raise Refusal("ValueError: hsdp_replicate_size must be > 0")
-        if other == 1:
-            raise Refusal("ValueError: Cannot auto-calculate hsdp_shard_size when other parallelism is all 1. "
-                          "Please specify hsdp_shard_size explicitly for standalone HSDP.")
-        if other % cfg.hsdp_replicate:
-            raise Refusal(f"ValueError: Invalid HSDP configuration: replicate_size ({cfg.hsdp_replicate}) must evenly "
-                          f"divide world_size ({other}) when shard_size is -1.")
-    elif other != 1 and cfg.hsdp_shard * cfg.hsdp_replicate != other:
-        raise Refusal(f"ValueError: HSDP dimensions ({cfg.hsdp_replicate} × {cfg.hsdp_shard} = "
-                      f"{cfg.hsdp_replicate * cfg.hsdp_shard}) must equal world_size from other parallelism ({other})")
 
 
 def memory_per_gpu_mib(world: dict, cfg: Config, megapixels: float, frames: int) -> int:
@@ -269,7 +244,7 @@ def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int,
     if model["sp_plan"]:
         speed *= parallel_speedup(cfg.usp, cost["usp_efficiency"]) * parallel_speedup(cfg.ring, cost["ring_efficiency"])
     speed *= parallel_speedup(cfg.tp, cost["tp_efficiency"])
-    if cfg.cfg == 2 and cfg_runs:
+    if cfg.cfg >= 2 and cfg_runs:  # a third CFG rank idles (two branches)
         speed *= cost["cfg_parallel_speedup"]
     speed *= cache_speedup(world, cfg)
     slow = 1.0
@@ -302,11 +277,12 @@ def pixel_noise(world: dict, cfg: Config) -> float:
 
 
 def _cache_effect(world: dict, cfg: Config) -> tuple[float, float]:
-    key = LOSSY_CACHE_KEY.get(cfg.cache_backend or "")
+    backend = cfg.cache_backend or ""
+    key = LOSSY_CACHE_KEY.get(backend)
     if not key:
         return 1.0, 0.0
-    default = {"tea_cache": 0.2, "cache_dit": 0.24}[cfg.cache_backend]  # 0.30.0's defaults (DiffusionCacheConfig)
-    return interpolate(world["cost"][cfg.cache_backend], float(cfg.cache_config.get(key, default)))
+    default = {"tea_cache": 0.2, "cache_dit": 0.24}[backend]  # 0.30.0's defaults (DiffusionCacheConfig)
+    return interpolate(world["cost"][backend], float(cfg.cache_config.get(key, default)))
 
 
 def guidance_runs(guidance_scale: float | None, true_cfg_scale: float | None) -> bool:
@@ -319,7 +295,7 @@ def request_deviations(world: dict, steps: int, guidance_scale: float | None, tr
     """Pixel deviations from request-level settings, as (std, tag, key) each; default settings give std 0."""
     model, cost = world["model"], world["cost"]
     fewer = max(0, model["default_steps"] - steps) / model["default_steps"]
-    out = [(cost["fewer_steps_noise"] * fewer, "steps", steps)]
+    out: list[tuple[float, str, object]] = [(cost["fewer_steps_noise"] * fewer, "steps", steps)]
     if model["uses_cfg"] and not guidance_runs(guidance_scale, true_cfg_scale):
         out.append((cost["cfg_off_noise"], "guidance", "off"))
     elif model["uses_cfg"]:
