@@ -15,11 +15,21 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-from omnitune.tools.capabilities.classes import ModelClasses, methods
+from omnitune.tools.capabilities.classes import FACTORY_SUFFIXES, ModelClasses, methods
 from omnitune.tools.capabilities.facts import VersionFacts
 from omnitune.tools.capabilities.rejections import Finding, scan
 from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport
-from omnitune.tools.capabilities.source import ClassRef, Module, SourceIndex, class_attr, is_empty, names_of, self_calls
+from omnitune.tools.capabilities.source import (
+    ClassRef,
+    Module,
+    SourceIndex,
+    class_attr,
+    dotted_name,
+    facts_of,
+    is_empty,
+    names_of,
+    self_calls,
+)
 
 MODELS_DIR = "diffusion/models/"
 TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
@@ -70,11 +80,17 @@ def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str,
     consumed = facts.markers.get(family, {})
     if not consumed:
         return None
+    preferred = sorted(consumed, key=len)[-1]  # the current name is the longest of a family (…_attrs)
     found = class_attr(mro, tuple(consumed))
     if found is None or is_empty(found[3]):
+        # Assigned on the instance (``self._sp_plan = self._build_sp_plan(...)`` in __init__).
+        for cls in mro:
+            for fn in (s for s in cls.node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))):
+                for attr, node in facts_of(fn).self_assigns:
+                    if attr in consumed and not is_empty(getattr(node, "value", None) or ast.Constant(None)):
+                        return cls.at(node), attr, (family == "layerwise" and attr != preferred)
         return None
     cls, name, stmt, _ = found
-    preferred = sorted(consumed, key=len)[-1]  # the current name is the longest of a family (…_attrs)
     return cls.at(stmt), name, (family == "layerwise" and name != preferred)
 
 
@@ -115,7 +131,14 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
         m[key] = MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes)
 
     dit_name = dit.name if dit else None
-    no_dit = "the DiT class could not be resolved from the pipeline's code"
+    no_dit = "the DiT class could not be resolved from the pipeline's code" + (f" ({mc.dit_note})" if mc.dit_note else "")
+    absent = dit is None and mc.dit_how == "none"   # nothing for DiT-level hooks to act on: a definite "no"
+
+    def put_no_dit(key: str) -> None:
+        if absent:
+            put(key, "unsupported", [pipe.at()], mc.dit_note)
+        else:
+            put(key, "unknown", [], no_dit)
 
     # Sequence parallel (Ulysses / Ring): _sp_plan on the DiT, or SP implemented by hand.
     sp = _marker(dit_mro, facts, "sp_plan") if dit else None
@@ -128,7 +151,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
             put(key, "supported", [sp_custom],
                 f"no _sp_plan, but the model's own code drives sequence parallelism ({label} via the SP group).")
         elif dit is None:
-            put(key, "unknown", [], no_dit)
+            put_no_dit(key)
         else:
             put(key, "unsupported", [dit.at(), facts.sp_no_plan_warning],
                 f"{dit_name} (and its in-package bases) declares no _sp_plan and the model has no manual SP: "
@@ -147,9 +170,9 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
         put("cfg_parallel", "unsupported", [pipe.at()], f"{pipe.name} has no CFG-parallel code path.")
 
     # Tensor parallel: the DiT is built from vLLM's parallel linear layers.
-    tp = _first_use(dit_mods, TP_LAYERS)
+    tp = _tp_use(index, dit_mods)
     if dit is None:
-        put("tensor_parallel", "unknown", [], no_dit)
+        put_no_dit("tensor_parallel")
     elif tp:
         put("tensor_parallel", "supported", [tp], f"{dit_name} uses vLLM parallel linear layers (sharded by TP).")
     else:
@@ -158,20 +181,35 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     # VAE patch parallel: the VAE class must be a DistributedVaeMixin.
     vae_mro = index.mro(mc.vae)[0] if mc.vae else []
     dist = next((c for c in vae_mro if c.name == "DistributedVaeMixin"), None)
-    if dist is not None:
+    if dist is not None and mc.vae_late is None:
         put("vae_patch_parallel", "supported", [mc.vae_evidence, dist.at()],
             f"the VAE ({mc.vae.name}) is a DistributedVaeMixin; patch parallel also enables VAE tiling.")
+    elif mc.vae_late is not None:
+        put("vae_patch_parallel", "unsupported", [mc.vae_late, facts.vae_pp_warning],
+            "the pipeline attaches its VAE outside __init__, after vLLM-Omni's DistributedVaeMixin check at model "
+            "construction: vae_patch_parallel_size is ignored with a warning.")
+    elif mc.vae is None and mc.vae_assigned is not None and not _external_vae(index, mc):
+        put("vae_patch_parallel", "unknown", [mc.vae_assigned],
+            "the pipeline sets self.vae, but the analysis cannot tell which class it builds there; vLLM-Omni "
+            "applies VAE patch parallel only to a DistributedVaeMixin.")
+    elif mc.vae is None and mc.vae_assigned is None:
+        put("vae_patch_parallel", "unsupported", [pipe.at(), facts.vae_pp_warning],
+            f"{pipe.name} has no `vae` attribute: vae_patch_parallel_size is ignored with a warning.")
     else:
-        vname = mc.vae.name if mc.vae else "not an in-package class"
-        put("vae_patch_parallel", "unsupported", [mc.vae_evidence, facts.vae_pp_warning],
+        vname = mc.vae.name if mc.vae else "a class outside vllm_omni"
+        put("vae_patch_parallel", "unsupported", [mc.vae_evidence or mc.vae_assigned, facts.vae_pp_warning],
             f"the VAE ({vname}) is not a DistributedVaeMixin: vae_patch_parallel_size is ignored with a warning.")
 
+    own_compile = _setup_compile(mc)
     # Marker-driven methods on the DiT.
     for key, family, what in (("hsdp", "hsdp", "HSDP shards the blocks it names"),
                               ("regional_compile", "repeated_blocks", "torch.compile compiles each repeated block"),
                               ("layerwise_offload", "layerwise", "layerwise offload streams these blocks")):
+        if key == "regional_compile" and own_compile is not None:
+            put(key, own_compile[0], [own_compile[1]], own_compile[2])
+            continue
         if dit is None:
-            put(key, "unknown", [], no_dit)
+            put_no_dit(key)
             continue
         found = _marker(dit_mro, facts, family)
         if found:
@@ -196,7 +234,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
 
     # FP8: the DiT must accept vLLM's quant_config (its linear layers are then quantized).
     if dit is None:
-        put("fp8", "unknown", [], no_dit)
+        put_no_dit("fp8")
     else:
         init = methods(dit_mro).get("__init__")
         args = [a.arg for a in (init[1].args.args + init[1].args.kwonlyargs)] if init else []
@@ -225,6 +263,8 @@ def _caches(m, put, facts: VersionFacts, mc: ModelClasses, arch: str, no_cache: 
         put("tea_cache", "supported", [tea_enablers[pipe.name]], f"custom TeaCache enabler for {pipe.name}.")
     elif dit is not None and dit.name in extractors:
         put("tea_cache", "supported", [extractors[dit.name]], f"TeaCache extractor registered for {dit.name}.")
+    elif dit is None and mc.dit_how == "none":
+        put("tea_cache", "unsupported", [facts.teacache_miss or pipe.at()], mc.dit_note)
     elif dit is None:
         put("tea_cache", "unknown", [], "the DiT class could not be resolved, and TeaCache is keyed on its name")
     else:
@@ -236,12 +276,101 @@ def _caches(m, put, facts: VersionFacts, mc: ModelClasses, arch: str, no_cache: 
     adapter = _marker(mc.dit_mro, facts, "cache_dit_adapter") if dit else None
     if pipe.name in dit_enablers:
         put("cache_dit", "supported", [dit_enablers[pipe.name]], f"custom Cache-DiT enabler for {pipe.name}.")
-    elif adapter:
+        effect(m, "yes", [dit_enablers[pipe.name]], f"vLLM-Omni's own enabler for {pipe.name} installs the cache.")
+    elif adapter and dit is not None:
         put("cache_dit", "supported", [adapter[0]], f"{dit.name} declares {adapter[1]}.")
+        effect(m, "yes", [adapter[0]], f"{dit.name} declares the blocks Cache-DiT caches ({adapter[1]}).")
+    elif mc.dit_how == "none":
+        put("cache_dit", "rejected", [pipe.at(), facts.cachedit_fallback],
+            f"{pipe.name} has no custom enabler and no DiT attribute for the generic Cache-DiT path: enabling it "
+            "raises at start-up. " + mc.dit_note)
+        effect(m, "no", [facts.cachedit_fallback], "the server does not start with --cache-backend cache_dit.")
     else:
-        put("cache_dit", "unknown", [facts.cachedit_fallback],
-            "no vLLM-Omni enabler or adapter config: Cache-DiT falls back to the cache-dit library's built-in "
-            f"adapters for {dit.name if dit else 'the DiT'}, which live outside vllm_omni (try it, compare outputs).")
+        put("cache_dit", "supported", [facts.cachedit_fallback],
+            "vLLM-Omni lets the pipeline run with --cache-backend cache_dit: without an enabler or adapter config it "
+            f"hands {dit.name if dit else 'the DiT'} to the cache-dit library's built-in adapters.")
+        effect(m, "unknown", [facts.cachedit_fallback],
+               "whether it takes effect depends on the cache-dit library (outside vllm_omni) having a built-in "
+               f"adapter for {dit.name if dit else 'the DiT'}; without one, start-up fails. Benchmark and compare.")
+
+
+def effect(m: dict[str, MethodSupport], value: str, evidence: list[str | None], notes: str) -> None:
+    """Whether an allowed method actually changes the computation (a separate question from "allowed")."""
+    cur = m["cache_dit"]
+    m["cache_dit"] = cur.model_copy(update={"takes_effect": value, "effect_evidence": [e for e in evidence if e],
+                                            "effect_notes": notes})
+
+
+def _tp_use(index: SourceIndex, mods: list[Module], depth: int = 0) -> str | None:
+    """First vLLM parallel linear layer built with TP on (``disable_tp=True`` replicates the layer).
+
+    Layers wrapped in an in-package class of another module (attention / FFN helpers) count too.
+    """
+    seen: set[str] = {m.name for m in mods}
+    for mod in mods:
+        if not any(n in mod.text for n in TP_LAYERS) and depth > 0:
+            continue
+        best: ast.Call | None = None
+        helpers: list[Module] = []
+        for node in ast.walk(mod.tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = (dotted_name(node.func) or "").rpartition(".")[2]
+            if name in TP_LAYERS:
+                off = any(k.arg == "disable_tp" and isinstance(k.value, ast.Constant) and k.value.value is True
+                          for k in node.keywords)
+                if not off and (best is None or node.lineno < best.lineno):
+                    best = node
+            elif depth < 2 and name and name[:1].isupper():
+                target = mod.imports.get(name)
+                if target and target[0].startswith("vllm_omni") and target[0] not in seen:
+                    other = index.module(target[0])
+                    if other is not None and any(n in other.text for n in TP_LAYERS):
+                        seen.add(target[0])
+                        helpers.append(other)
+        if best is not None:
+            return mod.at(best)
+        found = _tp_use(index, helpers, depth + 1) if helpers else None
+        if found:
+            return found
+    return None
+
+
+COMPILE_CALLS = {"regionally_compile", "compile_regions", "compile_repeated_blocks"}
+
+
+def _setup_compile(mc: ModelClasses) -> tuple[str, str, str] | None:
+    """A pipeline's own ``setup_compile`` replaces the runner's compile step (status, evidence, note)."""
+    table = methods(mc.pipeline_mro)
+    found = table.get("setup_compile")
+    if found is None or not own(found[0]):
+        return None
+    cls, fn = found
+    names = names_of(fn)
+    hit = next((names[n] for n in COMPILE_CALLS if n in names), None)
+    if hit is None and "compile" in names:
+        hit = names["compile"]
+    if hit is not None:
+        return ("supported", cls.at(hit), f"{mc.pipeline.name}.setup_compile compiles the DiT regions itself "
+                "(the runner calls it instead of its own regional compile).")
+    return ("unsupported", cls.at(fn), f"{mc.pipeline.name}.setup_compile replaces the runner's compile step and "
+            "compiles nothing.")
+
+
+def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
+    """``self.vae = AutoencoderKL.from_pretrained(...)`` with a class imported from outside vllm_omni."""
+    if mc.vae_call is None:
+        return False
+    mod, call = mc.vae_call
+    names = [dotted_name(call.func) or ""] + [dotted_name(a) or "" for a in call.args]
+    for name in names:
+        head, _, last = name.rpartition(".")
+        cls = head if last in FACTORY_SUFFIXES else name
+        head = cls.split(".")[0]
+        target = (mod.imports.get(head) or index.local_imports(mod).get(head)) if cls and cls[:1].isupper() else None
+        if target and not target[0].startswith("vllm_omni"):
+            return True
+    return False
 
 
 def _refusals(m: dict[str, MethodSupport], classes: list[ClassRef], mods: list[Module]) -> list[Constraint]:

@@ -33,6 +33,11 @@ class MethodSupport(BaseModel):
     status: Status = Field(description="supported | unsupported | rejected (the model raises when asked) | unknown.")
     evidence: list[str] = Field(default_factory=list, description="'path:line' in the vllm_omni package that decided it.")
     notes: str = Field("", description="Why, in one or two sentences (and the reason when status is unknown).")
+    takes_effect: Literal["yes", "no", "unknown"] | None = Field(
+        None, description="Cache-DiT: whether an allowed method really changes the computation (status answers "
+                          "whether vLLM-Omni lets the server run with it); None where the question does not apply.")
+    effect_evidence: list[str] = Field(default_factory=list, description="'path:line' that decided takes_effect.")
+    effect_notes: str = ""
 
 
 class Constraint(BaseModel):

@@ -91,6 +91,14 @@ def _top_level(tree: ast.Module):
         yield node
 
 
+def _import_source(node: ast.ImportFrom, pkg_parts: list[str]) -> str:
+    """The dotted module a ``from ... import`` reads (relative imports resolved against the package)."""
+    if not node.level:
+        return node.module or ""
+    base = pkg_parts[: len(pkg_parts) - (node.level - 1)] if node.level > 1 else pkg_parts
+    return ".".join([*base, *(node.module.split(".") if node.module else [])])
+
+
 class SourceIndex:
     """Parses modules of one vllm_omni package folder lazily and resolves names across them."""
 
@@ -98,6 +106,7 @@ class SourceIndex:
         self.root = root
         self._modules: dict[str, Module | None] = {}
         self.files: dict[str, float] = {}     # rel path -> mtime of every file read
+        self._local_imports: dict[str, dict[str, tuple[str, str | None]]] = {}
 
     # -- modules ------------------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
@@ -152,11 +161,7 @@ class SourceIndex:
                     else:
                         mod.imports.setdefault(a.name.split(".")[0], (a.name.split(".")[0], None))
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = pkg_parts[: len(pkg_parts) - (node.level - 1)] if node.level > 1 else pkg_parts
-                    src = ".".join([*base, *(node.module.split(".") if node.module else [])])
-                else:
-                    src = node.module or ""
+                src = _import_source(node, pkg_parts)
                 for a in node.names:
                     if a.name != "*":
                         mod.imports[a.asname or a.name] = (src, a.name)
@@ -192,6 +197,31 @@ class SourceIndex:
                 return found
         sub = self.module(f"{src}.{attr}")  # `from pkg import submodule` is not a class
         return None if sub is not None else None
+
+    def local_imports(self, mod: Module) -> dict[str, tuple[str, str | None]]:
+        """``from .x import Y`` inside functions (lazy imports), which ``_index`` does not see."""
+        found = self._local_imports.get(mod.name)
+        if found is None:
+            found = self._local_imports[mod.name] = {}
+            if "import" in mod.text:
+                pkg_parts = mod.name.split(".") if mod.path.name == "__init__.py" else mod.name.split(".")[:-1]
+                for fn in ast.walk(mod.tree):
+                    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        continue
+                    for node in ast.walk(fn):
+                        if isinstance(node, ast.ImportFrom):
+                            src = _import_source(node, pkg_parts)
+                            for a in node.names:
+                                if a.name != "*":
+                                    found.setdefault(a.asname or a.name, (src, a.name))
+        return found
+
+    def resolve_local_import(self, mod: Module, name: str) -> ClassRef | None:
+        target = self.local_imports(mod).get(name) if "." not in name else None
+        if target is None or not target[0].startswith(PKG) or target[1] is None:
+            return None
+        other = self.module(target[0])
+        return self.resolve_class(other, target[1]) if other is not None else None
 
     def external_name(self, mod: Module, name: str) -> str:
         """A readable name for a base outside the package (e.g. ``diffusers...ModelMixin`` -> ModelMixin)."""
