@@ -94,10 +94,88 @@ def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str,
     return cls.at(stmt), name, (family == "layerwise" and name != preferred)
 
 
-def _cfg_reach(mc: ModelClasses, own_mods: list[Module]) -> str | None:
+def aliases(index: SourceIndex, mod: Module, names: set[str]) -> set[str]:
+    """``names`` plus what ``mod`` imports them as (``get_cfg_group as get_guidance_parallel_group``)."""
+    out = set(names)
+    for table in (mod.imports, index.local_imports(mod)):
+        out |= {local for local, (src, attr) in table.items() if attr in names and src.startswith("vllm_omni")}
+    return out
+
+
+def _real_uses(fn: ast.AST, names: set[str]) -> list[ast.AST]:
+    """Uses of ``names`` in ``fn`` that do work: a use only inside a refusal (``if cfg_world() > 1: raise``,
+    ``assert``) checks the group, it does not split anything."""
+    checks: set[int] = set()
+    for node in facts_of(fn).checks:
+        if isinstance(node, ast.Assert) or (isinstance(node, ast.If) and node.body
+                                             and isinstance(node.body[0], ast.Raise)):
+            checks |= {id(n) for n in ast.walk(node.test)}
+    out = []
+    for n in ast.walk(fn):
+        name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
+        if name in names and id(n) not in checks:
+            out.append(n)
+    return out
+
+
+CFG_SWITCHES = {"do_classifier_free_guidance", "do_true_cfg", "do_cfg"}
+
+
+def _cfg_switched_off(mc: ModelClasses) -> str | None:
+    """``sp.do_classifier_free_guidance = False`` unconditionally in the pipeline's own code (DMD2 mixins)."""
+    for cls in mc.pipeline_mro:
+        if not cls.module.rel.startswith(MODELS_DIR):
+            continue
+        for fn in cls.node.body:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            todo = list(fn.body)
+            while todo:
+                stmt = todo.pop(0)
+                if isinstance(stmt, (ast.For, ast.With)):
+                    todo[:0] = stmt.body
+                elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) \
+                        and stmt.value.value is False:
+                    for t in stmt.targets:
+                        name = t.attr if isinstance(t, ast.Attribute) else t.id if isinstance(t, ast.Name) else None
+                        if name in CFG_SWITCHES:
+                            return cls.at(stmt)
+    return None
+
+
+def used_classes(mc: ModelClasses, own_mods: list[Module]) -> list[ClassRef]:
+    """Helper classes of the model's own modules that its code actually builds (samplers, inner pipelines).
+
+    A sibling class that merely shares a file with the pipeline is not part of it.
+    """
+    start = [c for c in [*mc.pipeline_mro, *mc.dit_mro] if own(c)]
+    seen = {c.key for c in start}
+    names: set[str] = set()
+    for c in start:
+        names |= names_of(c.node).keys()
+    out: list[ClassRef] = []
+    changed = True
+    while changed:
+        changed = False
+        for mod in own_mods:
+            for cname, node in mod.classes.items():
+                ref = ClassRef(mod, node)
+                if ref.key not in seen and cname in names:
+                    seen.add(ref.key)
+                    out.append(ref)
+                    names |= names_of(node).keys()
+                    changed = True
+    return out
+
+
+def _cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> str | None:
     """Line in the model's own code that reaches the CFG-parallel path (directly or via self-methods)."""
-    table = methods(mc.pipeline_mro + [c for c in mc.dit_mro if own(c)])
-    aware = {name for name, (_, fn) in table.items() if CFG_CALLS & names_of(fn).keys()}
+    helpers = used_classes(mc, own_mods)
+    table = methods(mc.pipeline_mro + [c for c in mc.dit_mro if own(c)] + helpers)
+    known = {m.name: aliases(index, m, CFG_CALLS) for m in own_mods}
+    for cls, _ in table.values():
+        known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
+    aware = {name for name, (cls, fn) in table.items() if _real_uses(fn, known[cls.module.name])}
     changed = True
     while changed:
         changed = False
@@ -105,16 +183,22 @@ def _cfg_reach(mc: ModelClasses, own_mods: list[Module]) -> str | None:
             if name not in aware and aware & self_calls(fn).keys():
                 aware.add(name)
                 changed = True
-    for cls in [*mc.pipeline_mro, *mc.dit_mro]:
+    for cls in [*mc.pipeline_mro, *mc.dit_mro, *helpers]:
         if not own(cls):
             continue
+        known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
         for stmt in cls.node.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                direct = [n for i, n in names_of(stmt).items() if i in CFG_CALLS]
+                direct = _real_uses(stmt, known[cls.module.name])
                 via = [n for i, n in self_calls(stmt).items() if i in aware]
                 if direct or via:
                     return cls.at(min(direct + via, key=lambda n: n.lineno))
-    return _first_use(own_mods, CFG_CALLS)
+    for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
+        for fn in mod.functions.values():
+            uses = _real_uses(fn, known[mod.name])
+            if uses:
+                return mod.at(uses[0])
+    return None
 
 
 def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str,
@@ -123,7 +207,8 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     dit_mro = mc.dit_mro
     own_classes = [c for c in [*mc.pipeline_mro, *dit_mro] if own(c)]
     own_mods = list({c.module.name: c.module for c in own_classes}.values())
-    own_mods += _folder_imports(index, pipe.module, own_mods)
+    for mod in list(own_mods):
+        own_mods += _folder_imports(index, mod, own_mods)
     dit_mods = list({c.module.name: c.module for c in dit_mro if own(c)}.values())
     m: dict[str, MethodSupport] = {}
 
@@ -142,7 +227,10 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
 
     # Sequence parallel (Ulysses / Ring): _sp_plan on the DiT, or SP implemented by hand.
     sp = _marker(dit_mro, facts, "sp_plan") if dit else None
-    sp_custom = _first_use(own_mods, SP_CALLS)
+    sp_custom = next((mod.at(n) for mod in own_mods for fn in mod.functions.values()
+                      for n in _real_uses(fn, aliases(index, mod, SP_CALLS))), None) \
+        or next((c.at(n) for c in [*own_classes, *used_classes(mc, own_mods)] for fn in c.node.body
+                 if isinstance(fn, ast.FunctionDef) for n in _real_uses(fn, aliases(index, c.module, SP_CALLS))), None)
     for key, label in (("ulysses_sp", "Ulysses"), ("ring_sp", "Ring")):
         if sp:
             put(key, "supported", [sp[0], *facts.markers["sp_plan"].values()],
@@ -158,9 +246,14 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
                 "vLLM-Omni warns and runs without sequence parallelism.")
 
     # CFG parallel: the model's code must reach the CFG group (predict_noise_maybe_with_cfg et al.).
-    reach = _cfg_reach(mc, own_mods)
+    reach = _cfg_reach(index, mc, own_mods)
     mixin = next((c for c in mc.pipeline_mro if c.name == "CFGParallelMixin"), None)
-    if reach:
+    off = _cfg_switched_off(mc)
+    if reach and off:
+        put("cfg_parallel", "unsupported", [off, reach],
+            f"{pipe.name} switches classifier-free guidance off for every request (distilled): there is no "
+            "negative branch for CFG parallel to split, so cfg_parallel_size > 1 only idles GPUs.")
+    elif reach:
         put("cfg_parallel", "supported", [reach, mixin.at() if mixin else None],
             "the denoising code splits the positive/negative branches over the CFG group.")
     elif mixin is not None:
@@ -180,10 +273,14 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
 
     # VAE patch parallel: the VAE class must be a DistributedVaeMixin.
     vae_mro = index.mro(mc.vae)[0] if mc.vae else []
+    own_vae_pp = _first_use([m for m in own_mods if m.rel.startswith(MODELS_DIR)], {"vae_patch_parallel_size"})
     dist = next((c for c in vae_mro if c.name == "DistributedVaeMixin"), None)
     if dist is not None and mc.vae_late is None:
         put("vae_patch_parallel", "supported", [mc.vae_evidence, dist.at()],
             f"the VAE ({mc.vae.name}) is a DistributedVaeMixin; patch parallel also enables VAE tiling.")
+    elif own_vae_pp is not None and mc.vae is None:
+        put("vae_patch_parallel", "supported", [own_vae_pp],
+            "the model's own code reads vae_patch_parallel_size and splits its VAE work itself.")
     elif mc.vae_late is not None:
         put("vae_patch_parallel", "unsupported", [mc.vae_late, facts.vae_pp_warning],
             "the pipeline attaches its VAE outside __init__, after vLLM-Omni's DistributedVaeMixin check at model "

@@ -253,6 +253,38 @@ def _folder_dit(index: SourceIndex, pipeline: ClassRef) -> tuple[ClassRef | None
     return None, "several classes of its model folder declare DiT markers: " + ", ".join(r.name for r in roots)
 
 
+def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> None:
+    """A VAE attached by a loader function of the model folder (``pipeline.vae = _load(profile.vae_cls, ...)``).
+
+    The class is taken as resolved when every VAE class that loader module names is a DistributedVaeMixin.
+    """
+    if not pipeline.module.rel.startswith("diffusion/models/"):
+        return
+    for path in sorted(pipeline.module.path.parent.glob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        if ".vae =" not in text:
+            continue
+        mod = index.module_at(index.rel(path))
+        if mod is None:
+            continue
+        node = next((n for n in ast.walk(mod.tree) if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Attribute) and t.attr == "vae" for t in n.targets)), None)
+        if node is None:
+            continue
+        out.vae_assigned = mod.at(node)
+        named = [mod.imports.get(k) for k in mod.imports if "Autoencoder" in k or "Vae" in k or "VAE" in k]
+        refs = [index.resolve_class(mod, k) for k in mod.imports if "Autoencoder" in k or "Vae" in k or "VAE" in k]
+        refs = [r for r in refs if r is not None]
+        if refs and len(refs) == len([n for n in named if n and n[0].startswith("vllm_omni")]):
+            dist = [r for r in refs if any(c.name == "DistributedVaeMixin" for c in index.mro(r)[0])]
+            if dist and len(dist) == len(refs):
+                out.vae, out.vae_evidence = dist[0], out.vae_assigned
+        return
+
+
 def dit_attr_defaults(index: SourceIndex) -> tuple[str, ...]:
     """The attribute names the installed SP hooks try when a pipeline declares no ``_dit_modules``."""
     mod = index.module("vllm_omni.diffusion.registry")
@@ -298,6 +330,8 @@ def model_classes(index: SourceIndex, pipeline: ClassRef) -> ModelClasses:
             where = next((c.at(n) for c, f, n in _assignments(mro, "vae")
                           if _Resolver(index, mro).from_expr(c.module, n.value, f) is not None), out.vae_assigned)
             out.vae_evidence = where
+    if vae_at is None:
+        _folder_vae(index, pipeline, out)
     if out.dit is None:
         assigned = any(next(iter(_assignments(mro, a.partition(".")[0])), None) for a in attrs)
         found, why = _folder_dit(index, pipeline)

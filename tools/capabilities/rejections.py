@@ -9,6 +9,7 @@ a test combining several settings becomes a combination constraint, not a reject
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 
 from omnitune.tools.capabilities.source import Module, dotted_name, facts_of, string_keys
@@ -127,7 +128,11 @@ def classify(test: ast.AST, negate: bool = False) -> list[tuple[str, tuple[str, 
     if isinstance(op, ast.Gt) and ints[0] > 1:
         return [("one_of", methods, setting, list(range(1, ints[0] + 1)))]
     if isinstance(op, ast.NotIn):
-        return [("one_of", methods, setting, sorted(ints))]
+        every_const = isinstance(right, (ast.Tuple, ast.List, ast.Set)) and all(
+            isinstance(e, ast.Constant) for e in right.elts)
+        if ints == [1] and not every_const:  # `x not in (1, world_size)`: a limit, not a refusal
+            return []
+        return [("rejected" if ints == [1] else "one_of", methods, setting, sorted(ints))]
     if isinstance(op, ast.NotEq) and ints[0] > 1:
         return [("one_of", methods, setting, sorted({1, ints[0]}))]
     return []
@@ -156,11 +161,46 @@ def _message(node: ast.AST | None) -> str:
     return "".join(parts).strip()[:240]
 
 
-def _raises(body: list[ast.stmt]) -> ast.Raise | None:
+def _raises(body: list[ast.stmt], collectors: dict[str, ast.Raise] | None = None) -> ast.Raise | None:
+    """The raise a branch ends in; ``problems.append(...)`` counts when ``if problems: raise`` follows."""
     for stmt in body:
         if isinstance(stmt, ast.Raise):
             return stmt
+        if collectors and isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) \
+                and isinstance(stmt.value.func, ast.Attribute) and stmt.value.func.attr in ("append", "extend", "add") \
+                and isinstance(stmt.value.func.value, ast.Name) and stmt.value.func.value.id in collectors:
+            return collectors[stmt.value.func.value.id]
     return None
+
+
+def _collectors(fn: ast.AST) -> dict[str, ast.Raise]:
+    """Local lists of problems raised together at the end: ``if unsupported: raise ValueError(...)``."""
+    out: dict[str, ast.Raise] = {}
+    for node in facts_of(fn).checks:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name):
+            found = _raises(node.body)
+            if found is not None:
+                out[node.test.id] = found
+    return out
+
+
+STEP_MODE = re.compile(r"(^|_)step(_|$)")
+
+
+def step_mode_only(fn: ast.AST) -> bool:
+    """Code of the step-execution mode only (``_validate_step_request(self, state: StepRequestState)``)."""
+    name = getattr(fn, "name", "")
+    if STEP_MODE.search(name):
+        return True
+    args = getattr(fn, "args", None)
+    if isinstance(args, ast.arguments):
+        for a in args.args:
+            ann = a.annotation
+            text = ann.value if isinstance(ann, ast.Constant) and isinstance(ann.value, str) else \
+                (dotted_name(ann) if ann is not None else None)
+            if text and "Step" in text:
+                return True
+    return False
 
 
 def _aliases(fn: ast.AST) -> dict[str, str]:
@@ -243,11 +283,13 @@ def scan(mod: Module, fn: ast.AST) -> list[Finding]:
         return out
     _ENV.clear()
     _ENV.update(_aliases(fn))
+    collectors = _collectors(fn)
+    mode = step_mode_only(fn)
     found: list[tuple[ast.AST, list[ast.AST], dict]] = []
     _walk(getattr(fn, "body", []), [], fn, found)
     for node, outer, env in found:
         if isinstance(node, ast.If):
-            raise_ = _raises(node.body)
+            raise_ = _raises(node.body, collectors)
             if raise_ is None:
                 continue
             test, negate, msg_node = node.test, False, raise_.exc
@@ -262,7 +304,9 @@ def scan(mod: Module, fn: ast.AST) -> list[Finding]:
                 continue
             extra = [t for t in outer if not _guard(t, methods)]
             condition = " and ".join(ast.unparse(t) for t in [*extra, test]) if extra else ast.unparse(test)
-            if extra and kind == "rejected":
+            if mode:
+                condition = f"step_execution and {condition}"
+            if (extra or mode) and kind == "rejected":
                 kind = "combination"
             out.append(Finding(kind, methods, parameter, condition, _message(msg_node), mod.at(node), values))
     _ENV.clear()
