@@ -127,10 +127,10 @@ def _refused(method: str, base: str, got: str) -> bool:
 
 def pipeline_row(arch: str, entry: tuple, hint: dict, regs: dict, no_cache: set[str], folder: str) -> dict:
     row: dict = {"pipeline_class": arch, "import_error": None, "dit_class": hint.get("dit_class"),
-                 "cells": {k: None for k in KEYS}, "how": {}, "probes": {}}
+                 "cells": dict.fromkeys(KEYS), "how": {}, "probes": {}}
     mod_folder, rel, cls_name = entry
     try:
-        mod = importlib.import_module(f"vllm_omni.diffusion.models.{mod_folder}.{rel}")
+        mod = _import_with_shims(f"vllm_omni.diffusion.models.{mod_folder}.{rel}", SHIMS)
         cls = getattr(mod, cls_name)
     except BaseException as exc:  # noqa: BLE001
         row["import_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -191,6 +191,35 @@ def pipeline_row(arch: str, entry: tuple, hint: dict, regs: dict, no_cache: set[
     return row
 
 
+def _import_with_shims(module: str, shims: list[str], limit: int = 40):
+    """Import ``module``; a name an older release expects from the installed vllm / transformers but that
+    they no longer have is stubbed (recorded in the output), so that its classes can still be imported and read."""
+    import re
+
+    for _ in range(limit):
+        try:
+            return importlib.import_module(module)
+        except ImportError as exc:
+            found = re.search(r"cannot import name '(\w+)' from '([\w.]+)'", str(exc))
+            if not found or found.group(2).startswith("vllm_omni"):
+                raise
+            name, source = found.groups()
+            target = importlib.import_module(source)
+            if name[:1].isupper():
+                setattr(target, name, type(name, (), {"__init__": lambda self, *a, **k: None}))
+            else:
+                setattr(target, name, lambda *_a, **_k: False)
+            shims.append(f"{source}.{name}")
+            for key in [k for k in sys.modules if k == module or k.startswith(module + ".")
+                        or (k.startswith("vllm_omni.diffusion.models.") and k not in _LOADED)]:
+                sys.modules.pop(key, None)
+    raise ImportError(f"{module} did not import after {limit} shims")
+
+
+_LOADED: set[str] = set()
+SHIMS: list[str] = []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", type=Path, help="a vllm-omni source folder to import instead of the installed one")
@@ -202,6 +231,13 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     signal.signal(signal.SIGALRM, _alarm)
     started = time.time()
+    try:
+        _import_with_shims("vllm_omni.diffusion.registry", SHIMS)
+        _LOADED.update(k for k in sys.modules if k.startswith("vllm_omni.diffusion.models."))
+    except BaseException as exc:  # noqa: BLE001 - the whole release cannot be executed here: that is the answer
+        out = {"vllm_omni_version": None, "import_error": f"{type(exc).__name__}: {str(exc)[:300]}", "rows": []}
+        args.out.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        return
     import vllm_omni
     from vllm_omni.diffusion import registry
     hints = json.loads(args.hints.read_text())
@@ -212,7 +248,7 @@ def main() -> None:
         for arch, entry in sorted(registry._DIFFUSION_MODELS.items()):
             rows.append(pipeline_row(arch, entry, hints.get(arch, {}), regs, no_cache, folder))
             print(arch, file=sys.stderr, flush=True)
-    out = {"vllm_omni_version": getattr(vllm_omni, "__version__", "?"), "vllm_omni_path": vllm_omni.__file__,
+    out = {"vllm_omni_version": getattr(vllm_omni, "__version__", "?"), "shims": sorted(set(SHIMS)),
            "seconds": round(time.time() - started, 1), "rows": rows}
     args.out.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
 

@@ -16,6 +16,17 @@ import ast
 from dataclasses import dataclass
 
 from omnitune.tools.capabilities.classes import FACTORY_SUFFIXES, ModelClasses, methods
+from omnitune.tools.capabilities.codepaths import (
+    MODELS_DIR,
+    aliases,
+    cfg_reach,
+    cfg_switched_off,
+    own,
+    real_uses,
+    setup_compile,
+    tp_use,
+    used_classes,
+)
 from omnitune.tools.capabilities.facts import VersionFacts
 from omnitune.tools.capabilities.rejections import Finding, scan
 from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport
@@ -27,15 +38,10 @@ from omnitune.tools.capabilities.source import (
     dotted_name,
     facts_of,
     is_empty,
-    names_of,
-    self_calls,
 )
 
-MODELS_DIR = "diffusion/models/"
-TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
 SP_CALLS = {"get_sequence_parallel_world_size", "get_ulysses_parallel_world_size", "get_ring_parallel_world_size",
             "get_sp_group", "get_sequence_parallel_rank"}
-CFG_CALLS = {"get_classifier_free_guidance_world_size", "get_cfg_group", "get_classifier_free_guidance_rank"}
 MOE_NAMES = {"FusedMoE", "enable_expert_parallel"}
 CFG_HINTS = {"do_classifier_free_guidance", "true_cfg_scale", "negative_prompt_embeds", "do_true_cfg", "guidance_scale"}
 
@@ -45,11 +51,6 @@ class Analysis:
     methods: dict[str, MethodSupport]
     constraints: list[Constraint]
     uses_cfg: bool | None
-
-
-def own(cls: ClassRef) -> bool:
-    """Model-specific code lives in a model folder (not in shared mixins such as models/interface.py)."""
-    return cls.module.rel.startswith(MODELS_DIR) and cls.module.rel.count("/") >= 3
 
 
 def _first_use(mods: list[Module], names: set[str]) -> str | None:
@@ -94,113 +95,6 @@ def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str,
     return cls.at(stmt), name, (family == "layerwise" and name != preferred)
 
 
-def aliases(index: SourceIndex, mod: Module, names: set[str]) -> set[str]:
-    """``names`` plus what ``mod`` imports them as (``get_cfg_group as get_guidance_parallel_group``)."""
-    out = set(names)
-    for table in (mod.imports, index.local_imports(mod)):
-        out |= {local for local, (src, attr) in table.items() if attr in names and src.startswith("vllm_omni")}
-    return out
-
-
-def _real_uses(fn: ast.AST, names: set[str]) -> list[ast.AST]:
-    """Uses of ``names`` in ``fn`` that do work: a use only inside a refusal (``if cfg_world() > 1: raise``,
-    ``assert``) checks the group, it does not split anything."""
-    checks: set[int] = set()
-    for node in facts_of(fn).checks:
-        if isinstance(node, ast.Assert) or (isinstance(node, ast.If) and node.body
-                                             and isinstance(node.body[0], ast.Raise)):
-            checks |= {id(n) for n in ast.walk(node.test)}
-    out = []
-    for n in ast.walk(fn):
-        name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
-        if name in names and id(n) not in checks:
-            out.append(n)
-    return out
-
-
-CFG_SWITCHES = {"do_classifier_free_guidance", "do_true_cfg", "do_cfg"}
-
-
-def _cfg_switched_off(mc: ModelClasses) -> str | None:
-    """``sp.do_classifier_free_guidance = False`` unconditionally in the pipeline's own code (DMD2 mixins)."""
-    for cls in mc.pipeline_mro:
-        if not cls.module.rel.startswith(MODELS_DIR):
-            continue
-        for fn in cls.node.body:
-            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            todo = list(fn.body)
-            while todo:
-                stmt = todo.pop(0)
-                if isinstance(stmt, (ast.For, ast.With)):
-                    todo[:0] = stmt.body
-                elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) \
-                        and stmt.value.value is False:
-                    for t in stmt.targets:
-                        name = t.attr if isinstance(t, ast.Attribute) else t.id if isinstance(t, ast.Name) else None
-                        if name in CFG_SWITCHES:
-                            return cls.at(stmt)
-    return None
-
-
-def used_classes(mc: ModelClasses, own_mods: list[Module]) -> list[ClassRef]:
-    """Helper classes of the model's own modules that its code actually builds (samplers, inner pipelines).
-
-    A sibling class that merely shares a file with the pipeline is not part of it.
-    """
-    start = [c for c in [*mc.pipeline_mro, *mc.dit_mro] if own(c)]
-    seen = {c.key for c in start}
-    names: set[str] = set()
-    for c in start:
-        names |= names_of(c.node).keys()
-    out: list[ClassRef] = []
-    changed = True
-    while changed:
-        changed = False
-        for mod in own_mods:
-            for cname, node in mod.classes.items():
-                ref = ClassRef(mod, node)
-                if ref.key not in seen and cname in names:
-                    seen.add(ref.key)
-                    out.append(ref)
-                    names |= names_of(node).keys()
-                    changed = True
-    return out
-
-
-def _cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> str | None:
-    """Line in the model's own code that reaches the CFG-parallel path (directly or via self-methods)."""
-    helpers = used_classes(mc, own_mods)
-    table = methods(mc.pipeline_mro + [c for c in mc.dit_mro if own(c)] + helpers)
-    known = {m.name: aliases(index, m, CFG_CALLS) for m in own_mods}
-    for cls, _ in table.values():
-        known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
-    aware = {name for name, (cls, fn) in table.items() if _real_uses(fn, known[cls.module.name])}
-    changed = True
-    while changed:
-        changed = False
-        for name, (_, fn) in table.items():
-            if name not in aware and aware & self_calls(fn).keys():
-                aware.add(name)
-                changed = True
-    for cls in [*mc.pipeline_mro, *mc.dit_mro, *helpers]:
-        if not own(cls):
-            continue
-        known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
-        for stmt in cls.node.body:
-            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                direct = _real_uses(stmt, known[cls.module.name])
-                via = [n for i, n in self_calls(stmt).items() if i in aware]
-                if direct or via:
-                    return cls.at(min(direct + via, key=lambda n: n.lineno))
-    for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
-        for fn in mod.functions.values():
-            uses = _real_uses(fn, known[mod.name])
-            if uses:
-                return mod.at(uses[0])
-    return None
-
-
 def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str,
             no_cache: dict[str, str]) -> Analysis:
     pipe, dit = mc.pipeline, mc.dit
@@ -216,7 +110,8 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
         m[key] = MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes)
 
     dit_name = dit.name if dit else None
-    no_dit = "the DiT class could not be resolved from the pipeline's code" + (f" ({mc.dit_note})" if mc.dit_note else "")
+    no_dit = "the DiT class could not be resolved from the pipeline's code" \
+        + (f" ({mc.dit_note})" if mc.dit_note else "")
     absent = dit is None and mc.dit_how == "none"   # nothing for DiT-level hooks to act on: a definite "no"
 
     def put_no_dit(key: str) -> None:
@@ -228,9 +123,9 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     # Sequence parallel (Ulysses / Ring): _sp_plan on the DiT, or SP implemented by hand.
     sp = _marker(dit_mro, facts, "sp_plan") if dit else None
     sp_custom = next((mod.at(n) for mod in own_mods for fn in mod.functions.values()
-                      for n in _real_uses(fn, aliases(index, mod, SP_CALLS))), None) \
+                      for n in real_uses(fn, aliases(index, mod, SP_CALLS))), None) \
         or next((c.at(n) for c in [*own_classes, *used_classes(mc, own_mods)] for fn in c.node.body
-                 if isinstance(fn, ast.FunctionDef) for n in _real_uses(fn, aliases(index, c.module, SP_CALLS))), None)
+                 if isinstance(fn, ast.FunctionDef) for n in real_uses(fn, aliases(index, c.module, SP_CALLS))), None)
     for key, label in (("ulysses_sp", "Ulysses"), ("ring_sp", "Ring")):
         if sp:
             put(key, "supported", [sp[0], *facts.markers["sp_plan"].values()],
@@ -246,9 +141,9 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
                 "vLLM-Omni warns and runs without sequence parallelism.")
 
     # CFG parallel: the model's code must reach the CFG group (predict_noise_maybe_with_cfg et al.).
-    reach = _cfg_reach(index, mc, own_mods)
+    reach = cfg_reach(index, mc, own_mods)
     mixin = next((c for c in mc.pipeline_mro if c.name == "CFGParallelMixin"), None)
-    off = _cfg_switched_off(mc)
+    off = cfg_switched_off(mc)
     if reach and off:
         put("cfg_parallel", "unsupported", [off, reach],
             f"{pipe.name} switches classifier-free guidance off for every request (distilled): there is no "
@@ -263,41 +158,18 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
         put("cfg_parallel", "unsupported", [pipe.at()], f"{pipe.name} has no CFG-parallel code path.")
 
     # Tensor parallel: the DiT is built from vLLM's parallel linear layers.
-    tp = _tp_use(index, dit_mods)
+    tp = tp_use(index, dit_mods)
     if dit is None:
         put_no_dit("tensor_parallel")
     elif tp:
         put("tensor_parallel", "supported", [tp], f"{dit_name} uses vLLM parallel linear layers (sharded by TP).")
     else:
-        put("tensor_parallel", "unsupported", [dit.at()], f"{dit_name} uses no vLLM parallel linear layers.")
+        put("tensor_parallel", "unsupported", [dit.at()], f"{dit_name} builds no vLLM parallel linear layer with TP "
+            "on (layers built with disable_tp=True are replicated, not sharded).")
 
-    # VAE patch parallel: the VAE class must be a DistributedVaeMixin.
-    vae_mro = index.mro(mc.vae)[0] if mc.vae else []
-    own_vae_pp = _first_use([m for m in own_mods if m.rel.startswith(MODELS_DIR)], {"vae_patch_parallel_size"})
-    dist = next((c for c in vae_mro if c.name == "DistributedVaeMixin"), None)
-    if dist is not None and mc.vae_late is None:
-        put("vae_patch_parallel", "supported", [mc.vae_evidence, dist.at()],
-            f"the VAE ({mc.vae.name}) is a DistributedVaeMixin; patch parallel also enables VAE tiling.")
-    elif own_vae_pp is not None and mc.vae is None:
-        put("vae_patch_parallel", "supported", [own_vae_pp],
-            "the model's own code reads vae_patch_parallel_size and splits its VAE work itself.")
-    elif mc.vae_late is not None:
-        put("vae_patch_parallel", "unsupported", [mc.vae_late, facts.vae_pp_warning],
-            "the pipeline attaches its VAE outside __init__, after vLLM-Omni's DistributedVaeMixin check at model "
-            "construction: vae_patch_parallel_size is ignored with a warning.")
-    elif mc.vae is None and mc.vae_assigned is not None and not _external_vae(index, mc):
-        put("vae_patch_parallel", "unknown", [mc.vae_assigned],
-            "the pipeline sets self.vae, but the analysis cannot tell which class it builds there; vLLM-Omni "
-            "applies VAE patch parallel only to a DistributedVaeMixin.")
-    elif mc.vae is None and mc.vae_assigned is None:
-        put("vae_patch_parallel", "unsupported", [pipe.at(), facts.vae_pp_warning],
-            f"{pipe.name} has no `vae` attribute: vae_patch_parallel_size is ignored with a warning.")
-    else:
-        vname = mc.vae.name if mc.vae else "a class outside vllm_omni"
-        put("vae_patch_parallel", "unsupported", [mc.vae_evidence or mc.vae_assigned, facts.vae_pp_warning],
-            f"the VAE ({vname}) is not a DistributedVaeMixin: vae_patch_parallel_size is ignored with a warning.")
+    m["vae_patch_parallel"] = _vae_patch_parallel(index, facts, mc, own_mods)
 
-    own_compile = _setup_compile(mc)
+    own_compile = setup_compile(mc)
     # Marker-driven methods on the DiT.
     for key, family, what in (("hsdp", "hsdp", "HSDP shards the blocks it names"),
                               ("regional_compile", "repeated_blocks", "torch.compile compiles each repeated block"),
@@ -325,7 +197,8 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     # Expert parallel: only MoE DiTs.
     moe = _first_use(own_mods, MOE_NAMES)
     put("expert_parallel", "supported" if moe else "unsupported", [moe or (dit.at() if dit else pipe.at())],
-        "the model has MoE layers (expert parallel applies)." if moe else "no MoE layers: expert parallel does not apply.")
+        "the model has MoE layers (expert parallel applies)." if moe
+        else "no MoE layers: expert parallel does not apply.")
 
     _caches(m, put, facts, mc, arch, no_cache)
 
@@ -341,18 +214,55 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
             put("fp8", "unsupported", [init[0].at(init[1]) if init else dit.at()],
                 f"{dit_name}'s constructor takes no quant_config: --quantization leaves it unquantized.")
 
-    constraints = _refusals(m, own_classes, own_mods)
+    constraints = _refusals(index, m, own_classes, own_mods)
     uses_cfg = True if m["cfg_parallel"].status == "supported" else (
         True if _first_use([pipe.module], CFG_HINTS) else None)
     assert set(m) == set(METHOD_KEYS)
     return Analysis({k: m[k] for k in METHOD_KEYS}, constraints, uses_cfg)
 
 
+def _vae_patch_parallel(index: SourceIndex, facts: VersionFacts, mc: ModelClasses,
+                        own_mods: list[Module]) -> MethodSupport:
+    """registry.py splits the VAE only when ``model.vae`` is a DistributedVaeMixin right after construction;
+    some models split their VAE work themselves (they read vae_patch_parallel_size)."""
+    pipe = mc.pipeline
+
+    def done(status: str, evidence: list[str | None], notes: str) -> MethodSupport:
+        return MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes)
+
+    vae_mro = index.mro(mc.vae)[0] if mc.vae else []
+    own_vae_pp = _first_use([m for m in own_mods if m.rel.startswith(MODELS_DIR)], {"vae_patch_parallel_size"})
+    dist = next((c for c in vae_mro if c.name == "DistributedVaeMixin"), None)
+    if dist is not None and mc.vae_late is None:
+        return done("supported", [mc.vae_evidence, dist.at()],
+            f"the VAE ({mc.vae.name}) is a DistributedVaeMixin; patch parallel also enables VAE tiling.")
+    elif own_vae_pp is not None and mc.vae is None:
+        return done("supported", [own_vae_pp],
+            "the model's own code reads vae_patch_parallel_size and splits its VAE work itself.")
+    elif mc.vae_late is not None:
+        return done("unsupported", [mc.vae_late, facts.vae_pp_warning],
+            "the pipeline attaches its VAE outside __init__, after vLLM-Omni's DistributedVaeMixin check at model "
+            "construction: vae_patch_parallel_size is ignored with a warning.")
+    elif mc.vae is None and mc.vae_assigned is not None and not _external_vae(index, mc):
+        return done("unknown", [mc.vae_assigned],
+            "the pipeline sets self.vae, but the analysis cannot tell which class it builds there; vLLM-Omni "
+            "applies VAE patch parallel only to a DistributedVaeMixin.")
+    elif mc.vae is None and mc.vae_assigned is None:
+        return done("unsupported", [pipe.at(), facts.vae_pp_warning],
+            f"{pipe.name} has no `vae` attribute: vae_patch_parallel_size is ignored with a warning.")
+    else:
+        vname = mc.vae.name if mc.vae else "a class outside vllm_omni"
+        return done("unsupported", [mc.vae_evidence or mc.vae_assigned, facts.vae_pp_warning],
+            f"the VAE ({vname}) is not a DistributedVaeMixin: vae_patch_parallel_size is ignored with a warning.")
+
+
 def _caches(m, put, facts: VersionFacts, mc: ModelClasses, arch: str, no_cache: dict[str, str]) -> None:
     pipe, dit = mc.pipeline, mc.dit
     if arch in no_cache:
         for key in ("tea_cache", "cache_dit"):
-            put(key, "unsupported", [no_cache[arch]], f"{arch} is listed in _NO_CACHE_ACCELERATION.")
+            put(key, "unsupported", [no_cache[arch]], f"{arch} is listed in _NO_CACHE_ACCELERATION: the runner "
+                "disables the cache backend with a warning and the server runs without it.")
+        effect(m, "no", [no_cache[arch]], "the cache backend is switched off at start-up for this pipeline.")
         return
     tea_enablers = facts.tables.get("CUSTOM_TEACACHE_ENABLERS", {})
     extractors = facts.tables.get("EXTRACTOR_REGISTRY", {})
@@ -398,62 +308,6 @@ def effect(m: dict[str, MethodSupport], value: str, evidence: list[str | None], 
                                             "effect_notes": notes})
 
 
-def _tp_use(index: SourceIndex, mods: list[Module], depth: int = 0) -> str | None:
-    """First vLLM parallel linear layer built with TP on (``disable_tp=True`` replicates the layer).
-
-    Layers wrapped in an in-package class of another module (attention / FFN helpers) count too.
-    """
-    seen: set[str] = {m.name for m in mods}
-    for mod in mods:
-        if not any(n in mod.text for n in TP_LAYERS) and depth > 0:
-            continue
-        best: ast.Call | None = None
-        helpers: list[Module] = []
-        for node in ast.walk(mod.tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = (dotted_name(node.func) or "").rpartition(".")[2]
-            if name in TP_LAYERS:
-                off = any(k.arg == "disable_tp" and isinstance(k.value, ast.Constant) and k.value.value is True
-                          for k in node.keywords)
-                if not off and (best is None or node.lineno < best.lineno):
-                    best = node
-            elif depth < 2 and name and name[:1].isupper():
-                target = mod.imports.get(name)
-                if target and target[0].startswith("vllm_omni") and target[0] not in seen:
-                    other = index.module(target[0])
-                    if other is not None and any(n in other.text for n in TP_LAYERS):
-                        seen.add(target[0])
-                        helpers.append(other)
-        if best is not None:
-            return mod.at(best)
-        found = _tp_use(index, helpers, depth + 1) if helpers else None
-        if found:
-            return found
-    return None
-
-
-COMPILE_CALLS = {"regionally_compile", "compile_regions", "compile_repeated_blocks"}
-
-
-def _setup_compile(mc: ModelClasses) -> tuple[str, str, str] | None:
-    """A pipeline's own ``setup_compile`` replaces the runner's compile step (status, evidence, note)."""
-    table = methods(mc.pipeline_mro)
-    found = table.get("setup_compile")
-    if found is None or not own(found[0]):
-        return None
-    cls, fn = found
-    names = names_of(fn)
-    hit = next((names[n] for n in COMPILE_CALLS if n in names), None)
-    if hit is None and "compile" in names:
-        hit = names["compile"]
-    if hit is not None:
-        return ("supported", cls.at(hit), f"{mc.pipeline.name}.setup_compile compiles the DiT regions itself "
-                "(the runner calls it instead of its own regional compile).")
-    return ("unsupported", cls.at(fn), f"{mc.pipeline.name}.setup_compile replaces the runner's compile step and "
-            "compiles nothing.")
-
-
 def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
     """``self.vae = AutoencoderKL.from_pretrained(...)`` with a class imported from outside vllm_omni."""
     if mc.vae_call is None:
@@ -470,7 +324,21 @@ def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
     return False
 
 
-def _refusals(m: dict[str, MethodSupport], classes: list[ClassRef], mods: list[Module]) -> list[Constraint]:
+def _helpers(index: SourceIndex, mod: Module, fn: ast.AST) -> list[tuple[Module, ast.AST]]:
+    """Validation helpers of other model modules that ``fn`` calls (``validate_x_parallel_config(cfg)``)."""
+    out = []
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            target = mod.imports.get(node.func.id) or index.local_imports(mod).get(node.func.id)
+            if target and target[1] and target[0].startswith("vllm_omni.diffusion.models."):
+                other = index.module(target[0])
+                if other is not None and target[1] in other.functions:
+                    out.append((other, other.functions[target[1]]))
+    return out
+
+
+def _refusals(index: SourceIndex, m: dict[str, MethodSupport], classes: list[ClassRef],
+              mods: list[Module]) -> list[Constraint]:
     findings: list[Finding] = []
     seen: set[int] = set()
     for cls in classes:
@@ -478,6 +346,10 @@ def _refusals(m: dict[str, MethodSupport], classes: list[ClassRef], mods: list[M
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(stmt) not in seen:
                 seen.add(id(stmt))
                 findings += scan(cls.module, stmt)
+                for hmod, helper in _helpers(index, cls.module, stmt):
+                    if id(helper) not in seen:
+                        seen.add(id(helper))
+                        findings += scan(hmod, helper)
     for mod in mods:
         for fn in mod.functions.values():
             if id(fn) not in seen:
@@ -491,6 +363,8 @@ def _refusals(m: dict[str, MethodSupport], classes: list[ClassRef], mods: list[M
                 if prev.status != "rejected":
                     m[key] = MethodSupport(status="rejected", evidence=[f.evidence, *prev.evidence],
                                            notes=f"the model raises when {f.condition}: {f.message!r}")
+                    if key == "cache_dit":
+                        effect(m, "no", [f.evidence], "the model refuses to start with it.")
         elif f.kind == "one_of":
             out.append(Constraint(kind="one_of", parameter=f.parameter, values=f.values, methods=list(f.methods),
                                   condition=f.condition, description=f"{f.parameter} must be one of {f.values}: "

@@ -265,13 +265,14 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
             text = path.read_text(encoding="utf-8")
         except OSError:
             continue
-        if ".vae =" not in text:
+        if ".vae =" not in text or path == pipeline.module.path:
             continue
         mod = index.module_at(index.rel(path))
         if mod is None:
             continue
-        node = next((n for n in ast.walk(mod.tree) if isinstance(n, ast.Assign) and any(
-            isinstance(t, ast.Attribute) and t.attr == "vae" for t in n.targets)), None)
+        node = next((n for fn in mod.functions.values() for n in ast.walk(fn) if isinstance(n, ast.Assign) and any(
+            isinstance(t, ast.Attribute) and t.attr == "vae" and isinstance(t.value, ast.Name)
+            and t.value.id != "self" for t in n.targets)), None)
         if node is None:
             continue
         out.vae_assigned = mod.at(node)
