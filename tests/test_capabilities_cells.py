@@ -22,8 +22,8 @@ def omni(tmp_path_factory):
 
     def get(version: str = "0.30.0") -> Settings:
         if version not in made:
-            made[version] = Settings(workspace=tmp_path_factory.mktemp(f"cells-{version}"),
-                                     vllm_omni_source=SRC / version)
+            made[version] = Settings.model_validate({"workspace": tmp_path_factory.mktemp(f"cells-{version}"),
+                                                     "vllm_omni_source": SRC / version})
         return made[version]
     return get
 
@@ -124,7 +124,8 @@ def test_sp_plan_on_the_instance_tp_layers_and_own_compile(omni):
     sp = cell(s, "LTX2Pipeline", "ulysses_sp")             # self._sp_plan = self._build_sp_plan(...)
     assert sp.status == "supported" and sp.evidence[0].startswith("diffusion/models/ltx2/ltx2_transformer.py:")
     tp = cell(s, "NextStep11Pipeline", "tensor_parallel")  # layers built in another module of the folder
-    assert tp.status == "supported" and tp.evidence[0].startswith("diffusion/models/nextstep_1_1/modeling_nextstep_llama")
+    assert tp.status == "supported"
+    assert tp.evidence[0].startswith("diffusion/models/nextstep_1_1/modeling_nextstep_llama")
     assert cell(s, "OvisImagePipeline", "tensor_parallel").status == "unsupported"  # QKVParallelLinear(disable_tp=True)
     magi = cell(s, "Magi2Pipeline", "regional_compile")    # the pipeline's own setup_compile
     assert magi.status == "supported" and "setup_compile" in magi.notes

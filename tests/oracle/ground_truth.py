@@ -102,7 +102,10 @@ def _cache_dit_knows(dit_cls) -> bool | None:
 
 
 def _probe(cls, arch: str, folder: str, par: dict, extra: dict) -> str:
-    from vllm_omni.diffusion.data import DiffusionParallelConfig, OmniDiffusionConfig
+    from vllm_omni.diffusion.data import (  # pyright: ignore[reportMissingImports]
+        DiffusionParallelConfig,
+        OmniDiffusionConfig,
+    )
     try:
         pc = DiffusionParallelConfig(**par)
         cfg = OmniDiffusionConfig(model=folder, model_class_name=arch, parallel_config=pc, **extra)
@@ -126,7 +129,8 @@ def _refused(method: str, base: str, got: str) -> bool:
 
 
 def pipeline_row(arch: str, entry: tuple, hint: dict, regs: dict, no_cache: set[str], folder: str) -> dict:
-    row: dict = {"pipeline_class": arch, "import_error": None, "dit_class": hint.get("dit_class"),
+    row: dict = {"pipeline_class": arch, "import_error": None,
+                 "dit_class": hint.get("dit_class"),
                  "cells": dict.fromkeys(KEYS), "how": {}, "probes": {}}
     mod_folder, rel, cls_name = entry
     try:
@@ -154,7 +158,8 @@ def pipeline_row(arch: str, entry: tuple, hint: dict, regs: dict, no_cache: set[
                 "cannot be seen without an instance)")
         put("hsdp", "supported" if _truthy(getattr(dit, "_hsdp_shard_conditions", None)) else "unsupported",
             "getattr(DiT, '_hsdp_shard_conditions')")
-        lw = getattr(dit, "_layerwise_offload_blocks_attrs", None) or getattr(dit, "_layerwise_offload_blocks_attr", None)
+        lw = getattr(dit, "_layerwise_offload_blocks_attrs", None) \
+            or getattr(dit, "_layerwise_offload_blocks_attr", None)
         put("layerwise_offload", "supported" if _truthy(lw) else "unsupported", "getattr(DiT, layerwise attrs)")
         put("regional_compile", "supported" if _truthy(getattr(dit, "_repeated_blocks", None)) else "unsupported",
             "getattr(DiT, '_repeated_blocks')")
@@ -216,6 +221,21 @@ def _import_with_shims(module: str, shims: list[str], limit: int = 40):
     raise ImportError(f"{module} did not import after {limit} shims")
 
 
+def _cpu_platform(shims: list[str]) -> None:
+    """Older releases leave the platform's device_type empty without a GPU, and some model modules use it at
+    import time (``@torch.amp.autocast(current_omni_platform.device_type)``): call the CPU a CPU."""
+    try:
+        from vllm_omni.platforms import current_omni_platform  # pyright: ignore[reportMissingImports]
+        if not getattr(current_omni_platform, "device_type", "cpu"):
+            try:
+                current_omni_platform.device_type = "cpu"
+            except Exception:
+                type(current_omni_platform).device_type = "cpu"
+            shims.append("current_omni_platform.device_type='cpu'")
+    except Exception as exc:  # noqa: BLE001
+        shims.append(f"platform left as is ({type(exc).__name__})")
+
+
 _LOADED: set[str] = set()
 SHIMS: list[str] = []
 
@@ -233,13 +253,14 @@ def main() -> None:
     started = time.time()
     try:
         _import_with_shims("vllm_omni.diffusion.registry", SHIMS)
+        _cpu_platform(SHIMS)
         _LOADED.update(k for k in sys.modules if k.startswith("vllm_omni.diffusion.models."))
     except BaseException as exc:  # noqa: BLE001 - the whole release cannot be executed here: that is the answer
         out = {"vllm_omni_version": None, "import_error": f"{type(exc).__name__}: {str(exc)[:300]}", "rows": []}
         args.out.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
         return
-    import vllm_omni
-    from vllm_omni.diffusion import registry
+    import vllm_omni  # pyright: ignore[reportMissingImports]
+    from vllm_omni.diffusion import registry  # pyright: ignore[reportMissingImports]
     hints = json.loads(args.hints.read_text())
     regs = _registries()
     no_cache = set(getattr(registry, "_NO_CACHE_ACCELERATION", set()) or set())

@@ -20,7 +20,7 @@ from omnitune.tools.settings import Settings  # noqa: E402
 def main() -> None:
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(workspace=Path(tmp), vllm_omni_source=src)
+        settings = Settings.model_validate({"workspace": Path(tmp), "vllm_omni_source": src})
         support_table(settings)
         hints = {}
         for row in analyzer(settings).table():

@@ -29,7 +29,7 @@ from omnitune.tools.capabilities.codepaths import (
 )
 from omnitune.tools.capabilities.facts import VersionFacts
 from omnitune.tools.capabilities.rejections import Finding, scan
-from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport
+from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport, Status
 from omnitune.tools.capabilities.source import (
     ClassRef,
     Module,
@@ -106,7 +106,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     dit_mods = list({c.module.name: c.module for c in dit_mro if own(c)}.values())
     m: dict[str, MethodSupport] = {}
 
-    def put(key: str, status: str, evidence: list[str | None], notes: str) -> None:
+    def put(key: str, status: Status, evidence: list[str | None], notes: str) -> None:
         m[key] = MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes)
 
     dit_name = dit.name if dit else None
@@ -208,7 +208,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     else:
         init = methods(dit_mro).get("__init__")
         args = [a.arg for a in (init[1].args.args + init[1].args.kwonlyargs)] if init else []
-        if "quant_config" in args:
+        if init and "quant_config" in args:
             put("fp8", "supported", [init[0].at(init[1])], f"{dit_name} takes quant_config (--quantization fp8).")
         else:
             put("fp8", "unsupported", [init[0].at(init[1]) if init else dit.at()],
@@ -227,13 +227,13 @@ def _vae_patch_parallel(index: SourceIndex, facts: VersionFacts, mc: ModelClasse
     some models split their VAE work themselves (they read vae_patch_parallel_size)."""
     pipe = mc.pipeline
 
-    def done(status: str, evidence: list[str | None], notes: str) -> MethodSupport:
+    def done(status: Status, evidence: list[str | None], notes: str) -> MethodSupport:
         return MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes)
 
     vae_mro = index.mro(mc.vae)[0] if mc.vae else []
     own_vae_pp = _first_use([m for m in own_mods if m.rel.startswith(MODELS_DIR)], {"vae_patch_parallel_size"})
     dist = next((c for c in vae_mro if c.name == "DistributedVaeMixin"), None)
-    if dist is not None and mc.vae_late is None:
+    if dist is not None and mc.vae is not None and mc.vae_late is None:
         return done("supported", [mc.vae_evidence, dist.at()],
             f"the VAE ({mc.vae.name}) is a DistributedVaeMixin; patch parallel also enables VAE tiling.")
     elif own_vae_pp is not None and mc.vae is None:

@@ -8,6 +8,7 @@ whose return annotation or ``return`` names the class.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from omnitune.tools.capabilities.source import (
@@ -69,7 +70,8 @@ class _Resolver:
         self.index = index
         self.methods = methods(mro)
         self.mro = mro
-        self.attr_class = None  # set by model_classes: resolves self.<dotted path>
+        # set by _attr_class: resolves self.<dotted path> to a class
+        self.attr_class: Callable[[str, int], ClassRef | None] | None = None
 
     def _local(self, mod: Module, name: str, func: ast.AST | None, depth: int) -> ClassRef | None:
         """A variable: its assignments in the same function first, then in the pipeline's other methods."""
@@ -78,7 +80,7 @@ class _Resolver:
                    if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn is not func]
         for scope in scopes:
             for node in facts_of(scope).local_assigns.get(name, ()):
-                found = self.from_expr(mod, node.value, scope, depth + 1)
+                found = self.from_expr(mod, getattr(node, "value", None), scope, depth + 1)
                 if found:
                     return found
         return None
@@ -169,6 +171,10 @@ class _Resolver:
                 if found is not None:
                     return found
         return None
+
+
+def _is_none(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
 
 
 def _assignments(mro: list[ClassRef], attr: str):
@@ -315,7 +321,7 @@ def model_classes(index: SourceIndex, pipeline: ClassRef) -> ModelClasses:
             where = next(iter(_assignments(mro, attr.partition(".")[0])), None)
             out.dit_evidence[attr] = where[0].at(where[2]) if where else pipeline.at()
     vae_at = next((a for a in _assignments(mro, "vae")
-                   if not (isinstance(getattr(a[2], "value", None), ast.Constant) and a[2].value.value is None)), None)
+                   if not _is_none(getattr(a[2], "value", None))), None)
     if vae_at is not None:
         out.vae_assigned = vae_at[0].at(vae_at[2])
         value = getattr(vae_at[2], "value", None)
@@ -329,7 +335,8 @@ def model_classes(index: SourceIndex, pipeline: ClassRef) -> ModelClasses:
         out.vae = _attr_class(index, mro, "vae")
         if out.vae is not None:
             where = next((c.at(n) for c, f, n in _assignments(mro, "vae")
-                          if _Resolver(index, mro).from_expr(c.module, n.value, f) is not None), out.vae_assigned)
+                          if _Resolver(index, mro).from_expr(c.module, getattr(n, "value", None), f) is not None),
+                         out.vae_assigned)
             out.vae_evidence = where
     if vae_at is None:
         _folder_vae(index, pipeline, out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 
 from omnitune.tools.capabilities.classes import ModelClasses, methods
+from omnitune.tools.capabilities.report import Status
 from omnitune.tools.capabilities.source import (
     ClassRef,
     Module,
@@ -133,7 +134,7 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
                 direct = real_uses(stmt, known[cls.module.name])
                 via = [n for i, n in self_calls(stmt).items() if i in aware]
                 if direct or via:
-                    return cls.at(min(direct + via, key=lambda n: n.lineno))
+                    return cls.at(min(direct + via, key=lambda n: getattr(n, "lineno", 0)))
     for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
         for fn in mod.functions.values():
             uses = real_uses(fn, known[mod.name])
@@ -182,7 +183,7 @@ COMPILE_CALLS = {"regionally_compile", "compile_regions", "compile_repeated_bloc
 
 
 
-def setup_compile(mc: ModelClasses) -> tuple[str, str, str] | None:
+def setup_compile(mc: ModelClasses) -> tuple[Status, str, str] | None:
     """A pipeline's own ``setup_compile`` replaces the runner's compile step (status, evidence, note)."""
     table = methods(mc.pipeline_mro)
     found = table.get("setup_compile")

@@ -104,7 +104,9 @@ def classify(test: ast.AST, negate: bool = False) -> list[tuple[str, tuple[str, 
         return [] if negate else [("rejected", FEATURES[setting], setting, [])]
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
         found = _settings_in(test)
-        return [("combination", tuple(m for s in found for m in FEATURES[s]), ",".join(sorted(found)), [])] if found else []
+        if not found:
+            return []
+        return [("combination", tuple(m for s in found for m in FEATURES[s]), ",".join(sorted(found)), [])]
     left, op, right = test.left, test.ops[0], test.comparators[0]
     setting = _setting(left)
     if setting is None:

@@ -36,16 +36,17 @@ class Module:
 
         The text finds candidate lines cheaply; ``ast`` confirms each (comments and strings do not count).
         """
-        if self._starts is None:
+        if self._starts is None or self._lines is None:
             self._starts = [stmt.lineno for stmt in self.tree.body]
             self._lines = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        starts, lines = self._starts, self._lines
         best: ast.AST | None = None
         for name in names:
             if name not in self.text:
                 continue
             for m in re.finditer(r"\b" + re.escape(name) + r"\b", self.text):
-                line = bisect.bisect_right(self._lines, m.start())
-                i = bisect.bisect_right(self._starts, line) - 1
+                line = bisect.bisect_right(lines, m.start())
+                i = bisect.bisect_right(starts, line) - 1
                 if i < 0:
                     continue
                 stmt = self.tree.body[i]
@@ -53,13 +54,17 @@ class Module:
                     continue
                 node = facts_of(stmt).names.get(name)
                 if node is not None:
-                    if best is None or node.lineno < best.lineno:
+                    if best is None or _line(node) < _line(best):
                         best = node
                     break
         return best
 
     def at(self, node: ast.AST) -> str:
         return f"{self.rel}:{getattr(node, 'lineno', 0)}"
+
+
+def _line(node: ast.AST) -> int:
+    return getattr(node, "lineno", 0)
 
 
 @dataclass
@@ -128,6 +133,7 @@ class SourceIndex:
         path = self.path_of(dotted)
         mod = None
         if path is not None:
+            text = ""
             try:
                 text = path.read_text(encoding="utf-8")
                 tree = ast.parse(text, filename=str(path))
@@ -269,11 +275,11 @@ def facts_of(node: ast.AST) -> Facts:
     for n in ast.walk(node):
         if isinstance(n, ast.Name):
             prev = f.names.get(n.id)
-            if prev is None or n.lineno < prev.lineno:
+            if prev is None or _line(n) < _line(prev):
                 f.names[n.id] = n
         elif isinstance(n, ast.Attribute):
             prev = f.names.get(n.attr)
-            if prev is None or n.lineno < prev.lineno:
+            if prev is None or _line(n) < _line(prev):
                 f.names[n.attr] = n
             if isinstance(n.value, ast.Name) and n.value.id == "self":
                 f.self_uses.setdefault(n.attr, n)
@@ -317,14 +323,14 @@ def class_attr(mro: list[ClassRef], names: tuple[str, ...]) -> tuple[ClassRef, s
     """The first class-level assignment of any of ``names`` along the MRO: (class, name, stmt, value)."""
     for cls in mro:
         for stmt in cls.node.body:
-            targets: list[ast.AST] = []
-            value = None
+            targets: list[ast.expr] = []
+            value: ast.expr | None = None
             if isinstance(stmt, ast.Assign):
                 targets, value = stmt.targets, stmt.value
             elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
                 targets, value = [stmt.target], stmt.value
             for t in targets:
-                if isinstance(t, ast.Name) and t.id in names:
+                if isinstance(t, ast.Name) and t.id in names and value is not None:
                     return cls, t.id, stmt, value
     return None
 
