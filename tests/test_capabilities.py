@@ -63,9 +63,10 @@ EXPECTED_030 = {
     # custom SP implementation without the marker: bagel_transformer.py calls the SP group; the DiT is
     # _dit_modules "language_model.model": Qwen2MoTForCausalLM(...).model = Qwen2MoTModel (bagel_transformer.py:895).
     "BagelPipeline": ("Qwen2MoTModel", "Y Y Y Y Y Y - - Y Y Y Y Y"),
-    # pipeline_hunyuan_image3.py:547/549/552 raise for SP, CFG parallel and cache backends; FusedMoE -> EP.
+    # pipeline_hunyuan_image3.py:547/549/552 raise for SP, CFG parallel and cache backends only inside
+    # _validate_step_request (step-execution mode): constraints, not rejections (were R before). FusedMoE -> EP.
     # :402 DistributedAutoencoderKLHunyuan, imported inside __init__ (was - before).
-    "HunyuanImage3ForCausalMM": ("HunyuanImage3Model", "R R R Y Y - Y - Y - R R Y"),
+    "HunyuanImage3ForCausalMM": ("HunyuanImage3Model", "Y Y Y Y Y - Y - Y - Y Y Y"),
     # sd3_transformer.py:391 _cache_dit_adapter_config; no _sp_plan; no quant_config in its constructor.
     "StableDiffusion3Pipeline": ("SD3Transformer2DModel", "- - Y Y Y - - Y Y Y - Y -"),
     # pipeline_minimax_h3.py:836 cfg_parallel_size != 1 raises (CFG-distilled); teacache/backend.py:127 enabler.
@@ -95,8 +96,13 @@ EXPECTED_022 = {
 }
 
 
+def make_settings(**fields) -> Settings:
+    """Settings from field values (pyright reads the model's positional Field defaults as required)."""
+    return Settings.model_validate(fields)
+
+
 def settings_for(tmp_path: Path, version: str, **kw) -> Settings:
-    return Settings(workspace=tmp_path / "ws", vllm_omni_source=SRC / version, **kw)
+    return make_settings(workspace=tmp_path / "ws", vllm_omni_source=SRC / version, **kw)
 
 
 @pytest.fixture
@@ -157,9 +163,11 @@ def test_pitfalls_are_explained_in_the_notes(omni030):
     assert "exact" in ming.methods["tea_cache"].notes and "ZImageTransformer2DModel" in ming.methods["tea_cache"].notes
     lingbot = inspect_model(omni030, "LingBotVideoPipeline")
     assert "deprecated" in lingbot.methods["layerwise_offload"].notes
-    assert any(e.startswith("diffusion/offloader/block_discovery.py") for e in lingbot.methods["layerwise_offload"].evidence)
+    layerwise = lingbot.methods["layerwise_offload"].evidence
+    assert any(e.startswith("diffusion/offloader/block_discovery.py") for e in layerwise)
     boogu = inspect_model(omni030, "BooguImagePipeline")
-    assert "raises" in boogu.methods["tensor_parallel"].notes and "Tensor parallelism" in boogu.methods["tensor_parallel"].notes
+    tp = boogu.methods["tensor_parallel"].notes
+    assert "raises" in tp and "Tensor parallelism" in tp
 
 
 @pytest.mark.parametrize("folder,arch,dit,heads", [
@@ -217,10 +225,10 @@ def test_vllm_omni_not_installed_says_what_was_looked_at(tmp_path):
     empty = tmp_path / "nothing"
     empty.mkdir()
     with pytest.raises(CapabilityError) as err:
-        inspect_model(Settings(workspace=tmp_path / "ws", vllm_omni_source=empty), "ZImagePipeline")
+        inspect_model(make_settings(workspace=tmp_path / "ws", vllm_omni_source=empty), "ZImagePipeline")
     assert "holds no vllm_omni package" in str(err.value)
     with pytest.raises(CapabilityError) as err:
-        inspect_model(Settings(workspace=tmp_path / "ws"), "ZImagePipeline")
+        inspect_model(make_settings(workspace=tmp_path / "ws"), "ZImagePipeline")
     assert "looked at" in str(err.value) and "OMNITUNE_SERVING_PYTHON" in str(err.value)
 
 
@@ -229,7 +237,7 @@ def test_the_serving_python_is_asked_without_importing_vllm(tmp_path):
     site = SRC / "0.22.0"
     fake.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {REPO / '.venv/bin/python'} \"$@\"\n")
     fake.chmod(0o755)
-    report = inspect_model(Settings(workspace=tmp_path / "ws", serving_python=fake), "ZImagePipeline")
+    report = inspect_model(make_settings(workspace=tmp_path / "ws", serving_python=fake), "ZImagePipeline")
     assert report.located_via == "serving_python" and report.vllm_omni_version == "0.22.0"
 
 
@@ -249,13 +257,14 @@ def test_guide_flags_missing_from_a_version_are_reported(omni030, omni022):
 def test_cache_backends_and_quantization_methods_come_from_the_installed_code(omni030):
     report = inspect_model(omni030, "ZImagePipeline")
     assert {"tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache"} <= set(report.cache_backends)
-    assert {"int8", "mxfp8", "svdquant"} <= set(report.quantization_methods) and "gguf" not in report.quantization_methods
+    assert {"int8", "mxfp8", "svdquant"} <= set(report.quantization_methods)
+    assert "gguf" not in report.quantization_methods
 
 
 def test_the_analysis_is_cached_and_invalidated_by_file_mtimes(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(SRC / "0.30.0" / "vllm_omni", src / "vllm_omni", ignore=shutil.ignore_patterns("__pycache__"))
-    settings = Settings(workspace=tmp_path / "ws", vllm_omni_source=src)
+    settings = make_settings(workspace=tmp_path / "ws", vllm_omni_source=src)
     assert inspect_model(settings, "ZImagePipeline").methods["hsdp"].status == "supported"
     cache_files = list((tmp_path / "ws" / "cache").glob("capabilities-0.30.0-*.json"))
     assert len(cache_files) == 1
@@ -282,7 +291,7 @@ def test_docs_of_a_source_checkout_are_compared_with_the_code(tmp_path):
         "| Model | Ulysses SP | TeaCache | FP8 |\n|---|---|---|---|\n"
         "| `ZImagePipeline` | ✅ | ✅ | ✅ |\n"
         "| `WanPipeline` | ✅ | ✅ | ❌ |\n")
-    settings = Settings(workspace=tmp_path / "ws", vllm_omni_source=checkout)
+    settings = make_settings(workspace=tmp_path / "ws", vllm_omni_source=checkout)
     assert inspect_model(settings, "ZImagePipeline").docs_disagreements == []
     wan = inspect_model(settings, "WanPipeline").docs_disagreements
     assert {(d.method, d.code_says) for d in wan} == {("tea_cache", "unsupported"), ("fp8", "supported")}
