@@ -21,6 +21,7 @@ from omnitune.tools.capabilities.codepaths import (
     aliases,
     cfg_reach,
     cfg_switched_off,
+    mentions,
     own,
     real_uses,
     setup_compile,
@@ -40,8 +41,8 @@ from omnitune.tools.capabilities.source import (
     is_empty,
 )
 
-SP_CALLS = {"get_sequence_parallel_world_size", "get_ulysses_parallel_world_size", "get_ring_parallel_world_size",
-            "get_sp_group", "get_sequence_parallel_rank"}
+SP_CALLS = frozenset({"get_sequence_parallel_world_size", "get_ulysses_parallel_world_size",
+                      "get_ring_parallel_world_size", "get_sp_group", "get_sequence_parallel_rank"})
 MOE_NAMES = {"FusedMoE", "enable_expert_parallel"}
 CFG_HINTS = {"do_classifier_free_guidance", "true_cfg_scale", "negative_prompt_embeds", "do_true_cfg", "guidance_scale"}
 
@@ -122,9 +123,10 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
 
     # Sequence parallel (Ulysses / Ring): _sp_plan on the DiT, or SP implemented by hand.
     sp = _marker(dit_mro, facts, "sp_plan") if dit else None
-    sp_custom = next((mod.at(n) for mod in own_mods for fn in mod.functions.values()
-                      for n in real_uses(fn, aliases(index, mod, SP_CALLS))), None) \
-        or next((c.at(n) for c in [*own_classes, *used_classes(mc, own_mods)] for fn in c.node.body
+    sp_custom = next((mod.at(n) for mod in own_mods if mentions(mod, aliases(index, mod, SP_CALLS))
+                      for fn in mod.functions.values() for n in real_uses(fn, aliases(index, mod, SP_CALLS))), None) \
+        or next((c.at(n) for c in [*own_classes, *used_classes(mc, own_mods)]
+                 if mentions(c.module, aliases(index, c.module, SP_CALLS)) for fn in c.node.body
                  if isinstance(fn, ast.FunctionDef) for n in real_uses(fn, aliases(index, c.module, SP_CALLS))), None)
     for key, label in (("ulysses_sp", "Ulysses"), ("ring_sp", "Ring")):
         if sp:
@@ -327,6 +329,9 @@ def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
 def _helpers(index: SourceIndex, mod: Module, fn: ast.AST) -> list[tuple[Module, ast.AST]]:
     """Validation helpers of other model modules that ``fn`` calls (``validate_x_parallel_config(cfg)``)."""
     out = []
+    local = index.local_imports(mod)
+    if not any(n in mod.imports or n in local for n in facts_of(fn).names):
+        return out
     for node in ast.walk(fn):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             target = mod.imports.get(node.func.id) or index.local_imports(mod).get(node.func.id)

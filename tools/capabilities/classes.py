@@ -48,6 +48,7 @@ class ModelClasses:
     vae_call: tuple[Module, ast.Call] | None = None                  # (module, call) of that assignment
     vae_late: str | None = None                                      # set only outside __init__'s reach
     dit_how: str = "assigned"                                        # assigned | folder | none
+    helpers: list[ClassRef] | None = None                            # helper classes it builds (codepaths)
     dit_note: str = ""
 
     @property

@@ -24,7 +24,20 @@ from omnitune.tools.capabilities.source import (
 
 MODELS_DIR = "diffusion/models/"
 TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
-CFG_CALLS = {"get_classifier_free_guidance_world_size", "get_cfg_group", "get_classifier_free_guidance_rank"}
+CFG_CALLS = frozenset({"get_classifier_free_guidance_world_size", "get_cfg_group",
+                       "get_classifier_free_guidance_rank"})
+
+
+def class_names(node: ast.ClassDef) -> set[str]:
+    """Identifiers a class body uses, from the per-statement facts (each method is walked once overall)."""
+    out: set[str] = set()
+    for stmt in node.body:
+        out |= facts_of(stmt).names.keys()
+    return out
+
+
+def mentions(mod: Module, names: frozenset[str]) -> bool:
+    return any(n in mod.text for n in names)
 
 
 def own(cls: ClassRef) -> bool:
@@ -32,20 +45,26 @@ def own(cls: ClassRef) -> bool:
     return cls.module.rel.startswith(MODELS_DIR) and cls.module.rel.count("/") >= 3
 
 
-def aliases(index: SourceIndex, mod: Module, names: set[str]) -> set[str]:
+def aliases(index: SourceIndex, mod: Module, names: frozenset[str]) -> frozenset[str]:
     """``names`` plus what ``mod`` imports them as (``get_cfg_group as get_guidance_parallel_group``)."""
-    out = set(names)
-    for table in (mod.imports, index.local_imports(mod)):
-        out |= {local for local, (src, attr) in table.items() if attr in names and src.startswith("vllm_omni")}
-    return out
+    memo: dict[frozenset[str], frozenset[str]] = mod.memo.setdefault("aliases", {})
+    found = memo.get(names)
+    if found is None:
+        out = set(names)
+        for table in (mod.imports, index.local_imports(mod)):
+            out |= {local for local, (src, attr) in table.items() if attr in names and src.startswith("vllm_omni")}
+        found = memo[names] = frozenset(out)
+    return found
 
 
-
-def real_uses(fn: ast.AST, names: set[str]) -> list[ast.AST]:
+def real_uses(fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
     """Uses of ``names`` in ``fn`` that do work: a use only inside a refusal (``if cfg_world() > 1: raise``,
     ``assert``) checks the group, it does not split anything."""
+    facts = facts_of(fn)
+    if not names & facts.names.keys():
+        return []
     checks: set[int] = set()
-    for node in facts_of(fn).checks:
+    for node in facts.checks:
         if isinstance(node, ast.Assert) or (isinstance(node, ast.If) and node.body
                                              and isinstance(node.body[0], ast.Raise)):
             checks |= {id(n) for n in ast.walk(node.test)}
@@ -89,11 +108,13 @@ def used_classes(mc: ModelClasses, own_mods: list[Module]) -> list[ClassRef]:
 
     A sibling class that merely shares a file with the pipeline is not part of it.
     """
+    if mc.helpers is not None:
+        return mc.helpers
     start = [c for c in [*mc.pipeline_mro, *mc.dit_mro] if own(c)]
     seen = {c.key for c in start}
     names: set[str] = set()
     for c in start:
-        names |= names_of(c.node).keys()
+        names |= class_names(c.node)
     out: list[ClassRef] = []
     changed = True
     while changed:
@@ -104,8 +125,9 @@ def used_classes(mc: ModelClasses, own_mods: list[Module]) -> list[ClassRef]:
                 if ref.key not in seen and cname in names:
                     seen.add(ref.key)
                     out.append(ref)
-                    names |= names_of(node).keys()
+                    names |= class_names(node)
                     changed = True
+    mc.helpers = out
     return out
 
 
@@ -117,7 +139,8 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
     known = {m.name: aliases(index, m, CFG_CALLS) for m in own_mods}
     for cls, _ in table.values():
         known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
-    aware = {name for name, (cls, fn) in table.items() if real_uses(fn, known[cls.module.name])}
+    aware = {name for name, (cls, fn) in table.items()
+             if mentions(cls.module, known[cls.module.name]) and real_uses(fn, known[cls.module.name])}
     changed = True
     while changed:
         changed = False
@@ -129,13 +152,16 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
         if not own(cls):
             continue
         known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
+        here = mentions(cls.module, known[cls.module.name])
         for stmt in cls.node.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                direct = real_uses(stmt, known[cls.module.name])
+                direct = real_uses(stmt, known[cls.module.name]) if here else []
                 via = [n for i, n in self_calls(stmt).items() if i in aware]
                 if direct or via:
                     return cls.at(min(direct + via, key=lambda n: getattr(n, "lineno", 0)))
     for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
+        if not mentions(mod, known[mod.name]):
+            continue
         for fn in mod.functions.values():
             uses = real_uses(fn, known[mod.name])
             if uses:
@@ -152,6 +178,10 @@ def tp_use(index: SourceIndex, mods: list[Module], depth: int = 0) -> str | None
     seen: set[str] = {m.name for m in mods}
     for mod in mods:
         if not any(n in mod.text for n in TP_LAYERS) and depth > 0:
+            continue
+        if depth == 0 and "tp_use" in mod.memo:
+            if mod.memo["tp_use"]:
+                return mod.memo["tp_use"]
             continue
         best: ast.Call | None = None
         helpers: list[Module] = []
@@ -171,9 +201,9 @@ def tp_use(index: SourceIndex, mods: list[Module], depth: int = 0) -> str | None
                     if other is not None and any(n in other.text for n in TP_LAYERS):
                         seen.add(target[0])
                         helpers.append(other)
-        if best is not None:
-            return mod.at(best)
-        found = tp_use(index, helpers, depth + 1) if helpers else None
+        found = mod.at(best) if best is not None else (tp_use(index, helpers, depth + 1) if helpers else None)
+        if depth == 0:
+            mod.memo["tp_use"] = found
         if found:
             return found
     return None

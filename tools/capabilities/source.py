@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PKG = "vllm_omni"
+LAZY_IMPORT = re.compile(r"^[ \t]+from\s+\S+\s+import\s", re.M)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Module:
     functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)   # `Alias = Original` at module level
     text: str = ""
+    memo: dict = field(default_factory=dict)   # derived answers about this module (they live with the tree)
     _starts: list[int] | None = None
     _lines: list[int] | None = None
 
@@ -201,25 +203,29 @@ class SourceIndex:
             found = self.resolve_class(other, attr, depth + 1)
             if found:
                 return found
-        sub = self.module(f"{src}.{attr}")  # `from pkg import submodule` is not a class
-        return None if sub is not None else None
+        return None  # `from pkg import submodule` is not a class
 
     def local_imports(self, mod: Module) -> dict[str, tuple[str, str | None]]:
         """``from .x import Y`` inside functions (lazy imports), which ``_index`` does not see."""
         found = self._local_imports.get(mod.name)
         if found is None:
             found = self._local_imports[mod.name] = {}
-            if "import" in mod.text:
-                pkg_parts = mod.name.split(".") if mod.path.name == "__init__.py" else mod.name.split(".")[:-1]
-                for fn in ast.walk(mod.tree):
-                    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                        continue
-                    for node in ast.walk(fn):
-                        if isinstance(node, ast.ImportFrom):
-                            src = _import_source(node, pkg_parts)
-                            for a in node.names:
-                                if a.name != "*":
-                                    found.setdefault(a.asname or a.name, (src, a.name))
+            pkg_parts = mod.name.split(".") if mod.path.name == "__init__.py" else mod.name.split(".")[:-1]
+            for m in LAZY_IMPORT.finditer(mod.text):
+                # Parse just the statement (to its closing parenthesis), not the whole module again.
+                start = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
+                end = mod.text.find("\n", start)
+                if "(" in mod.text[start:end if end >= 0 else None]:
+                    end = mod.text.find(")", start) + 1
+                try:
+                    node = ast.parse(mod.text[start:end if end > 0 else None]).body[0]
+                except (SyntaxError, IndexError):
+                    continue
+                if isinstance(node, ast.ImportFrom):
+                    src = _import_source(node, pkg_parts)
+                    for a in node.names:
+                        if a.name != "*":
+                            found.setdefault(a.asname or a.name, (src, a.name))
         return found
 
     def resolve_local_import(self, mod: Module, name: str) -> ClassRef | None:
