@@ -28,17 +28,18 @@ KEYS = " ".join(METHOD_KEYS)
 EXPECTED_030 = {
     # z_image_transformer.py:648 _sp_plan, :636 _hsdp_shard_conditions, :629 _repeated_blocks, :630 layerwise attrs;
     # pipeline_z_image.py:227 DistributedAutoencoderKL; no CFG group in pipeline_z_image.py (batched CFG);
-    # teacache/extractors.py:1554 "ZImageTransformer2DModel"; no Cache-DiT enabler or adapter config -> unknown.
-    "ZImagePipeline": ("ZImageTransformer2DModel", "Y Y - Y Y Y - Y Y Y Y ? Y"),
+    # teacache/extractors.py:1554 "ZImageTransformer2DModel"; no Cache-DiT enabler or adapter config: vllm-omni
+    # still lets it run with cache_dit (cachedit/backend.py generic path), whether it takes effect is the library's.
+    "ZImagePipeline": ("ZImageTransformer2DModel", "Y Y - Y Y Y - Y Y Y Y Y Y"),
     # qwen_image_transformer.py:1001/1002/1008/1022 markers; :609 QKVParallelLinear; pipeline_qwen_image.py:347
     # DistributedAutoencoderKLQwenImage passed to a loader helper; extractors.py:1550.
-    "QwenImagePipeline": ("QwenImageTransformer2DModel", "Y Y Y Y Y Y - Y Y Y Y ? Y"),
+    "QwenImagePipeline": ("QwenImageTransformer2DModel", "Y Y Y Y Y Y - Y Y Y Y Y Y"),
     # registry maps WanPipeline -> Wan22Pipeline; cachedit/model_specific.py:921 "Wan22Pipeline" enabler (runtime
     # class name); WanTransformer3DModel has no TeaCache extractor; pipeline_wan2_2.py:486 DistributedAutoencoderKLWan.
     "WanPipeline": ("WanTransformer3DModel", "Y Y Y Y Y Y - Y Y Y - Y Y"),
     # inherited markers: ming_zimage_transformer.py:21 MingZImageTransformer2DModel(ZImageTransformer2DModel);
     # TeaCache is keyed on the exact name, which is not registered (the base's is).
-    "MingImagePipeline": ("MingZImageTransformer2DModel", "Y Y - Y Y Y - Y Y Y - ? Y"),
+    "MingImagePipeline": ("MingZImageTransformer2DModel", "Y Y - Y Y Y - Y Y Y - Y Y"),
     # flux_transformer.py:758 FluxKontextTransformer2DModel(FluxTransformer2DModel): inherited markers, no _sp_plan
     # anywhere in flux_transformer.py; TeaCache extractor exists for FluxTransformer2DModel only (exact-name lookup).
     "FluxKontextPipeline": ("FluxKontextTransformer2DModel", "- - Y Y - Y - Y Y Y - Y Y"),
@@ -46,48 +47,62 @@ EXPECTED_030 = {
     "FluxPipeline": ("FluxTransformer2DModel", "- - Y Y - Y - Y Y Y Y Y Y"),
     # renamed marker: lingbot_video_transformer.py:702 `_layerwise_offload_blocks_attr = "blocks"` (deprecated
     # spelling still read at offloader/block_discovery.py:21).
-    "LingBotVideoPipeline": ("LingBotVideoTransformer3DModel", "- - - - - - - Y Y Y - ? -"),
-    # rejects: pipeline_boogu_image.py:383 tensor_parallel_size > 1, :416 use_hsdp, :418 cache_backend; and the
-    # ring/cfg refusals in _raise_unsupported_features.
-    "BooguImagePipeline": ("BooguImageTransformer2DModel", "Y R R R - R - Y Y Y R R Y"),
+    "LingBotVideoPipeline": ("LingBotVideoTransformer3DModel", "- - - - - - - Y Y Y - Y -"),
+    # rejects: pipeline_boogu_image.py:383 tensor_parallel_size > 1, :416 use_hsdp, :418 cache_backend, :394 ring.
+    # CFG parallel is refused only together with SP (:385-386): a constraint, not a rejection (was R before).
+    "BooguImagePipeline": ("BooguImageTransformer2DModel", "Y R Y R - R - Y Y Y R R Y"),
     # custom SP without _sp_plan (transformer_sana_video.py uses the SP group); :60 ring_degree > 1 raises, :69
     # use_hsdp raises; pipeline_sana_video.py:278 cache_backend not in ("none", "cache_dit") raises (TeaCache).
-    "SanaVideoPipeline": ("SanaVideoTransformer3DModel", "Y R Y Y - R - - Y Y R Y -"),
+    # pipeline_sana_video.py:346 the vae parameter is a DistributedAutoencoderKL{LTX2Video,Wan} (:60-71): VAE PP.
+    "SanaVideoPipeline": ("SanaVideoTransformer3DModel", "Y R Y Y Y R - - Y Y R Y -"),
     # comment-only marker: pipeline_anima.py mentions _sp_plan only in a comment; the pipeline raises for CFG
-    # parallel (:162), TP (:166), HSDP (:168), cache backends (:170) and quantization (:172).
-    "AnimaPipeline": ("AnimaTransformer3DModel", "- - R R Y R - Y Y - R R R"),
+    # parallel (:162), SP (:164, `x is not None and x > 1`), TP (:166), HSDP (:168), cache backends (:170),
+    # quantization (:172) and any offload strategy (:174, layerwise too). The VAE is attached in load_weights
+    # (:328), after registry.py's DistributedVaeMixin check at construction: VAE PP is ignored (was Y before).
+    "AnimaPipeline": ("AnimaTransformer3DModel", "R R R R - R - Y R R R R R"),
     # custom SP implementation without the marker: bagel_transformer.py calls the SP group; the DiT is
-    # self.language_model.model (not resolvable statically) -> unknown for DiT-marker methods.
-    "BagelPipeline": (None, "Y Y Y ? Y ? - ? Y ? Y ? ?"),
-    # pipeline_hunyuan_image3.py:547/549/552 raise for SP, CFG parallel and cache backends; FusedMoE -> EP.
-    "HunyuanImage3ForCausalMM": ("HunyuanImage3Model", "R R R Y - - Y - Y - R R Y"),
+    # _dit_modules "language_model.model": Qwen2MoTForCausalLM(...).model = Qwen2MoTModel (bagel_transformer.py:895).
+    "BagelPipeline": ("Qwen2MoTModel", "Y Y Y Y Y Y - - Y Y Y Y Y"),
+    # pipeline_hunyuan_image3.py:547/549/552 raise for SP, CFG parallel and cache backends only inside
+    # _validate_step_request (step-execution mode): constraints, not rejections (were R before). FusedMoE -> EP.
+    # :402 DistributedAutoencoderKLHunyuan, imported inside __init__ (was - before).
+    "HunyuanImage3ForCausalMM": ("HunyuanImage3Model", "Y Y Y Y Y - Y - Y - Y Y Y"),
     # sd3_transformer.py:391 _cache_dit_adapter_config; no _sp_plan; no quant_config in its constructor.
     "StableDiffusion3Pipeline": ("SD3Transformer2DModel", "- - Y Y Y - - Y Y Y - Y -"),
     # pipeline_minimax_h3.py:836 cfg_parallel_size != 1 raises (CFG-distilled); teacache/backend.py:127 enabler.
-    "MiniMaxH3Pipeline": ("MiniMaxH3DiTModel", "Y Y R Y - Y - Y Y Y Y Y Y"),
+    # its VAE MiniMaxH3VideoVAE is a DistributedVaeMixin (was - before).
+    "MiniMaxH3Pipeline": ("MiniMaxH3DiTModel", "Y Y R Y Y Y - Y Y Y Y Y Y"),
     # registry.py:413 _NO_CACHE_ACCELERATION lists NextStep11Pipeline.
-    "NextStep11Pipeline": ("NextStepModel", "- - Y - - - - - Y Y - - -"),
+    # NextStepModel's layers are built from QKVParallelLinear in modeling_nextstep_llama.py:149 (was - before).
+    "NextStep11Pipeline": ("NextStepModel", "- - Y Y - - - - Y Y - - -"),
     # pipeline_diffusers_adapter.py:238 _raise_unsupported_features: offload, TP, CFG parallel, SP, cache backends.
-    "DiffusersAdapterPipeline": (None, "? ? R R - ? - ? R R R R ?"),
+    # It holds a diffusers pipeline in self._pipeline and no DiT attribute the generic hooks look for: the
+    # DiT-level methods have nothing to act on (were ? before).
+    "DiffusersAdapterPipeline": (None, "R R R R - - - - R R R R -"),
 }
 
 # 0.22.0 (2026-06-08): different Cache-DiT layout (cache/cache_dit_backend.py), fewer markers.
 EXPECTED_022 = {
-    "ZImagePipeline": ("ZImageTransformer2DModel", "Y Y - Y Y Y - Y Y Y Y ? Y"),
-    "QwenImagePipeline": ("QwenImageTransformer2DModel", "Y Y Y Y Y Y - Y Y Y Y ? Y"),
+    "ZImagePipeline": ("ZImageTransformer2DModel", "Y Y - Y Y Y - Y Y Y Y Y Y"),
+    "QwenImagePipeline": ("QwenImageTransformer2DModel", "Y Y Y Y Y Y - Y Y Y Y Y Y"),
     "WanPipeline": ("WanTransformer3DModel", "Y Y Y Y Y Y - Y Y Y - Y Y"),
     # cache_dit_backend.py:2031 "FluxPipeline" enabler in 0.22.0
     "FluxPipeline": ("FluxTransformer2DModel", "- - Y Y - Y - Y Y Y Y Y Y"),
     # 0.22.0 FluxKontextPipeline has no CFG-parallel path and no Cache-DiT enabler
-    "FluxKontextPipeline": ("FluxKontextTransformer2DModel", "- - - Y - Y - Y Y Y - ? Y"),
+    "FluxKontextPipeline": ("FluxKontextTransformer2DModel", "- - - Y - Y - Y Y Y - Y Y"),
     "StableDiffusion3Pipeline": ("SD3Transformer2DModel", "- - Y Y Y - - Y Y Y - Y -"),
     # WanS2VTransformer3DModel has no _sp_plan in 0.22.0 (it gained one later)
     "WanS2VPipeline": ("WanS2VTransformer3DModel", "- - Y Y Y Y - Y Y Y - Y -"),
 }
 
 
+def make_settings(**fields) -> Settings:
+    """Settings from field values (pyright reads the model's positional Field defaults as required)."""
+    return Settings.model_validate(fields)
+
+
 def settings_for(tmp_path: Path, version: str, **kw) -> Settings:
-    return Settings(workspace=tmp_path / "ws", vllm_omni_source=SRC / version, **kw)
+    return make_settings(workspace=tmp_path / "ws", vllm_omni_source=SRC / version, **kw)
 
 
 @pytest.fixture
@@ -148,9 +163,11 @@ def test_pitfalls_are_explained_in_the_notes(omni030):
     assert "exact" in ming.methods["tea_cache"].notes and "ZImageTransformer2DModel" in ming.methods["tea_cache"].notes
     lingbot = inspect_model(omni030, "LingBotVideoPipeline")
     assert "deprecated" in lingbot.methods["layerwise_offload"].notes
-    assert any(e.startswith("diffusion/offloader/block_discovery.py") for e in lingbot.methods["layerwise_offload"].evidence)
+    layerwise = lingbot.methods["layerwise_offload"].evidence
+    assert any(e.startswith("diffusion/offloader/block_discovery.py") for e in layerwise)
     boogu = inspect_model(omni030, "BooguImagePipeline")
-    assert "raises" in boogu.methods["tensor_parallel"].notes and "Tensor parallelism" in boogu.methods["tensor_parallel"].notes
+    tp = boogu.methods["tensor_parallel"].notes
+    assert "raises" in tp and "Tensor parallelism" in tp
 
 
 @pytest.mark.parametrize("folder,arch,dit,heads", [
@@ -208,10 +225,10 @@ def test_vllm_omni_not_installed_says_what_was_looked_at(tmp_path):
     empty = tmp_path / "nothing"
     empty.mkdir()
     with pytest.raises(CapabilityError) as err:
-        inspect_model(Settings(workspace=tmp_path / "ws", vllm_omni_source=empty), "ZImagePipeline")
+        inspect_model(make_settings(workspace=tmp_path / "ws", vllm_omni_source=empty), "ZImagePipeline")
     assert "holds no vllm_omni package" in str(err.value)
     with pytest.raises(CapabilityError) as err:
-        inspect_model(Settings(workspace=tmp_path / "ws"), "ZImagePipeline")
+        inspect_model(make_settings(workspace=tmp_path / "ws"), "ZImagePipeline")
     assert "looked at" in str(err.value) and "OMNITUNE_SERVING_PYTHON" in str(err.value)
 
 
@@ -220,7 +237,7 @@ def test_the_serving_python_is_asked_without_importing_vllm(tmp_path):
     site = SRC / "0.22.0"
     fake.write_text(f"#!/bin/sh\nPYTHONPATH={site} exec {REPO / '.venv/bin/python'} \"$@\"\n")
     fake.chmod(0o755)
-    report = inspect_model(Settings(workspace=tmp_path / "ws", serving_python=fake), "ZImagePipeline")
+    report = inspect_model(make_settings(workspace=tmp_path / "ws", serving_python=fake), "ZImagePipeline")
     assert report.located_via == "serving_python" and report.vllm_omni_version == "0.22.0"
 
 
@@ -240,13 +257,14 @@ def test_guide_flags_missing_from_a_version_are_reported(omni030, omni022):
 def test_cache_backends_and_quantization_methods_come_from_the_installed_code(omni030):
     report = inspect_model(omni030, "ZImagePipeline")
     assert {"tea_cache", "cache_dit", "mag_cache", "sea_cache", "step_cache"} <= set(report.cache_backends)
-    assert {"int8", "mxfp8", "svdquant"} <= set(report.quantization_methods) and "gguf" not in report.quantization_methods
+    assert {"int8", "mxfp8", "svdquant"} <= set(report.quantization_methods)
+    assert "gguf" not in report.quantization_methods
 
 
 def test_the_analysis_is_cached_and_invalidated_by_file_mtimes(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(SRC / "0.30.0" / "vllm_omni", src / "vllm_omni", ignore=shutil.ignore_patterns("__pycache__"))
-    settings = Settings(workspace=tmp_path / "ws", vllm_omni_source=src)
+    settings = make_settings(workspace=tmp_path / "ws", vllm_omni_source=src)
     assert inspect_model(settings, "ZImagePipeline").methods["hsdp"].status == "supported"
     cache_files = list((tmp_path / "ws" / "cache").glob("capabilities-0.30.0-*.json"))
     assert len(cache_files) == 1
@@ -273,7 +291,7 @@ def test_docs_of_a_source_checkout_are_compared_with_the_code(tmp_path):
         "| Model | Ulysses SP | TeaCache | FP8 |\n|---|---|---|---|\n"
         "| `ZImagePipeline` | ✅ | ✅ | ✅ |\n"
         "| `WanPipeline` | ✅ | ✅ | ❌ |\n")
-    settings = Settings(workspace=tmp_path / "ws", vllm_omni_source=checkout)
+    settings = make_settings(workspace=tmp_path / "ws", vllm_omni_source=checkout)
     assert inspect_model(settings, "ZImagePipeline").docs_disagreements == []
     wan = inspect_model(settings, "WanPipeline").docs_disagreements
     assert {(d.method, d.code_says) for d in wan} == {("tea_cache", "unsupported"), ("fp8", "supported")}

@@ -69,7 +69,8 @@ def _model_constraints(result, path, ulysses_evidence) -> list[Constraint]:
         out.append(Constraint(
             kind="divides", parameter="tensor_parallel_size", value=heads, methods=["tensor_parallel"],
             description=("tensor_parallel_size must divide the DiT's attention heads"
-                         + (f" ({heads}, from {where})" if heads else " (num_attention_heads in transformer/config.json)")
+                         + (f" ({heads}, from {where})" if heads
+                            else " (num_attention_heads in transformer/config.json)")
                          + ": vLLM's QKVParallelLinear splits whole heads."),
             evidence=m["tensor_parallel"].evidence[:1]))
     if m["ulysses_sp"].status == "supported":
@@ -94,7 +95,7 @@ def support_table(settings: Settings) -> SupportTable:
     """The support table for every registered pipeline of the located vllm-omni (cached)."""
     an = analyzer(settings)
     analyses = an.table()                # checks the files once, re-reads what changed
-    found = an.memo("support_table")
+    found = an.memo("support_table", SupportTable)
     if found is not None:
         return found
     info = an.version_info(check=False)
@@ -103,4 +104,5 @@ def support_table(settings: Settings) -> SupportTable:
     table = SupportTable(vllm_omni_version=an.located.version, located_via=an.located.via,
                          vllm_omni_path=str(an.located.root), cache_backends=info.cache_backends,
                          quantization_methods=info.quantization_methods, rows=rows)
-    return an.memo("support_table", table)
+    an.memo("support_table", SupportTable, table)
+    return table

@@ -21,7 +21,7 @@ SCHEMA = 1
 
 
 class CacheData(BaseModel):
-    schema_: int = Field(SCHEMA, alias="schema")
+    schema_: int = Field(default=SCHEMA, alias="schema")
     version: str
     root: str
     files: dict[str, float] = Field(default_factory=dict)

@@ -65,7 +65,7 @@ def doc_tables(docs: Path, pipelines: set[str]) -> dict[str, dict[str, tuple[str
             for pipeline in names:
                 for key, cell in zip(columns, cells):
                     verdict = _verdict(cell) if key else None
-                    if verdict:
+                    if verdict and key:
                         found.setdefault(pipeline, {})[key] = (verdict, f"{path.relative_to(docs.parent)}:{n}")
     return found
 

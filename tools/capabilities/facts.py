@@ -70,9 +70,8 @@ def _modules(index: SourceIndex, globs: tuple[str, ...]) -> list[Module]:
 
 
 def _str_arg(call: ast.Call, i: int) -> str | None:
-    if len(call.args) > i and isinstance(call.args[i], ast.Constant) and isinstance(call.args[i].value, str):
-        return call.args[i].value
-    return None
+    arg = call.args[i] if len(call.args) > i else None
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
 
 
 def _message(node: ast.AST) -> str:

@@ -27,7 +27,8 @@ _PROBE = (
     "s = importlib.util.find_spec('vllm_omni')\n"
     "v = None\n"
     "try:\n    v = importlib.metadata.version('vllm-omni')\nexcept Exception:\n    pass\n"
-    "print(json.dumps({'origin': s.origin if s else None, 'locations': list(s.submodule_search_locations or []) if s else [], 'version': v}))\n"
+    "print(json.dumps({'origin': s.origin if s else None, "
+    "'locations': list(s.submodule_search_locations or []) if s else [], 'version': v}))\n"
 )
 
 
@@ -58,7 +59,8 @@ def read_version(pkg: Path) -> str:
         except (SyntaxError, OSError):
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) \
+                    and isinstance(node.value.value, str):
                 if any(isinstance(t, ast.Name) and t.id in ("__version__", "version") for t in node.targets):
                     return node.value.value
     for meta in sorted(pkg.parent.glob("vllm_omni-*.dist-info/METADATA")):
@@ -77,7 +79,7 @@ _PROBED: dict[tuple[str, float], Path | None] = {}
 
 
 def _from_serving_python(python: Path) -> Path | None:
-    """Ask once per interpreter (path, mtime): the package folder does not move; its files are re-checked by the cache."""
+    """Ask once per interpreter (path, mtime): the package folder does not move; the cache re-checks its files."""
     try:
         key = (str(python), python.stat().st_mtime)
     except OSError:
@@ -92,7 +94,8 @@ def _probe(python: Path) -> Path | None:
         out = subprocess.run([str(python), "-c", _PROBE], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CapabilityError(f"could not run the serving Python {python}: {exc}.",
-                              "set OMNITUNE_SERVING_PYTHON (or --serving-python) to the Python that has vllm-omni.") from exc
+                              "set OMNITUNE_SERVING_PYTHON (or --serving-python) to the Python that has vllm-omni."
+                              ) from exc
     if out.returncode != 0:
         raise CapabilityError(f"the serving Python {python} failed to report vllm_omni: {out.stderr.strip()[-300:]}",
                               "check OMNITUNE_SERVING_PYTHON points to a working Python.")

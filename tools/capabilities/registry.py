@@ -69,11 +69,12 @@ def read_registry(index: SourceIndex) -> Registry:
         name, value = _target(node)
         if name == "_DIFFUSION_MODELS" and isinstance(value, ast.Dict):
             for k, v in zip(value.keys, value.values):
-                t = _tuple(v) if isinstance(k, ast.Constant) else None
-                if t and len(t) == 3:
+                t = _tuple(v) if isinstance(k, ast.Constant) and isinstance(k.value, str) else None
+                if k is not None and t and len(t) == 3:
                     folder, rel, cls = t
                     dotted = f"vllm_omni.diffusion.models.{folder}.{rel}" if rel else folder
-                    entries[k.value] = Entry(k.value, dotted, cls, mod.at(k))
+                    arch = str(getattr(k, "value", ""))
+                    entries[arch] = Entry(arch, dotted, cls, mod.at(k))
         elif name == "_NO_CACHE_ACCELERATION" and value is not None:
             no_cache.update({k: f"{mod.rel}:{line}" for k, line in string_keys(value)})
         elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Subscript):
@@ -81,10 +82,12 @@ def read_registry(index: SourceIndex) -> Registry:
             tgt, val = node.targets[0], node.value
             if (isinstance(tgt.value, ast.Name) and tgt.value.id == "_DIFFUSION_MODELS"
                     and isinstance(tgt.slice, ast.Constant) and isinstance(val, ast.Subscript)
-                    and isinstance(val.slice, ast.Constant) and val.slice.value in entries):
-                src = entries[val.slice.value]
-                entries[tgt.slice.value] = Entry(tgt.slice.value, src.module, src.cls, mod.at(node))
+                    and isinstance(val.slice, ast.Constant) and str(val.slice.value) in entries):
+                src = entries[str(val.slice.value)]
+                alias = str(tgt.slice.value)
+                entries[alias] = Entry(alias, src.module, src.cls, mod.at(node))
     if not entries:
-        raise CapabilityError(f"no _DIFFUSION_MODELS table found in {mod.rel}; this vllm-omni layout is not understood.",
-                              "report the vllm-omni version; meanwhile point omnitune at a release it knows (0.22-0.30).")
+        raise CapabilityError(
+            f"no _DIFFUSION_MODELS table found in {mod.rel}; this vllm-omni layout is not understood.",
+            "report the vllm-omni version; meanwhile point omnitune at a release it knows (0.22-0.32).")
     return Registry(entries, no_cache, mod)

@@ -31,8 +31,14 @@ class MethodSupport(BaseModel):
     """One optimisation method for one model."""
 
     status: Status = Field(description="supported | unsupported | rejected (the model raises when asked) | unknown.")
-    evidence: list[str] = Field(default_factory=list, description="'path:line' in the vllm_omni package that decided it.")
-    notes: str = Field("", description="Why, in one or two sentences (and the reason when status is unknown).")
+    evidence: list[str] = Field(default_factory=list,
+                                description="'path:line' in the vllm_omni package that decided it.")
+    notes: str = Field(default="", description="Why, in one or two sentences (and the reason when status is unknown).")
+    takes_effect: Literal["yes", "no", "unknown"] | None = Field(
+        default=None, description="Cache-DiT: whether an allowed method really changes the computation (status answers "
+                          "whether vLLM-Omni lets the server run with it); None where the question does not apply.")
+    effect_evidence: list[str] = Field(default_factory=list, description="'path:line' that decided takes_effect.")
+    effect_notes: str = ""
 
 
 class Constraint(BaseModel):
@@ -41,11 +47,12 @@ class Constraint(BaseModel):
     kind: Literal["divides", "one_of", "requires", "excludes", "implies", "raises"] = Field(
         description="divides: `parameter` must divide `value`; one_of: `parameter` in `values`; "
                     "requires/excludes/implies: a relation between settings; raises: the code refuses `condition`.")
-    parameter: str | None = Field(None, description="The serve setting it constrains (ServeConfig/od_config name).")
+    parameter: str | None = Field(default=None,
+                                  description="The serve setting it constrains (ServeConfig/od_config name).")
     value: int | None = None
     values: list[int] | None = None
     methods: list[str] = Field(default_factory=list, description="Method keys the constraint concerns.")
-    condition: str | None = Field(None, description="The source condition, as written in the code.")
+    condition: str | None = Field(default=None, description="The source condition, as written in the code.")
     description: str
     evidence: list[str] = Field(default_factory=list)
 
@@ -55,7 +62,7 @@ class FlagCheck(BaseModel):
 
     present: list[str] = Field(default_factory=list)
     missing: list[str] = Field(default_factory=list)
-    source: str = Field("", description="How the installed flag list was derived.")
+    source: str = Field(default="", description="How the installed flag list was derived.")
 
 
 class DocsDisagreement(BaseModel):
@@ -70,13 +77,14 @@ class CapabilityReport(BaseModel):
     """What vLLM-Omni (as installed) does for one model: per-method support, constraints, flags."""
 
     model: str = Field(description="What was asked for (folder, Hugging Face id or pipeline class).")
-    model_path: str | None = Field(None, description="The local model folder used, if any.")
+    model_path: str | None = Field(default=None, description="The local model folder used, if any.")
     pipeline_class: str = Field(description="The `_class_name` / registry key, e.g. QwenImagePipeline.")
     pipeline_impl: str = Field(description="vllm-omni's class for it (e.g. WanPipeline -> Wan22Pipeline).")
     pipeline_module: str = Field(description="Source file of that class, relative to the package.")
-    dit_class: str | None = Field(None, description="The DiT (transformer) class the pipeline instantiates.")
+    dit_class: str | None = Field(default=None, description="The DiT (transformer) class the pipeline instantiates.")
     dit_module: str | None = None
-    dit_classes: list[str] = Field(default_factory=list, description="All DiT classes (e.g. transformer and transformer_2).")
+    dit_classes: list[str] = Field(default_factory=list,
+                                   description="All DiT classes (e.g. transformer and transformer_2).")
     vllm_omni_version: str
     located_via: str = Field(description="settings.vllm_omni_source | serving_python | omnitune_env.")
     vllm_omni_path: str
@@ -85,8 +93,9 @@ class CapabilityReport(BaseModel):
     cache_backends: list[str] = Field(default_factory=list, description="--cache-backend values this version accepts.")
     quantization_methods: list[str] = Field(default_factory=list)
     quantization_note: str = ""
-    uses_cfg: bool | None = Field(None, description="Whether the pipeline runs classifier-free guidance (None: unknown).")
-    flags: FlagCheck = Field(default_factory=FlagCheck)
+    uses_cfg: bool | None = Field(default=None,
+                                  description="Whether the pipeline runs classifier-free guidance (None: unknown).")
+    flags: FlagCheck = Field(default_factory=lambda: FlagCheck())
     docs_disagreements: list[DocsDisagreement] = Field(default_factory=list)
 
 
@@ -98,7 +107,7 @@ class SupportRow(BaseModel):
     dit_class: str | None
     methods: dict[str, MethodSupport]
     uses_cfg: bool | None = None
-    error: str | None = Field(None, description="Why this pipeline could not be analysed, if it could not.")
+    error: str | None = Field(default=None, description="Why this pipeline could not be analysed, if it could not.")
 
 
 class SupportTable(BaseModel):

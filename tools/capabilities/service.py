@@ -6,19 +6,22 @@ import gc
 import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
 from omnitune.tools.capabilities.analysis import analyse
 from omnitune.tools.capabilities.cache import AnalysisCache
 from omnitune.tools.capabilities.classes import model_classes
-from omnitune.tools.capabilities.facts import read_facts
+from omnitune.tools.capabilities.facts import VersionFacts, read_facts
 from omnitune.tools.capabilities.flags import serve_flags
 from omnitune.tools.capabilities.locate import Located, locate
-from omnitune.tools.capabilities.registry import read_registry
+from omnitune.tools.capabilities.registry import Registry, read_registry
 from omnitune.tools.capabilities.report import Constraint, MethodSupport
 from omnitune.tools.capabilities.source import SourceIndex
 from omnitune.tools.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class VersionInfo(BaseModel):
@@ -67,27 +70,30 @@ class Analyzer:
         self.cache = AnalysisCache(located.root, located.version, cache_dir)
         self._lock = threading.RLock()
         self._index: SourceIndex | None = None
-        self._facts = None
-        self._registry = None
+        self._facts: VersionFacts | None = None
+        self._registry: Registry | None = None
         self._objects: dict[str, BaseModel] = {}   # validated views of cache entries
 
-    def _cached(self, key: str, model: type[BaseModel]):
+    def _cached(self, key: str, model: type[M]) -> M | None:
         obj = self._objects.get(key)
-        if obj is None:
-            raw = self.cache.get(key)
-            if raw is None:
-                return None
-            obj = self._objects[key] = model.model_validate(raw)
-        return obj
+        if isinstance(obj, model):
+            return obj
+        raw = self.cache.get(key)
+        if raw is None:
+            return None
+        found = model.model_validate(raw)
+        self._objects[key] = found
+        return found
 
-    def memo(self, key: str, value: BaseModel | None = None):
+    def memo(self, key: str, kind: type[M], value: M | None = None) -> M | None:
         """Derived objects (the assembled table) kept until the sources change."""
         if value is not None:
             self._objects["memo:" + key] = value
-        return self._objects.get("memo:" + key)
+        found = self._objects.get("memo:" + key)
+        return found if isinstance(found, kind) else None
 
-    def _state(self):
-        if self._index is None:
+    def _state(self) -> tuple[SourceIndex, VersionFacts, Registry]:
+        if self._index is None or self._facts is None or self._registry is None:
             self._index = SourceIndex(self.located.root)
             self._registry = read_registry(self._index)
             self._facts = read_facts(self._index)
@@ -144,8 +150,9 @@ class Analyzer:
         cls = index.resolve_class(mod, entry.cls) if mod else None
         if cls is None:
             return PipelineAnalysis(pipeline_class=entry.arch, pipeline_impl=entry.cls,
-                                    pipeline_module=entry.module, error=(
-                                        f"{entry.cls} was not found in {entry.module} (registered at {entry.evidence})"))
+                                    pipeline_module=entry.module,
+                                    error=f"{entry.cls} was not found in {entry.module} "
+                                          f"(registered at {entry.evidence})")
         mc = model_classes(index, cls)
         result = analyse(index, facts, mc, entry.arch, registry.no_cache)
         dit = mc.dit

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PKG = "vllm_omni"
+LAZY_IMPORT = re.compile(r"^[ \t]+from\s+\S+\s+import\s", re.M)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Module:
     functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)   # `Alias = Original` at module level
     text: str = ""
+    memo: dict = field(default_factory=dict)   # derived answers about this module (they live with the tree)
     _starts: list[int] | None = None
     _lines: list[int] | None = None
 
@@ -36,16 +38,17 @@ class Module:
 
         The text finds candidate lines cheaply; ``ast`` confirms each (comments and strings do not count).
         """
-        if self._starts is None:
+        if self._starts is None or self._lines is None:
             self._starts = [stmt.lineno for stmt in self.tree.body]
             self._lines = [0] + [m.end() for m in re.finditer("\n", self.text)]
+        starts, lines = self._starts, self._lines
         best: ast.AST | None = None
         for name in names:
             if name not in self.text:
                 continue
             for m in re.finditer(r"\b" + re.escape(name) + r"\b", self.text):
-                line = bisect.bisect_right(self._lines, m.start())
-                i = bisect.bisect_right(self._starts, line) - 1
+                line = bisect.bisect_right(lines, m.start())
+                i = bisect.bisect_right(starts, line) - 1
                 if i < 0:
                     continue
                 stmt = self.tree.body[i]
@@ -53,13 +56,17 @@ class Module:
                     continue
                 node = facts_of(stmt).names.get(name)
                 if node is not None:
-                    if best is None or node.lineno < best.lineno:
+                    if best is None or _line(node) < _line(best):
                         best = node
                     break
         return best
 
     def at(self, node: ast.AST) -> str:
         return f"{self.rel}:{getattr(node, 'lineno', 0)}"
+
+
+def _line(node: ast.AST) -> int:
+    return getattr(node, "lineno", 0)
 
 
 @dataclass
@@ -91,6 +98,14 @@ def _top_level(tree: ast.Module):
         yield node
 
 
+def _import_source(node: ast.ImportFrom, pkg_parts: list[str]) -> str:
+    """The dotted module a ``from ... import`` reads (relative imports resolved against the package)."""
+    if not node.level:
+        return node.module or ""
+    base = pkg_parts[: len(pkg_parts) - (node.level - 1)] if node.level > 1 else pkg_parts
+    return ".".join([*base, *(node.module.split(".") if node.module else [])])
+
+
 class SourceIndex:
     """Parses modules of one vllm_omni package folder lazily and resolves names across them."""
 
@@ -98,6 +113,7 @@ class SourceIndex:
         self.root = root
         self._modules: dict[str, Module | None] = {}
         self.files: dict[str, float] = {}     # rel path -> mtime of every file read
+        self._local_imports: dict[str, dict[str, tuple[str, str | None]]] = {}
 
     # -- modules ------------------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
@@ -119,6 +135,7 @@ class SourceIndex:
         path = self.path_of(dotted)
         mod = None
         if path is not None:
+            text = ""
             try:
                 text = path.read_text(encoding="utf-8")
                 tree = ast.parse(text, filename=str(path))
@@ -152,11 +169,7 @@ class SourceIndex:
                     else:
                         mod.imports.setdefault(a.name.split(".")[0], (a.name.split(".")[0], None))
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = pkg_parts[: len(pkg_parts) - (node.level - 1)] if node.level > 1 else pkg_parts
-                    src = ".".join([*base, *(node.module.split(".") if node.module else [])])
-                else:
-                    src = node.module or ""
+                src = _import_source(node, pkg_parts)
                 for a in node.names:
                     if a.name != "*":
                         mod.imports[a.asname or a.name] = (src, a.name)
@@ -190,8 +203,37 @@ class SourceIndex:
             found = self.resolve_class(other, attr, depth + 1)
             if found:
                 return found
-        sub = self.module(f"{src}.{attr}")  # `from pkg import submodule` is not a class
-        return None if sub is not None else None
+        return None  # `from pkg import submodule` is not a class
+
+    def local_imports(self, mod: Module) -> dict[str, tuple[str, str | None]]:
+        """``from .x import Y`` inside functions (lazy imports), which ``_index`` does not see."""
+        found = self._local_imports.get(mod.name)
+        if found is None:
+            found = self._local_imports[mod.name] = {}
+            pkg_parts = mod.name.split(".") if mod.path.name == "__init__.py" else mod.name.split(".")[:-1]
+            for m in LAZY_IMPORT.finditer(mod.text):
+                # Parse just the statement (to its closing parenthesis), not the whole module again.
+                start = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
+                end = mod.text.find("\n", start)
+                if "(" in mod.text[start:end if end >= 0 else None]:
+                    end = mod.text.find(")", start) + 1
+                try:
+                    node = ast.parse(mod.text[start:end if end > 0 else None]).body[0]
+                except (SyntaxError, IndexError):
+                    continue
+                if isinstance(node, ast.ImportFrom):
+                    src = _import_source(node, pkg_parts)
+                    for a in node.names:
+                        if a.name != "*":
+                            found.setdefault(a.asname or a.name, (src, a.name))
+        return found
+
+    def resolve_local_import(self, mod: Module, name: str) -> ClassRef | None:
+        target = self.local_imports(mod).get(name) if "." not in name else None
+        if target is None or not target[0].startswith(PKG) or target[1] is None:
+            return None
+        other = self.module(target[0])
+        return self.resolve_class(other, target[1]) if other is not None else None
 
     def external_name(self, mod: Module, name: str) -> str:
         """A readable name for a base outside the package (e.g. ``diffusers...ModelMixin`` -> ModelMixin)."""
@@ -239,11 +281,11 @@ def facts_of(node: ast.AST) -> Facts:
     for n in ast.walk(node):
         if isinstance(n, ast.Name):
             prev = f.names.get(n.id)
-            if prev is None or n.lineno < prev.lineno:
+            if prev is None or _line(n) < _line(prev):
                 f.names[n.id] = n
         elif isinstance(n, ast.Attribute):
             prev = f.names.get(n.attr)
-            if prev is None or n.lineno < prev.lineno:
+            if prev is None or _line(n) < _line(prev):
                 f.names[n.attr] = n
             if isinstance(n.value, ast.Name) and n.value.id == "self":
                 f.self_uses.setdefault(n.attr, n)
@@ -287,14 +329,14 @@ def class_attr(mro: list[ClassRef], names: tuple[str, ...]) -> tuple[ClassRef, s
     """The first class-level assignment of any of ``names`` along the MRO: (class, name, stmt, value)."""
     for cls in mro:
         for stmt in cls.node.body:
-            targets: list[ast.AST] = []
-            value = None
+            targets: list[ast.expr] = []
+            value: ast.expr | None = None
             if isinstance(stmt, ast.Assign):
                 targets, value = stmt.targets, stmt.value
             elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
                 targets, value = [stmt.target], stmt.value
             for t in targets:
-                if isinstance(t, ast.Name) and t.id in names:
+                if isinstance(t, ast.Name) and t.id in names and value is not None:
                     return cls, t.id, stmt, value
     return None
 

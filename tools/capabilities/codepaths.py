@@ -1,0 +1,231 @@
+"""Which code paths a model's own code reaches: CFG / SP group calls, vLLM TP layers, its own compile step.
+
+Read structurally (never by grep): group calls count under any import alias, a call only inside a
+refusal (``if cfg_world() > 1: raise``) checks rather than splits, helper classes count only when the
+pipeline builds them (a sibling class in the same file does not), and a layer built with
+``disable_tp=True`` is replicated, not sharded.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from omnitune.tools.capabilities.classes import ModelClasses, methods
+from omnitune.tools.capabilities.report import Status
+from omnitune.tools.capabilities.source import (
+    ClassRef,
+    Module,
+    SourceIndex,
+    dotted_name,
+    facts_of,
+    names_of,
+    self_calls,
+)
+
+MODELS_DIR = "diffusion/models/"
+TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
+CFG_CALLS = frozenset({"get_classifier_free_guidance_world_size", "get_cfg_group",
+                       "get_classifier_free_guidance_rank"})
+
+
+def class_names(node: ast.ClassDef) -> set[str]:
+    """Identifiers a class body uses, from the per-statement facts (each method is walked once overall)."""
+    out: set[str] = set()
+    for stmt in node.body:
+        out |= facts_of(stmt).names.keys()
+    return out
+
+
+def mentions(mod: Module, names: frozenset[str]) -> bool:
+    return any(n in mod.text for n in names)
+
+
+def own(cls: ClassRef) -> bool:
+    """Model-specific code lives in a model folder (not in shared mixins such as models/interface.py)."""
+    return cls.module.rel.startswith(MODELS_DIR) and cls.module.rel.count("/") >= 3
+
+
+def aliases(index: SourceIndex, mod: Module, names: frozenset[str]) -> frozenset[str]:
+    """``names`` plus what ``mod`` imports them as (``get_cfg_group as get_guidance_parallel_group``)."""
+    memo: dict[frozenset[str], frozenset[str]] = mod.memo.setdefault("aliases", {})
+    found = memo.get(names)
+    if found is None:
+        out = set(names)
+        for table in (mod.imports, index.local_imports(mod)):
+            out |= {local for local, (src, attr) in table.items() if attr in names and src.startswith("vllm_omni")}
+        found = memo[names] = frozenset(out)
+    return found
+
+
+def real_uses(fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
+    """Uses of ``names`` in ``fn`` that do work: a use only inside a refusal (``if cfg_world() > 1: raise``,
+    ``assert``) checks the group, it does not split anything."""
+    facts = facts_of(fn)
+    if not names & facts.names.keys():
+        return []
+    checks: set[int] = set()
+    for node in facts.checks:
+        if isinstance(node, ast.Assert) or (isinstance(node, ast.If) and node.body
+                                             and isinstance(node.body[0], ast.Raise)):
+            checks |= {id(n) for n in ast.walk(node.test)}
+    out = []
+    for n in ast.walk(fn):
+        name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
+        if name in names and id(n) not in checks:
+            out.append(n)
+    return out
+
+
+CFG_SWITCHES = {"do_classifier_free_guidance", "do_true_cfg", "do_cfg"}
+
+
+
+def cfg_switched_off(mc: ModelClasses) -> str | None:
+    """``sp.do_classifier_free_guidance = False`` unconditionally in the pipeline's own code (DMD2 mixins)."""
+    for cls in mc.pipeline_mro:
+        if not cls.module.rel.startswith(MODELS_DIR):
+            continue
+        for fn in cls.node.body:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            todo = list(fn.body)
+            while todo:
+                stmt = todo.pop(0)
+                if isinstance(stmt, (ast.For, ast.With)):
+                    todo[:0] = stmt.body
+                elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) \
+                        and stmt.value.value is False:
+                    for t in stmt.targets:
+                        name = t.attr if isinstance(t, ast.Attribute) else t.id if isinstance(t, ast.Name) else None
+                        if name in CFG_SWITCHES:
+                            return cls.at(stmt)
+    return None
+
+
+
+def used_classes(mc: ModelClasses, own_mods: list[Module]) -> list[ClassRef]:
+    """Helper classes of the model's own modules that its code actually builds (samplers, inner pipelines).
+
+    A sibling class that merely shares a file with the pipeline is not part of it.
+    """
+    if mc.helpers is not None:
+        return mc.helpers
+    start = [c for c in [*mc.pipeline_mro, *mc.dit_mro] if own(c)]
+    seen = {c.key for c in start}
+    names: set[str] = set()
+    for c in start:
+        names |= class_names(c.node)
+    out: list[ClassRef] = []
+    changed = True
+    while changed:
+        changed = False
+        for mod in own_mods:
+            for cname, node in mod.classes.items():
+                ref = ClassRef(mod, node)
+                if ref.key not in seen and cname in names:
+                    seen.add(ref.key)
+                    out.append(ref)
+                    names |= class_names(node)
+                    changed = True
+    mc.helpers = out
+    return out
+
+
+
+def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> str | None:
+    """Line in the model's own code that reaches the CFG-parallel path (directly or via self-methods)."""
+    helpers = used_classes(mc, own_mods)
+    table = methods(mc.pipeline_mro + [c for c in mc.dit_mro if own(c)] + helpers)
+    known = {m.name: aliases(index, m, CFG_CALLS) for m in own_mods}
+    for cls, _ in table.values():
+        known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
+    aware = {name for name, (cls, fn) in table.items()
+             if mentions(cls.module, known[cls.module.name]) and real_uses(fn, known[cls.module.name])}
+    changed = True
+    while changed:
+        changed = False
+        for name, (_, fn) in table.items():
+            if name not in aware and aware & self_calls(fn).keys():
+                aware.add(name)
+                changed = True
+    for cls in [*mc.pipeline_mro, *mc.dit_mro, *helpers]:
+        if not own(cls):
+            continue
+        known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
+        here = mentions(cls.module, known[cls.module.name])
+        for stmt in cls.node.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                direct = real_uses(stmt, known[cls.module.name]) if here else []
+                via = [n for i, n in self_calls(stmt).items() if i in aware]
+                if direct or via:
+                    return cls.at(min(direct + via, key=lambda n: getattr(n, "lineno", 0)))
+    for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
+        if not mentions(mod, known[mod.name]):
+            continue
+        for fn in mod.functions.values():
+            uses = real_uses(fn, known[mod.name])
+            if uses:
+                return mod.at(uses[0])
+    return None
+
+
+
+def tp_use(index: SourceIndex, mods: list[Module], depth: int = 0) -> str | None:
+    """First vLLM parallel linear layer built with TP on (``disable_tp=True`` replicates the layer).
+
+    Layers wrapped in an in-package class of another module (attention / FFN helpers) count too.
+    """
+    seen: set[str] = {m.name for m in mods}
+    for mod in mods:
+        if not any(n in mod.text for n in TP_LAYERS) and depth > 0:
+            continue
+        if depth == 0 and "tp_use" in mod.memo:
+            if mod.memo["tp_use"]:
+                return mod.memo["tp_use"]
+            continue
+        best: ast.Call | None = None
+        helpers: list[Module] = []
+        for node in ast.walk(mod.tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = (dotted_name(node.func) or "").rpartition(".")[2]
+            if name in TP_LAYERS:
+                off = any(k.arg == "disable_tp" and isinstance(k.value, ast.Constant) and k.value.value is True
+                          for k in node.keywords)
+                if not off and (best is None or node.lineno < best.lineno):
+                    best = node
+            elif depth < 2 and name and name[:1].isupper():
+                target = mod.imports.get(name)
+                if target and target[0].startswith("vllm_omni") and target[0] not in seen:
+                    other = index.module(target[0])
+                    if other is not None and any(n in other.text for n in TP_LAYERS):
+                        seen.add(target[0])
+                        helpers.append(other)
+        found = mod.at(best) if best is not None else (tp_use(index, helpers, depth + 1) if helpers else None)
+        if depth == 0:
+            mod.memo["tp_use"] = found
+        if found:
+            return found
+    return None
+
+
+COMPILE_CALLS = {"regionally_compile", "compile_regions", "compile_repeated_blocks"}
+
+
+
+def setup_compile(mc: ModelClasses) -> tuple[Status, str, str] | None:
+    """A pipeline's own ``setup_compile`` replaces the runner's compile step (status, evidence, note)."""
+    table = methods(mc.pipeline_mro)
+    found = table.get("setup_compile")
+    if found is None or not own(found[0]):
+        return None
+    cls, fn = found
+    names = names_of(fn)
+    hit = next((names[n] for n in COMPILE_CALLS if n in names), None)
+    if hit is None and "compile" in names:
+        hit = names["compile"]
+    if hit is not None:
+        return ("supported", cls.at(hit), f"{mc.pipeline.name}.setup_compile compiles the DiT regions itself "
+                "(the runner calls it instead of its own regional compile).")
+    return ("unsupported", cls.at(fn), f"{mc.pipeline.name}.setup_compile replaces the runner's compile step and "
+            "compiles nothing.")
