@@ -55,9 +55,9 @@ def register(mcp: MCPServer) -> None:
             job_id = resume
             request, notes = await in_thread(resumable_request, state.workspace, run, job_id)
             return await in_thread(lambda: state.jobs.resume(job_id, lambda job: tune_job(
-                state.workspace, run, request, job_id, job.report, job.cancelled.is_set, notes)))
+                state.workspace, run, request, job_id, job.report, job.cancelled, notes)))
         job_id = new_id("tune")
         return await in_thread(lambda: state.jobs.start(
             "tune", request.model_dump(mode="json"),
-            lambda job: tune_job(state.workspace, run, request, job_id, job.report, job.cancelled.is_set),
+            lambda job: tune_job(state.workspace, run, request, job_id, job.report, job.cancelled),
             job_id=job_id))

@@ -1,0 +1,45 @@
+"""Who owns a record: the ONE liveness rule for jobs, runs and servers (pid + process start time).
+
+A pid alone is not an owner: another omnitune on the same workspace has another pid but is alive, and a dead
+omnitune's pid may be reused by an unrelated process. So an owner is (pid, create_time) and it is alive only
+when a process with that pid exists, is not a zombie, and started at that time (within a second).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+
+def identity(pid: int) -> float | None:
+    """create_time of a live process (tells a reused pid apart), None if gone or a zombie."""
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p.create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def me() -> tuple[int, float | None]:
+    """This omnitune process as an owner: (pid, start time)."""
+    pid = os.getpid()
+    return pid, identity(pid)
+
+
+def alive(pid: int | None, start_time: float | None) -> bool:
+    """The owner (pid, start time) still runs. A record without a start time (older omnitune) counts as alive
+    only while its pid does: never marking a live owner's work dead matters more than tidying at once."""
+    if pid is None:
+        return False
+    started = identity(pid)
+    if started is None:
+        return False
+    return start_time is None or abs(started - start_time) < 1.0
+
+
+def is_me(pid: int | None, start_time: float | None) -> bool:
+    own_pid, own_start = me()
+    return pid == own_pid and (start_time is None or own_start is None or abs(own_start - start_time) < 1.0)
