@@ -215,7 +215,8 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise WorkspaceError(f"migrating {path} to schema {number + 1} failed: {exc}.",
-                                     "report this bug; the database was left at its previous version.") from exc
+                                     f"{write_error(path, exc).fix} The database was left at its previous "
+                                     "version.") from exc
 
     @property
     def schema_version(self) -> int:

@@ -319,8 +319,18 @@ class _Run:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
+_UNWRITTEN: dict[str, dict[str, Any]] = {}  # a run's final state whose write failed (full disk), to retry
+
+
 def close_orphaned_runs(ws: Workspace) -> list[str]:
-    """Runs left 'running' by an omnitune that is gone can never finish: mark them failed, rows kept."""
+    """Runs left 'running' by an omnitune that is gone can never finish: mark them failed, rows kept. First, final
+    states of this process's runs that could not be written (full disk) are written now."""
+    for run_id, final in list(_UNWRITTEN.items()):
+        try:
+            ws.store.update("runs", {"id": run_id}, final)
+            _UNWRITTEN.pop(run_id, None)
+        except Exception as exc:
+            log.warning("run %s: its final state still cannot be written: %s", run_id, exc)
     closed = []
     for row in ws.store.query("SELECT id, data FROM runs WHERE kind = 'benchmark' AND status = 'running'"):
         data = json.loads(row["data"] or "{}")
@@ -436,7 +446,11 @@ def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, pr
             status = "failed"
         summary = summarize(base, records, telemetry, status, workload.is_video, run.aborted, warnings,
                             run.outputs_saved)
-        ws.store.update("runs", {"id": run_id}, {"status": status, "finished_at": now(), "config_key": key,
-                                                 "summary": summary.model_dump(mode="json")})
+        final = {"status": status, "finished_at": now(), "config_key": key, "summary": summary.model_dump(mode="json")}
+        try:
+            ws.store.update("runs", {"id": run_id}, final)
+        except Exception:  # kept and written again by the next close_orphaned_runs (each start, each benchmark)
+            _UNWRITTEN[run_id] = final
+            raise
         (run_dir / "summary.json").write_text(summary.model_dump_json(indent=2))
     return BenchmarkResult(run_id=run_id, status=status, run_dir=str(run_dir), summary=summary)
