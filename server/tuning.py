@@ -26,7 +26,12 @@ def register(mcp: MCPServer) -> None:
         report path:line, hardware facts) and the expected gain, plus every configuration pruned and why.
         Nothing is launched; tune_start measures the plan."""
         state = state_of(ctx)
-        return await in_thread(make_plan, state.settings, model, goal or Goal())
+        made = await in_thread(make_plan, state.settings, model, goal or Goal())
+        gpus = sorted({g for c in made.candidates for g in (c.config.get("gpus") or [0])})
+        for view in await in_thread(launcher(state).holders, gpus):  # GPU accounting: say what is taken
+            made.notes.append(f"GPU {sorted(view.server.gpus)} is held by omnitune server {view.server.id} "
+                              f"({view.state}): stop it before measuring candidates that use it")
+        return made
 
     @mcp.tool(annotations=annotations(destructive=True, title="Start an automatic tune"))
     @agent_errors

@@ -17,7 +17,7 @@ from mcp import Client
 from omnitune.server.main import build_server
 from omnitune.tools import store as store_module
 from tests.faults_helpers import auntil, db_rows, omnitune_argv
-from tests.launch_helpers import ZIMAGE, emulator_processes, emulator_settings, world
+from tests.launch_helpers import emulator_processes, emulator_settings, world
 from tests.test_benchmark import known_latency, launch
 
 pytestmark = pytest.mark.anyio

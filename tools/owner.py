@@ -43,3 +43,21 @@ def alive(pid: int | None, start_time: float | None) -> bool:
 def is_me(pid: int | None, start_time: float | None) -> bool:
     own_pid, own_start = me()
     return pid == own_pid and (start_time is None or own_start is None or abs(own_start - start_time) < 1.0)
+
+
+def process_problem(pid: int | None, start_time: float | None) -> str | None:
+    """Why the server's leader process cannot answer (stopped by a signal, gone), or None."""
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if start_time is not None and abs(proc.create_time() - start_time) >= 1:
+            return f"process {pid} is gone"
+        status = proc.status()
+    except psutil.Error:
+        return f"process {pid} is gone"
+    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
+        return f"process {pid} is stopped (SIGSTOP or a debugger); it answers nothing until continued (SIGCONT)"
+    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+        return f"process {pid} has exited"
+    return None

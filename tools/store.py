@@ -220,7 +220,9 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return int(self.query_one("PRAGMA user_version")[0])
+        row = self.query_one("PRAGMA user_version")
+        assert row is not None  # a PRAGMA always answers one row
+        return int(row[0])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -29,7 +29,7 @@ from omnitune.tools.benchmark.target import BenchmarkTarget, Resolved, config_ke
 from omnitune.tools.benchmark.telemetry import GpuSampler
 from omnitune.tools.benchmark.workload import RequestSpec, Workload
 from omnitune.tools.errors import BenchmarkError
-from omnitune.tools.owner import alive, is_me, me
+from omnitune.tools.owner import alive, is_me, me, process_problem
 from omnitune.tools.store import dumps, now
 from omnitune.tools.workspace import Workspace, new_id
 
@@ -364,25 +364,6 @@ def _final_status(run: _Run) -> RunStatus:
     return "completed"
 
 
-def process_problem(pid: int | None, start_time: float | None) -> str | None:
-    """Why the server's leader process cannot answer (stopped by a signal, gone), or None."""
-    if pid is None:
-        return None
-    import psutil
-    try:
-        proc = psutil.Process(pid)
-        if start_time is not None and abs(proc.create_time() - start_time) >= 1:
-            return f"process {pid} is gone"
-        status = proc.status()
-    except psutil.Error:
-        return f"process {pid} is gone"
-    if status in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP):
-        return f"process {pid} is stopped (SIGSTOP or a debugger); it answers nothing until continued (SIGCONT)"
-    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-        return f"process {pid} has exited"
-    return None
-
-
 def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, progress: Progress | None = None,
                   cancel: threading.Event | None = None, run_id: str | None = None) -> BenchmarkResult:
     """Measure ``target`` under ``workload``; returns when done, cancelled, or ended by the failure policy."""
@@ -453,4 +434,4 @@ def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, pr
             _UNWRITTEN[run_id] = final
             raise
         (run_dir / "summary.json").write_text(summary.model_dump_json(indent=2))
-    return BenchmarkResult(run_id=run_id, status=status, run_dir=str(run_dir), summary=summary)
+    return BenchmarkResult(run_id=run_id, status=status, run_dir=str(run_dir), summary=summary, job_id=None, plan=None)

@@ -295,6 +295,7 @@ class Tuner:
 
     # -- the search ---------------------------------------------------------------------------------
     def run(self) -> TuneResult:
+        self._check_gpus_alone()
         extra = self._baseline()
         if not self.baseline or self.baseline.status not in ("measured", "reused"):
             return self.finish(None)
@@ -309,6 +310,18 @@ class Tuner:
             self._lossy_sweep(self.req.goal.quality_floor)
             self._request_sweep(self.req.goal.quality_floor)
         return self.finish(self.best)
+
+    def _check_gpus_alone(self) -> None:
+        """A tune measures alone: GPUs its plan uses that omnitune's own servers hold make it refuse at once."""
+        gpus = sorted({g for c in self.plan.candidates for g in (c.config.get("gpus") or [0])})
+        held = [v for v in self.launcher.holders(gpus) if not v.server.data.get("labels", {}).get("tune_job")
+                == self.job_id]
+        if held:
+            from omnitune.tools.errors import InvalidRequestError
+            names = ", ".join(f"{v.server.id} (GPU {sorted(v.server.gpus)}, {v.state})" for v in held)
+            raise InvalidRequestError(f"the tune would share GPUs with omnitune servers that hold them: {names}; "
+                                      "its measurements would not be alone.",
+                                      "stop those servers (stop_server), then start the tune again.")
 
     def _baseline(self) -> dict:
         """Eager on one GPU; if it does not fit, the guide's offloads in order, then the fewest GPUs whose tensor
