@@ -45,6 +45,16 @@ def is_me(pid: int | None, start_time: float | None) -> bool:
     return pid == own_pid and (start_time is None or own_start is None or abs(own_start - start_time) < 1.0)
 
 
+def stopped(pid: int | None, start_time: float | None) -> bool:
+    """The process is frozen by a signal (SIGSTOP, SIGTSTP) or a debugger."""
+    try:
+        proc = psutil.Process(pid) if pid is not None else None
+        return proc is not None and (start_time is None or abs(proc.create_time() - start_time) < 1) and \
+            proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
 def process_problem(pid: int | None, start_time: float | None) -> str | None:
     """Why the server's leader process cannot answer (stopped by a signal, gone), or None."""
     if pid is None:

@@ -36,7 +36,8 @@ from omnitune.tools.workspace import Workspace, new_id
 log = logging.getLogger(__name__)
 Progress = Callable[[float, float | None, str], None]
 CANCEL_GRACE_S = 2.0
-PROBE_EVERY_S = 2.0     # liveness of the server while requests are in flight
+PROBE_AFTER_S = 5.0     # a request waiting this long makes the watchdog probe /health
+PROBE_EVERY_S = 2.0     # then every this often
 PROBE_TIMEOUT_S = 5.0   # a /health answer slower than this counts as no answer
 PROBE_MISSES = 3        # consecutive unanswered probes that make the server unresponsive
 
@@ -245,6 +246,12 @@ class _Run:
             log.error("benchmark %s: request thread failed: %r", self.run_id, exc)
             self.abort(f"a request thread failed: {type(exc).__name__}: {exc}")
 
+    def waiting_s(self) -> float:
+        """How long the oldest request in flight has waited for its answer (0 if none)."""
+        with self.lock:
+            oldest = min((started for _, _, started in self.inflight.values()), default=None)
+        return 0.0 if oldest is None else now() - oldest
+
     def watch(self, pid: int | None, start_time: float | None) -> threading.Thread:
         """Liveness of the server while the run goes on: a stopped (SIGSTOP) or dead process of ours ends the
         run at once; any server whose /health stays unanswered for PROBE_MISSES probes ends it too."""
@@ -257,13 +264,13 @@ class _Run:
                     if why:
                         self.abort(f"the server at {self.target.base_url} is unresponsive: {why}")
                         return
-                    if self.inflight:
+                    if self.waiting_s() > PROBE_AFTER_S:  # only a request waiting long: no probe beside quick ones
                         misses = 0 if probe.healthy(timeout_s=PROBE_TIMEOUT_S) else misses + 1
                         if misses >= PROBE_MISSES:
                             self.abort(f"the server at {self.target.base_url} is unresponsive: /health unanswered "
                                        f"{misses} times in a row ({PROBE_TIMEOUT_S:g} s each) while requests waited")
                             return
-                    self.stop.wait(PROBE_EVERY_S if self.inflight else 0.5)
+                    self.stop.wait(0.5 if misses == 0 else PROBE_EVERY_S)
             finally:
                 probe.close()
         thread = threading.Thread(target=loop, name=f"watch-{self.run_id[-6:]}", daemon=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -287,6 +288,11 @@ class Launcher:
             raise InvalidRequestError(f"server {server_id} never started a process.", "nothing to stop")
         popen = self._popens.get(server_id)
         self._stopping.add(server_id)
+        if owner.stopped(record.pid, record.proc_start_time):
+            try:  # a frozen (SIGSTOP) server cannot act on SIGTERM: let it run so it can end cleanly
+                os.killpg(record.pgid, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
         gone, forced = process.kill_group(record.pgid, record.proc_start_time, grace_s, popen)
         leftover = process.group_members(record.pgid, record.proc_start_time)
         released, used = self._memory_released(record)
