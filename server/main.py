@@ -40,7 +40,7 @@ mcp = build_server()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="omnitune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="omnitune", description=(__doc__ or "omnitune").splitlines()[0])
     p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
     p.add_argument("--host", default="127.0.0.1", help="HTTP transport address (default 127.0.0.1).")
     p.add_argument("--port", type=int, default=8765, help="HTTP transport port (default 8765).")

@@ -156,10 +156,10 @@ class Launcher:
         launched it, so a resumed tune can find and stop what its dead predecessor left running)."""
         if self.settings.read_only and not dry_run:
             raise ReadOnlyError("launch a server")
+        argv, env, warnings, gpus = self.plan_launch(config)
+        if dry_run:
+            return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, command=quote(argv))
         with gpu_lock(self.workspace.root):  # check and reserve as one step, across omnitune processes too
-            argv, env, warnings, gpus = self.plan_launch(config)
-            if dry_run:
-                return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, command=quote(argv))
             exclusive = bool((labels or {}).get("tune_job"))  # a tune measures alone on its GPUs
             warnings += self.check_gpus(config.model, gpus, exclusive)
             server_id = new_id("srv")
