@@ -33,6 +33,12 @@ def omnitune_argv(workspace: Path) -> list[str]:
     return [sys.executable, str(REPO / "server" / "main.py"), "--workspace", str(workspace)]
 
 
+def omnitune_env() -> dict[str, str]:
+    """This checkout's omnitune first on the path (not whichever one the venv has installed)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITUNE_")}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(FAKE_NVML_DIR), str(REPO)])}
+
+
 def db_rows(db: Path, sql: str, *args: Any) -> list[sqlite3.Row]:
     conn = sqlite3.connect(db, timeout=10)
     conn.row_factory = sqlite3.Row

@@ -16,7 +16,7 @@ from mcp import Client
 
 from omnitune.server.main import build_server
 from omnitune.tools import store as store_module
-from tests.faults_helpers import auntil, db_rows, omnitune_argv
+from tests.faults_helpers import auntil, db_rows, omnitune_argv, omnitune_env
 from tests.launch_helpers import emulator_processes, emulator_settings, world
 from tests.test_benchmark import known_latency, launch
 
@@ -132,8 +132,8 @@ def _limit_file_size(limit: int):
 
 def test_starting_on_a_full_disk_says_so_clearly_without_a_traceback(tmp_path):
     ws = tmp_path / "ws"
-    proc = subprocess.run(omnitune_argv(ws), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-                          preexec_fn=_limit_file_size(8192))
+    proc = subprocess.run(omnitune_argv(ws), env=omnitune_env(), capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, preexec_fn=_limit_file_size(8192))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("omnitune: writing to the workspace database") or \
