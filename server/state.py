@@ -28,7 +28,7 @@ from omnitune.tools.workspace import Workspace
 
 log = logging.getLogger("omnitune")
 T = TypeVar("T")
-JOB_GRACE_S = 6.0  # a cancelled benchmark stops within its 2 s grace; a tune then stops its candidate server
+JOB_GRACE_S = 2.5  # a cancelled benchmark stops within its 2 s grace; an MCP stdio client allows ~4 s in all
 
 
 @dataclass(eq=False)
