@@ -100,7 +100,7 @@ def make_lifespan(settings: Settings | None):
         resolved = settings or settings_from_env()
         workspace = Workspace.open(resolved)
         state = AppState(settings=resolved, workspace=workspace, jobs=JobManager(workspace.store))
-        from omnitune.tools.benchmark.runner import close_orphaned_runs
+        from omnitune.tools.benchmark.records import close_orphaned_runs
         close_orphaned_runs(workspace)  # runs a dead omnitune left 'running' are closed at once, by the owner rule
         log.info("omnitune workspace %s (schema %d)", workspace.root, workspace.store.schema_version)
         register_for_signals(state)

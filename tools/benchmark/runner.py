@@ -11,7 +11,6 @@ decoded output sizes, and for videos ``detected_s`` / ``download_s`` / ``polls``
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -24,22 +23,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from omnitune.tools.benchmark.client import OmniClient
+from omnitune.tools.benchmark.records import UNWRITTEN, close_orphaned_runs, server_process
 from omnitune.tools.benchmark.summary import Record, RunStatus, RunSummary, summarize
 from omnitune.tools.benchmark.target import BenchmarkTarget, Resolved, config_key, resolve
 from omnitune.tools.benchmark.telemetry import GpuSampler
+from omnitune.tools.benchmark.watchdog import watch
 from omnitune.tools.benchmark.workload import RequestSpec, Workload
 from omnitune.tools.errors import BenchmarkError
-from omnitune.tools.owner import alive, is_me, me, process_problem
+from omnitune.tools.owner import me, process_problem
 from omnitune.tools.store import dumps, now
 from omnitune.tools.workspace import Workspace, new_id
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, float | None, str], None]
 CANCEL_GRACE_S = 2.0
-PROBE_AFTER_S = 5.0     # a request waiting this long makes the watchdog probe /health
-PROBE_EVERY_S = 2.0     # then every this often
-PROBE_TIMEOUT_S = 5.0   # a /health answer slower than this counts as no answer
-PROBE_MISSES = 3        # consecutive unanswered probes that make the server unresponsive
 
 
 class PlannedRequest(BaseModel):
@@ -252,31 +249,6 @@ class _Run:
             oldest = min((started for _, _, started in self.inflight.values()), default=None)
         return 0.0 if oldest is None else now() - oldest
 
-    def watch(self, pid: int | None, start_time: float | None) -> threading.Thread:
-        """Liveness of the server while the run goes on: a stopped (SIGSTOP) or dead process of ours ends the
-        run at once; any server whose /health stays unanswered for PROBE_MISSES probes ends it too."""
-        def loop() -> None:
-            probe = OmniClient(self.target.base_url, PROBE_TIMEOUT_S)
-            misses = 0
-            try:
-                while not self.closed and not self.halted():
-                    why = process_problem(pid, start_time)
-                    if why:
-                        self.abort(f"the server at {self.target.base_url} is unresponsive: {why}")
-                        return
-                    if self.waiting_s() > PROBE_AFTER_S:  # only a request waiting long: no probe beside quick ones
-                        misses = 0 if probe.healthy(timeout_s=PROBE_TIMEOUT_S) else misses + 1
-                        if misses >= PROBE_MISSES:
-                            self.abort(f"the server at {self.target.base_url} is unresponsive: /health unanswered "
-                                       f"{misses} times in a row ({PROBE_TIMEOUT_S:g} s each) while requests waited")
-                            return
-                    self.stop.wait(0.5 if misses == 0 else PROBE_EVERY_S)
-            finally:
-                probe.close()
-        thread = threading.Thread(target=loop, name=f"watch-{self.run_id[-6:]}", daemon=True)
-        thread.start()
-        return thread
-
     def measure(self, sampler: GpuSampler) -> None:
         plan = self.w.measured_plan()
         for repeat in range(self.w.repeats):
@@ -326,38 +298,6 @@ class _Run:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-_UNWRITTEN: dict[str, dict[str, Any]] = {}  # a run's final state whose write failed (full disk), to retry
-
-
-def close_orphaned_runs(ws: Workspace) -> list[str]:
-    """Runs left 'running' by an omnitune that is gone can never finish: mark them failed, rows kept. First, final
-    states of this process's runs that could not be written (full disk) are written now."""
-    for run_id, final in list(_UNWRITTEN.items()):
-        try:
-            ws.store.update("runs", {"id": run_id}, final)
-            _UNWRITTEN.pop(run_id, None)
-        except Exception as exc:
-            log.warning("run %s: its final state still cannot be written: %s", run_id, exc)
-    closed = []
-    for row in ws.store.query("SELECT id, data FROM runs WHERE kind = 'benchmark' AND status = 'running'"):
-        data = json.loads(row["data"] or "{}")
-        pid, started = data.get("owner_pid"), data.get("owner_start_time")
-        if is_me(pid, started) or alive(pid, started):  # the one owner rule: never another live omnitune's run
-            continue
-        data["aborted_reason"] = "omnitune stopped while this run ran; its requests and outputs rows are kept"
-        ws.store.update("runs", {"id": row["id"]}, {"status": "failed", "finished_at": now(), "data": data})
-        closed.append(row["id"])
-    return closed
-
-
-def _server_process(ws: Workspace, resolved: Resolved) -> tuple[int | None, float | None]:
-    """The leader process of a server omnitune launched (None for a base_url target)."""
-    if not resolved.server_id:
-        return None, None
-    row = ws.store.query_one("SELECT pid, proc_start_time FROM servers WHERE id = ?", (resolved.server_id,))
-    return (row["pid"], row["proc_start_time"]) if row else (None, None)
-
-
 def _final_status(run: _Run) -> RunStatus:
     """completed only when the run is whole: not cancelled, not ended early, every row recorded, and at least one
     measured request answered (a run whose every request failed measured nothing)."""
@@ -377,7 +317,7 @@ def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, pr
     close_orphaned_runs(ws)
     resolved = resolve(ws.store, target)
     cancel = cancel or threading.Event()
-    pid, pid_start = _server_process(ws, resolved)
+    pid, pid_start = server_process(ws, resolved)
     frozen = process_problem(pid, pid_start)
     if frozen:
         raise BenchmarkError(f"the server at {resolved.base_url} is unresponsive: {frozen}.",
@@ -410,7 +350,7 @@ def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, pr
     if not resolved.gpus:
         warnings.append("no GPU indices known: GPU memory and utilisation were not sampled")
     status: RunStatus = "failed"
-    watcher = run.watch(pid, pid_start)
+    watcher = watch(run, pid, pid_start)
     try:
         run.warmup(sampler)
         run.measure(sampler)
@@ -438,7 +378,7 @@ def run_benchmark(ws: Workspace, target: BenchmarkTarget, workload: Workload, pr
         try:
             ws.store.update("runs", {"id": run_id}, final)
         except Exception:  # kept and written again by the next close_orphaned_runs (each start, each benchmark)
-            _UNWRITTEN[run_id] = final
+            UNWRITTEN[run_id] = final
             raise
         (run_dir / "summary.json").write_text(summary.model_dump_json(indent=2))
     return BenchmarkResult(run_id=run_id, status=status, run_dir=str(run_dir), summary=summary, job_id=None, plan=None)
