@@ -193,7 +193,8 @@ class JobManager:
             known = [r["id"] for r in self.store.query("SELECT id FROM jobs ORDER BY created_at DESC LIMIT 5")]
             raise NotFoundError(f"no job {job_id!r}.",
                                 f"use a job id returned by a start tool; recent: {known or 'none'}.")
-        if row["status"] in ("pending", "running") and job_id not in self._unwritten and self._orphaned(row):
+        if row["status"] in ("pending", "running") and job_id not in self._contexts and \
+                job_id not in self._unwritten and self._orphaned(row):
             self._interrupt(job_id)  # its omnitune died after this one started: say so now
             row = self.store.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,)) or row
         values: dict[str, Any] = dict(row)

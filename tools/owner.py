@@ -23,10 +23,15 @@ def identity(pid: int) -> float | None:
         return None
 
 
+_ME: tuple[int, float | None] | None = None
+
+
 def me() -> tuple[int, float | None]:
-    """This omnitune process as an owner: (pid, start time)."""
-    pid = os.getpid()
-    return pid, identity(pid)
+    """This omnitune process as an owner: (pid, start time); computed once per process (a fork gets its own)."""
+    global _ME
+    if _ME is None or _ME[0] != os.getpid():
+        _ME = (os.getpid(), identity(os.getpid()))
+    return _ME
 
 
 def alive(pid: int | None, start_time: float | None) -> bool:
