@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -65,6 +68,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (kill, systemd, container stop) runs the same clean-up as a normal exit, then exits 128+signal.
+
+    The clean-up runs in its own thread: it must not depend on the event loop (a stdio server may be blocked
+    reading stdin), and it waits for a clean-up already under way rather than starting a second one."""
+    from omnitune.server.state import close_all
+
+    def finish() -> None:
+        try:
+            close_all()
+        finally:
+            logging.shutdown()
+            os._exit(128 + signum)
+
+    threading.Thread(target=finish, name="omnitune-sigterm", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("transport", "host", "port", "allowed_hosts")}
@@ -79,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health poll is noise
     server = build_server(settings)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)  # the terminal or the parent went away
     if args.transport == "stdio":
         server.run()
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,15 +28,18 @@ from omnitune.tools.workspace import Workspace
 
 log = logging.getLogger("omnitune")
 T = TypeVar("T")
+JOB_GRACE_S = 2.5  # a cancelled benchmark stops within its 2 s grace; an MCP stdio client allows ~4 s in all
 
 
-@dataclass
+@dataclass(eq=False)
 class AppState:
     settings: Settings
     workspace: Workspace
     jobs: JobManager
     _services: dict[str, Any] = field(default_factory=dict)
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
+    _closing: threading.Lock = field(default_factory=threading.Lock)
+    _closed: bool = False
 
     def service(self, name: str, factory: Callable[[AppState], T]) -> T:
         """A long-lived object created on first use (e.g. the launcher's process registry)."""
@@ -47,13 +51,45 @@ class AppState:
         self._cleanups.append(fn)
 
     def close(self) -> None:
+        """Jobs first (cancelled, given a bounded time to record the cancel truthfully), then the servers, then
+        the store: a server stopped under a running job would be recorded as a failed or truncated measurement."""
+        self.jobs.cancel_all()
+        self.jobs.join(JOB_GRACE_S)
         for fn in reversed(self._cleanups):
             try:
                 fn()
             except Exception:
                 log.exception("clean-up %s failed", getattr(fn, "__qualname__", fn))
-        self.jobs.shutdown()
+        self.jobs.join(2.0)  # a job still blocked on a server that was just stopped ends now
+        self.jobs.close()
         self.workspace.close()
+
+    def close_once(self) -> None:
+        """close() exactly once, whoever asks first (the lifespan's end, or a SIGTERM); the other waits for it."""
+        with self._closing:
+            if self._closed:
+                return
+            try:
+                self.close()
+            finally:
+                self._closed = True
+                _LIVE.discard(self)
+
+
+_LIVE: set[AppState] = set()  # states a signal handler must close (server/main.py installs it)
+
+
+def register_for_signals(state: AppState) -> None:
+    _LIVE.add(state)
+
+
+def close_all() -> None:
+    """What SIGTERM runs: the same clean-up as a normal end (jobs marked, servers stopped, store closed)."""
+    for state in list(_LIVE):
+        try:
+            state.close_once()
+        except Exception:
+            log.exception("clean-up on signal failed")
 
 
 def make_lifespan(settings: Settings | None):
@@ -64,11 +100,15 @@ def make_lifespan(settings: Settings | None):
         resolved = settings or settings_from_env()
         workspace = Workspace.open(resolved)
         state = AppState(settings=resolved, workspace=workspace, jobs=JobManager(workspace.store))
+        from omnitune.tools.benchmark.records import close_orphaned_runs
+        close_orphaned_runs(workspace)  # runs a dead omnitune left 'running' are closed at once, by the owner rule
         log.info("omnitune workspace %s (schema %d)", workspace.root, workspace.store.schema_version)
+        register_for_signals(state)
         try:
             yield state
         finally:
-            await anyio.to_thread.run_sync(state.close)
+            with anyio.CancelScope(shield=True):  # a cancelled server (SIGINT/SIGTERM) still cleans up
+                await anyio.to_thread.run_sync(state.close_once)
 
     return lifespan
 

@@ -26,7 +26,12 @@ def register(mcp: MCPServer) -> None:
         report path:line, hardware facts) and the expected gain, plus every configuration pruned and why.
         Nothing is launched; tune_start measures the plan."""
         state = state_of(ctx)
-        return await in_thread(make_plan, state.settings, model, goal or Goal.model_validate({}))
+        made = await in_thread(make_plan, state.settings, model, goal or Goal.model_validate({}))
+        gpus = sorted({g for c in made.candidates for g in (c.config.get("gpus") or [0])})
+        for view in await in_thread(launcher(state).holders, gpus):  # GPU accounting: say what is taken
+            made.notes.append(f"GPU {sorted(view.server.gpus)} is held by omnitune server {view.server.id} "
+                              f"({view.state}): stop it before measuring candidates that use it")
+        return made
 
     @mcp.tool(annotations=annotations(destructive=True, title="Start an automatic tune"))
     @agent_errors
@@ -53,12 +58,12 @@ def register(mcp: MCPServer) -> None:
             job_id = resume
             resumed, notes = await in_thread(resumable_request, state.workspace, run, job_id)
             return await in_thread(lambda: state.jobs.resume(job_id, lambda job: tune_job(
-                state.workspace, run, resumed, job_id, job.report, job.cancelled.is_set, notes)))
+                state.workspace, run, resumed, job_id, job.report, job.cancelled, notes)))
         assert request is not None
         # A model that cannot be served is refused now, not after a job "completes" with no winner.
         await in_thread(model_capability, state.settings, request.model, True)
         job_id = new_id("tune")
         return await in_thread(lambda: state.jobs.start(
             "tune", request.model_dump(mode="json"),
-            lambda job: tune_job(state.workspace, run, request, job_id, job.report, job.cancelled.is_set),
+            lambda job: tune_job(state.workspace, run, request, job_id, job.report, job.cancelled),
             job_id=job_id))

@@ -71,7 +71,7 @@ def test_a_failing_migration_leaves_the_database_at_its_previous_version(tmp_pat
     Store(path).close()
     monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, "CREATE TABLE t (x); SELEC oops"])
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    with pytest.raises(WorkspaceError, match="migrating .* to schema 2 failed"):
+    with pytest.raises(WorkspaceError, match=f"migrating .* to schema {SCHEMA_VERSION + 1} failed"):
         Store(path)
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -4,6 +4,11 @@ Each job runs in its own thread so an agent is never blocked for minutes and a s
 stall the MCP event loop. State lives in the ``jobs`` table, written on every change, so a
 restarted omnitune still answers for jobs it ran before (a job whose omnitune died while it ran
 is reported ``interrupted``; tune resumes such jobs from its own records).
+
+Ownership follows the one liveness rule (:mod:`omnitune.tools.owner`, pid + start time): another live
+omnitune's jobs on the same workspace are never touched. A terminal state that cannot be written (full
+disk) is kept in memory, reported by status/wait/cancel and written again on every later call, so a job
+never stays ``running`` because its last write failed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from omnitune.tools import owner
 from omnitune.tools.errors import InvalidRequestError, NotFoundError, OmnituneError
 from omnitune.tools.store import Store, dumps, now
 from omnitune.tools.workspace import new_id
@@ -37,7 +43,8 @@ class JobStatus(BaseModel):
     created_at: float
     updated_at: float
     error: str | None = None
-    result: dict[str, Any] | None = Field(None, description="The job's result once completed (or partial, if cancelled).")
+    result: dict[str, Any] | None = Field(None, description="The job's result once completed (or partial, if "
+                                                            "cancelled or failed).")
 
 
 class JobCancelled(Exception):
@@ -69,33 +76,56 @@ class JobManager:
         self._contexts: dict[str, JobContext] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._changed = threading.Condition()
+        self._unwritten: dict[str, dict[str, Any]] = {}  # terminal changes a failed write could not store yet
+        self._closed = False
         self._mark_interrupted()
+
+    # -- ownership ------------------------------------------------------------------------------
+    def _orphaned(self, row: Any) -> bool:
+        """A pending/running job whose omnitune is gone (never one of a live omnitune, this one included)."""
+        pid, started = row["owner_pid"], row["owner_start_time"]
+        return not owner.is_me(pid, started) and not owner.alive(pid, started)
+
+    def _interrupt(self, job_id: str) -> None:
+        self.store.execute(
+            "UPDATE jobs SET status = 'interrupted', updated_at = ?, message = ? "
+            "WHERE id = ? AND status IN ('pending', 'running')",
+            (now(), "omnitune stopped while this job ran; results recorded so far are kept", job_id))
 
     def _mark_interrupted(self) -> None:
         """Jobs left 'running' by an omnitune that is gone can never finish: say so."""
-        for row in self.store.query("SELECT id, owner_pid FROM jobs WHERE status IN ('pending', 'running')"):
-            if row["owner_pid"] != os.getpid():
-                self.store.update("jobs", {"id": row["id"]}, {
-                    "status": "interrupted", "updated_at": now(),
-                    "message": "omnitune stopped while this job ran; results recorded so far are kept"})
+        for row in self.store.query(
+                "SELECT id, owner_pid, owner_start_time FROM jobs WHERE status IN ('pending', 'running')"):
+            if self._orphaned(row):
+                self._interrupt(row["id"])
 
+    # -- start, resume, run ---------------------------------------------------------------------
     def start(self, kind: str, params: dict[str, Any], fn: JobFn, job_id: str | None = None) -> JobStatus:
         job_id = job_id or new_id(kind)
         t = now()
+        pid, started = owner.me()
         self.store.insert("jobs", {"id": job_id, "kind": kind, "status": "pending", "created_at": t, "updated_at": t,
-                                   "params": params, "owner_pid": os.getpid()})
+                                   "params": params, "owner_pid": pid, "owner_start_time": started})
         return self._spawn(job_id, fn)
 
     def resume(self, job_id: str, fn: JobFn) -> JobStatus:
         """Run a job that ended without completing again, under its own id (its records are kept)."""
         status = self.status(job_id)
         if status.status not in ("interrupted", "failed", "cancelled"):
+            row = self.store.query_one("SELECT owner_pid FROM jobs WHERE id = ?", (job_id,))
+            where = "" if row is None or row["owner_pid"] == os.getpid() else f" in omnitune process {row['owner_pid']}"
             raise InvalidRequestError(
-                f"job {job_id} is {status.status}; only an interrupted, failed or cancelled job can be resumed.",
+                f"job {job_id} is {status.status}{where}; only an interrupted, failed or cancelled job can be resumed.",
                 "follow a running job with job_wait; a completed job's result is in job_status.")
-        self.store.update("jobs", {"id": job_id}, {"status": "pending", "owner_pid": os.getpid(), "updated_at": now(),
-                                                   "message": f"resumed (was {status.status})", "error": None,
-                                                   "result": None})
+        pid, started = owner.me()
+        claimed = self.store.execute(  # one claim wins when two omnitunes resume the same job at once
+            "UPDATE jobs SET status = 'pending', owner_pid = ?, owner_start_time = ?, updated_at = ?, message = ?, "
+            "error = NULL, result = NULL WHERE id = ? AND status = ?",
+            (pid, started, now(), f"resumed (was {status.status})", job_id, status.status))
+        if claimed != 1:
+            raise InvalidRequestError(f"job {job_id} was resumed by another omnitune process at the same time.",
+                                      "follow it with job_status; it runs there.")
+        self._unwritten.pop(job_id, None)
         return self._spawn(job_id, fn)
 
     def _spawn(self, job_id: str, fn: JobFn) -> JobStatus:
@@ -107,23 +137,47 @@ class JobManager:
         return self.status(job_id)
 
     def _run(self, ctx: JobContext, fn: JobFn) -> None:
-        self._update(ctx.id, status="running")
         try:
+            self._update(ctx.id, status="running")
             result = fn(ctx)
         except JobCancelled:
-            self._update(ctx.id, status="cancelled", message="cancelled on request")
+            self._finish(ctx.id, status="cancelled", message="cancelled on request")
         except OmnituneError as exc:
-            self._update(ctx.id, status="failed", error=str(exc), message="failed")
+            self._finish(ctx.id, status="failed", error=str(exc), message="failed")
         except Exception as exc:  # a bug: keep the job record honest and the traceback in the log
             log.exception("job %s crashed", ctx.id)
-            self._update(ctx.id, status="failed", error=f"internal error: {type(exc).__name__}: {exc}",
+            self._finish(ctx.id, status="failed", error=f"internal error: {type(exc).__name__}: {exc}",
                          message="failed")
         else:
-            status = "cancelled" if ctx.cancelled.is_set() else "completed"
-            self._update(ctx.id, status=status, result=result.model_dump(mode="json"),
-                         message="cancelled on request; partial result kept" if status == "cancelled" else "done")
+            self._finish(ctx.id, **_ending(result, ctx.cancelled.is_set()))
+
+    def _finish(self, job_id: str, **changes: Any) -> None:
+        """The terminal write; if it fails (full disk) the state is kept in memory, reported, and retried."""
+        try:
+            self._update(job_id, **changes)
+        except Exception as exc:
+            log.error("job %s: recording its end (%s) failed: %s; kept in memory and retried", job_id,
+                      changes.get("status"), exc)
+            extra = f" (this state could not be written to the workspace database: {exc})"
+            changes["error"] = (changes.get("error") or changes.get("message") or "") + extra
+            changes["updated_at"] = now()
+            self._unwritten[job_id] = changes
+            with self._changed:
+                self._changed.notify_all()
+
+    def _flush(self) -> None:
+        """Write terminal states kept in memory (they failed once); keep those that fail again."""
+        for job_id, changes in list(self._unwritten.items()):
+            try:
+                self.store.update("jobs", {"id": job_id}, {**changes, "result": dumps(changes["result"])}
+                                  if "result" in changes else changes)
+            except Exception:
+                continue
+            self._unwritten.pop(job_id, None)
 
     def _update(self, job_id: str, **changes: Any) -> None:
+        if self._closed:  # shut down: the job was already marked; a late thread must not overwrite that
+            return
         changes = {k: v for k, v in changes.items() if v is not None}
         if "result" in changes:
             changes["result"] = dumps(changes["result"])
@@ -133,14 +187,22 @@ class JobManager:
             self._changed.notify_all()
 
     def status(self, job_id: str) -> JobStatus:
+        self._flush()
         row = self.store.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             known = [r["id"] for r in self.store.query("SELECT id FROM jobs ORDER BY created_at DESC LIMIT 5")]
-            raise NotFoundError(f"no job {job_id!r}.", f"use a job id returned by a start tool; recent: {known or 'none'}.")
-        return JobStatus(id=row["id"], kind=row["kind"], status=row["status"], progress=row["progress"],
-                         total=row["total"], message=row["message"], created_at=row["created_at"],
-                         updated_at=row["updated_at"], error=row["error"],
-                         result=json.loads(row["result"]) if row["result"] else None)
+            raise NotFoundError(f"no job {job_id!r}.",
+                                f"use a job id returned by a start tool; recent: {known or 'none'}.")
+        if row["status"] in ("pending", "running") and job_id not in self._contexts and \
+                job_id not in self._unwritten and self._orphaned(row):
+            self._interrupt(job_id)  # its omnitune died after this one started: say so now
+            row = self.store.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,)) or row
+        values: dict[str, Any] = dict(row)
+        values["result"] = json.loads(row["result"]) if row["result"] else None
+        values.update(self._unwritten.get(job_id, {}))
+        return JobStatus(id=values["id"], kind=values["kind"], status=values["status"], progress=values["progress"],
+                         total=values["total"], message=values["message"], created_at=values["created_at"],
+                         updated_at=values["updated_at"], error=values["error"], result=values["result"])
 
     def cancel(self, job_id: str) -> JobStatus:
         status = self.status(job_id)
@@ -148,10 +210,15 @@ class JobManager:
             return status
         ctx = self._contexts.get(job_id)
         if ctx is None:
-            raise InvalidRequestError(f"job {job_id} is not run by this omnitune process.",
-                                      "nothing to cancel: its owner is gone, so it was marked interrupted.")
+            row = self.store.query_one("SELECT owner_pid FROM jobs WHERE id = ?", (job_id,))
+            raise InvalidRequestError(f"job {job_id} is run by another omnitune process (pid "
+                                      f"{row['owner_pid'] if row else '?'}), not this one.",
+                                      "cancel it through that omnitune; this one never touches another's jobs.")
         ctx.cancelled.set()
-        self._update(job_id, message="cancel requested")
+        try:
+            self._update(job_id, message="cancel requested")
+        except OmnituneError as exc:  # the flag is set all the same: the job ends at its next check
+            log.warning("job %s: could not record the cancel request: %s", job_id, exc)
         return self.status(job_id)
 
     def wait(self, job_id: str, timeout: float) -> JobStatus:
@@ -165,10 +232,54 @@ class JobManager:
                     return status
                 self._changed.wait(min(left, 0.5))
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel every running job and give each a bounded time to record what it has."""
+    # -- shutdown ---------------------------------------------------------------------------------
+    def cancel_all(self) -> None:
+        """First step of a shutdown: every job of this process is asked to stop (before its servers are)."""
         for ctx in self._contexts.values():
             ctx.cancelled.set()
+
+    def join(self, timeout: float) -> bool:
+        """Wait (bounded) for this process's job threads; True when none is left."""
         deadline = now() + timeout
         for thread in self._threads.values():
             thread.join(max(0.0, deadline - now()))
+        return not any(t.is_alive() for t in self._threads.values())
+
+    def close(self) -> None:
+        """Last step of a shutdown: a job whose thread is still going is recorded as interrupted (its own
+        later writes are dropped), and terminal states kept in memory get one more try."""
+        self._flush()
+        for job_id, thread in self._threads.items():
+            if thread.is_alive():
+                log.warning("job %s did not stop in time; recorded as interrupted", job_id)
+                try:
+                    self.store.execute(
+                        "UPDATE jobs SET status = 'interrupted', updated_at = ?, message = ? WHERE id = ? AND "
+                        "status IN ('pending', 'running')",
+                        (now(), "omnitune shut down before this job could stop; results recorded so far are kept",
+                         job_id))
+                except OmnituneError as exc:
+                    log.error("job %s: could not record the interruption: %s", job_id, exc)
+        for job_id in self._unwritten:
+            log.error("job %s ended %s but the workspace database could not record it", job_id,
+                      self._unwritten[job_id].get("status"))
+        self._closed = True
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel every running job and give each a bounded time to record what it has."""
+        self.cancel_all()
+        self.join(timeout)
+        self.close()
+
+
+def _ending(result: BaseModel, cancelled: bool) -> dict[str, Any]:
+    """The job's terminal state from what its function returned: a result that says it failed (a benchmark run
+    ended early) fails the job too, so a job never says completed while its run says failed."""
+    dumped = result.model_dump(mode="json")
+    if cancelled or getattr(result, "status", None) == "cancelled":
+        return {"status": "cancelled", "result": dumped, "message": "cancelled on request; partial result kept"}
+    if getattr(result, "status", None) == "failed":
+        summary = getattr(result, "summary", None)
+        reason = getattr(summary, "aborted_reason", None) or "the run failed (see its result)"
+        return {"status": "failed", "result": dumped, "error": reason, "message": "failed; partial result kept"}
+    return {"status": "completed", "result": dumped, "message": "done"}

@@ -129,6 +129,11 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, idx)
     );
     """,
+    # 2: a job's owner is (pid, start time), the one liveness rule (tools/owner.py): a pid alone cannot tell a
+    # live second omnitune from a dead one whose pid was reused.
+    """
+    ALTER TABLE jobs ADD COLUMN owner_start_time REAL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -139,8 +144,24 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def write_error(path: Path, exc: Exception) -> WorkspaceError:
+    """A failed write as an agent-readable error: the database's path, sqlite's words and the fix."""
+    text = str(exc)
+    if "full" in text.lower():
+        fix = f"free disk space on the file system of {path} (or point OMNITUNE_WORKSPACE elsewhere), then retry."
+    elif isinstance(exc, (OverflowError, sqlite3.InterfaceError, sqlite3.IntegrityError)):
+        fix = "this value cannot be stored; report it as a bug if the input was valid."
+    else:
+        fix = f"check that {path} and its folder are writable and the disk is healthy, then retry."
+    return WorkspaceError(f"writing to the workspace database {path} failed: {type(exc).__name__}: {text}.", fix)
+
+
 class Store:
-    """One sqlite connection shared by threads behind a lock (jobs write from worker threads)."""
+    """One sqlite connection shared by threads behind a lock (jobs write from worker threads).
+
+    Every failed write raises :class:`WorkspaceError` (disk full, I/O error, a value sqlite cannot hold): callers
+    must surface it, never drop it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -174,6 +195,9 @@ class Store:
             conn.execute("PRAGMA foreign_keys=ON")
             Store._migrate(conn, path)
             Store._check_tables(conn, path, fix_corrupt)
+        except sqlite3.DatabaseError as exc:  # e.g. a full disk while creating the WAL or migrating
+            conn.close()
+            raise write_error(path, exc) from exc
         except Exception:
             conn.close()
             raise
@@ -200,30 +224,46 @@ class Store:
                 conn.execute(f"PRAGMA user_version={number + 1}")
                 conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise WorkspaceError(f"migrating {path} to schema {number + 1} failed: {exc}.",
-                                     "report this bug; the database was left at its previous version.") from exc
+                                     f"{write_error(path, exc).fix} The database was left at its previous "
+                                     "version.") from exc
 
     @property
     def schema_version(self) -> int:
-        return int(self.query_one("PRAGMA user_version")[0])
+        row = self.query_one("PRAGMA user_version")
+        assert row is not None  # a PRAGMA always answers one row
+        return int(row[0])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """Several writes that must land together (or not at all)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise write_error(self.path, exc) from exc
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise write_error(self.path, exc) from exc
 
     def execute(self, sql: str, params: tuple | dict = ()) -> int:
-        """One write, committed before returning; the affected row count."""
+        """One write, committed before returning; the affected row count. A failed write raises WorkspaceError."""
         with self._lock:
-            return self._conn.execute(sql, params).rowcount
+            try:
+                return self._conn.execute(sql, params).rowcount
+            except (sqlite3.DatabaseError, sqlite3.InterfaceError, OverflowError) as exc:
+                raise write_error(self.path, exc) from exc
 
     def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._lock:

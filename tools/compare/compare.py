@@ -123,6 +123,9 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
 
     started = time.perf_counter()
     t = thresholds or Thresholds()
+    if baseline_run == candidate_run:
+        raise InvalidRequestError(f"run {baseline_run} compared with itself says nothing.",
+                                  "compare a candidate configuration's run with the baseline's run.")
     base, cand = load_run(workspace.store, baseline_run), load_run(workspace.store, candidate_run)
     pairs = pair(base, cand, across_steps, allow_differences)
     cmp_id = new_id("cmp")

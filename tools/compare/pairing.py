@@ -52,6 +52,9 @@ def load_run(store: Store, run_id: str) -> RunInfo:
     if row is None:
         recent = [r["id"] for r in store.query("SELECT id FROM runs ORDER BY created_at DESC LIMIT 5")]
         raise NotFoundError(f"no benchmark run {run_id!r}.", f"use a run_id returned by benchmark; recent: {recent}.")
+    if row["status"] == "running":  # its outputs are still coming: a comparison now would judge half a run
+        raise InvalidRequestError(f"run {run_id} is still running.",
+                                  "wait for its job (job_wait) or cancel it (job_cancel), then compare.")
     run_dir = Path(row["run_dir"])
     rows = store.query(
         "SELECT o.*, r.prompt, r.params FROM outputs o "

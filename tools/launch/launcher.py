@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from omnitune.tools import nvml
+from omnitune.tools import nvml, owner
 from omnitune.tools.errors import ConfigRejected, InvalidRequestError, LaunchError, OmnituneError, ReadOnlyError
 from omnitune.tools.gpus import detect_gpus
 from omnitune.tools.launch import gate, process
@@ -31,6 +33,7 @@ from omnitune.tools.workspace import Workspace, new_id
 log = logging.getLogger(__name__)
 Progress = Callable[[float, float | None, str], None]
 MIB = 1024 * 1024
+HEALTH_PROBE_S = 3.0  # list_servers: a running server whose /health is silent this long is unresponsive
 
 
 class LaunchResult(BaseModel):
@@ -38,7 +41,7 @@ class LaunchResult(BaseModel):
     argv: list[str] = Field(description="The exact command (no shell involved).")
     env: dict[str, str] = Field(description="Environment variables omnitune sets for the server.")
     warnings: list[str] = Field(default_factory=list)
-    server: ServerRecord | None = Field(None, description="The running server (None for a dry run).")
+    server: ServerRecord | None = Field(default=None, description="The running server (None for a dry run).")
     command: str = Field(description="The same command as one line to paste into a shell (quoted).")
     preflight: dict = Field(default_factory=dict, description="Who checked the command: source 'engine' (the serving "
                                                               "environment's own parser and config build) or 'rules' "
@@ -47,9 +50,12 @@ class LaunchResult(BaseModel):
 
 class ServerView(BaseModel):
     server: ServerRecord
-    state: Literal["running", "orphaned", "exited", "failed", "stopped", "starting"] = Field(
-        description="orphaned: alive but launched by an omnitune that is gone (stop_server ends it).")
+    state: Literal["running", "orphaned", "unresponsive", "exited", "failed", "stopped", "starting"] = Field(
+        description="orphaned: alive but launched by an omnitune that is gone (stop_server ends it); unresponsive: "
+                    "its process is stopped (SIGSTOP) or /health does not answer (stop_server ends it).")
     alive_pids: list[int] = Field(default_factory=list)
+    problem: str | None = Field(default=None, description="Why it is unresponsive, or what happened to an exited "
+                                                          "server (e.g. its leader died and its workers were stopped).")
 
 
 class StopResult(BaseModel):
@@ -70,6 +76,35 @@ def gpu_used_mib(indices: list[int]) -> dict[int, int] | None:
         return None
 
 
+def gpu_free_mib(indices: list[int]) -> dict[int, int] | None:
+    try:
+        with nvml.session() as nv:
+            return {i: int(nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(i)).free) // MIB for i in indices}
+    except Exception:
+        return None
+
+
+@contextmanager
+def gpu_lock(workspace: Path) -> Iterator[None]:
+    """One launch at a time per workspace, across omnitune processes (an flock, released if the process dies)."""
+    import fcntl
+    with open(workspace / "launch.lock", "a+") as f:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LaunchError("another launch in this workspace held the GPU lock for 120 s.",
+                                      "retry; list_servers shows what is starting", cause="busy") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def quote(argv: list[str]) -> str:
     import shlex
     return " ".join(shlex.quote(a) for a in argv)
@@ -81,6 +116,7 @@ class Launcher:
         self.settings, self.workspace, self.store = settings, workspace, workspace.store
         self._capabilities = capabilities
         self._popens: dict[str, subprocess.Popen] = {}
+        self._stopping: set[str] = set()
         self._lock = threading.Lock()
         gate.warm(settings)  # the real preflight imports vLLM in the background (35-100 s), once per serving Python
 
@@ -131,18 +167,21 @@ class Launcher:
         if dry_run:
             return LaunchResult(dry_run=True, argv=argv, env=env, warnings=warnings, server=None,
                                 command=quote(argv), preflight=checked)
-        server_id = new_id("srv")
-        run_dir = self.workspace.new_run_dir(server_id)
-        log_path = run_dir / "server.log"
-        before = gpu_used_mib(gpus) or {}
-        owner = process.process_identity(os.getpid())
-        port = int(argv[argv.index("--port") + 1])
-        self.store.insert("servers", {
-            "id": server_id, "created_at": now(), "model": config.model, "status": "starting",
-            "config": config.model_dump(mode="json"), "argv": argv, "env": env, "host": self.settings.serve_host,
-            "port": port, "owner_pid": os.getpid(), "owner_start_time": owner, "gpus": gpus, "run_dir": str(run_dir),
-            "log_path": str(log_path),
-            "data": {"warnings": warnings, "memory_before_mib": before, "labels": labels or {}}})
+        with gpu_lock(self.workspace.root):  # check and reserve as one step, across omnitune processes too
+            exclusive = bool((labels or {}).get("tune_job"))  # a tune measures alone on its GPUs
+            warnings += self.check_gpus(config.model, gpus, exclusive)
+            server_id = new_id("srv")
+            run_dir = self.workspace.new_run_dir(server_id)
+            log_path = run_dir / "server.log"
+            before = gpu_used_mib(gpus) or {}
+            own_pid, own_start = owner.me()
+            port = int(argv[argv.index("--port") + 1])
+            self.store.insert("servers", {
+                "id": server_id, "created_at": now(), "model": config.model, "status": "starting",
+                "config": config.model_dump(mode="json"), "argv": argv, "env": env, "host": self.settings.serve_host,
+                "port": port, "owner_pid": own_pid, "owner_start_time": own_start, "gpus": gpus,
+                "run_dir": str(run_dir), "log_path": str(log_path),
+                "data": {"warnings": warnings, "memory_before_mib": before, "labels": labels or {}}})
         start = time.monotonic()
         popen, release = process.spawn(argv, {**os.environ, **env}, log_path)
         with self._lock:
@@ -162,6 +201,52 @@ class Launcher:
         log.info("server %s healthy after %.2f s on port %d", server_id, startup, port)
         return LaunchResult(dry_run=False, argv=argv, env=env, warnings=warnings,
                             server=get_server(self.store, server_id), command=quote(argv), preflight=checked)
+
+    # -- GPU accounting between omnitune's own servers ------------------------------------------
+    def holders(self, gpus: list[int]) -> list[ServerView]:
+        """Live servers of this workspace (any omnitune process) on any of ``gpus``."""
+        found = []
+        for record in list_server_records(self.store):
+            if record.status in ("running", "starting") and set(record.gpus) & set(gpus):
+                view = self.view(record, probe=False)
+                if view.state in ("running", "orphaned", "unresponsive", "starting"):
+                    found.append(view)
+        return found
+
+    def check_gpus(self, model: str, gpus: list[int], exclusive: bool) -> list[str]:
+        """Refuse a launch onto GPUs omnitune's own servers are loading, fill, or (``exclusive``) hold at all;
+        warnings for a shared GPU that has room. Memory asked: what this model held per GPU when last loaded."""
+        warnings: list[str] = []
+        problems: list[str] = []
+        need = self._memory_needed(model)
+        free = gpu_free_mib(gpus) or {}
+        for view in self.holders(gpus):
+            shared = sorted(set(view.server.gpus) & set(gpus))
+            sid = view.server.id
+            if view.state == "starting":
+                problems.append(f"GPU {shared} is being loaded by omnitune server {sid} (starting): two servers "
+                                "loading on one GPU at once run each other out of memory")
+            elif exclusive:
+                problems.append(f"GPU {shared} is held by omnitune server {sid} ({view.state}): a tune must "
+                                "measure alone on its GPUs")
+            else:
+                short = [g for g in shared if need is not None and free.get(g) is not None and free[g] < need]
+                if short:
+                    problems.append(f"GPU {short} has {min(free[g] for g in short)} MiB free (omnitune server {sid} "
+                                    f"holds the rest) but {model} needed {need} MiB per GPU when last loaded")
+                else:
+                    warnings.append(f"GPU {shared} is shared with omnitune server {sid}: measurements on it are "
+                                    "not alone")
+        if problems:
+            raise ConfigRejected(problems, ["stop that server (stop_server) or give other GPUs (config.gpus; "
+                                            "detect_gpus lists them)"])
+        return warnings
+
+    def _memory_needed(self, model: str) -> int | None:
+        """MiB per GPU this model held after load in an earlier server of this workspace (the largest seen)."""
+        seen = [max(r.memory_after_load.values()) for r in list_server_records(self.store)
+                if r.model == model and r.memory_after_load]
+        return max(seen) if seen else None
 
     def _wait_healthy(self, server_id: str, popen: subprocess.Popen, port: int, timeout_s: float, start: float,
                       progress: Progress | None) -> None:
@@ -191,10 +276,13 @@ class Launcher:
         record = get_server(self.store, server_id)
         process.kill_group(popen.pid, record.proc_start_time, grace_s=5, popen=popen)
         found, line, tail = process.failure(Path(record.log_path), code)  # the root cause first, ANSI stripped
+        if server_id in self._stopping:  # omnitune stopped it (shutdown, cancel): not the server's failure
+            cause = "stopped"
         cause = cause or found
         self.store.update("servers", {"id": server_id}, {"status": "failed", "cause": cause, "exit_code": code,
                                                          "stopped_at": now()})
-        what = f"exited with code {code}" if code is not None else \
+        what = "was stopped by omnitune while starting" if cause == "stopped" else \
+            f"exited with code {code}" if code is not None else \
             f"did not answer /health within {record.config.get('health_timeout_s')} s; its process group was killed"
         raise LaunchError(f"server {server_id} {what} ({cause}). Cause in the log: {line}.", process.FIXES.get(cause),
                           cause=cause, log_tail=tail)
@@ -207,6 +295,12 @@ class Launcher:
         if record.pgid is None:
             raise InvalidRequestError(f"server {server_id} never started a process.", "nothing to stop")
         popen = self._popens.get(server_id)
+        self._stopping.add(server_id)
+        if owner.stopped(record.pid, record.proc_start_time):
+            try:  # a frozen (SIGSTOP) server cannot act on SIGTERM: let it run so it can end cleanly
+                os.killpg(record.pgid, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
         gone, forced = process.kill_group(record.pgid, record.proc_start_time, grace_s, popen)
         leftover = process.group_members(record.pgid, record.proc_start_time)
         released, used = self._memory_released(record)
@@ -229,22 +323,49 @@ class Launcher:
                 return False, used
             time.sleep(0.1)
 
-    def view(self, record: ServerRecord) -> ServerView:
+    def view(self, record: ServerRecord, probe: bool = True) -> ServerView:
+        """The server's state by the liveness rule (pid + start time): a dead leader whose workers still hold GPUs
+        is ended (whole group) and reported exited; a stopped (SIGSTOP) or silent one is unresponsive."""
         alive = process.group_members(record.pgid, record.proc_start_time) if record.pgid else []
-        leader_alive = record.pid is not None and process.process_identity(record.pid) is not None and \
-            abs((process.process_identity(record.pid) or 0) - (record.proc_start_time or 0)) < 1
-        owner_alive = record.owner_pid is not None and process.process_identity(record.owner_pid) is not None and \
-            abs((process.process_identity(record.owner_pid) or 0) - (record.owner_start_time or 0)) < 1
-        if record.status in ("running", "starting"):
-            if not alive and not leader_alive:
-                popen = self._popens.get(record.id)
-                code = popen.poll() if popen else None
-                self.store.update("servers", {"id": record.id}, {"status": "exited", "exit_code": code,
-                                                                 "stopped_at": now()})
-                record = get_server(self.store, record.id)
-                return ServerView(server=record, state="exited")
-            return ServerView(server=record, state="running" if owner_alive else "orphaned", alive_pids=alive)
-        return ServerView(server=record, state=record.status, alive_pids=alive)
+        leader_alive = record.pid is not None and owner.alive(record.pid, record.proc_start_time)
+        owner_alive = owner.alive(record.owner_pid, record.owner_start_time)
+        if record.status not in ("running", "starting"):
+            return ServerView(server=record, state=record.status, alive_pids=alive)
+        if record.pid is None:  # recorded, process not spawned yet (or never, if its omnitune died there)
+            return ServerView(server=record, state="starting" if owner_alive else "exited")
+        if not leader_alive:
+            problem = None
+            if alive:  # workers without their leader serve nothing but hold GPU memory: end the whole group
+                gone, _ = process.kill_group(record.pgid or record.pid, record.proc_start_time, grace_s=5,
+                                             popen=self._popens.get(record.id))
+                problem = (f"its leader process {record.pid} died; its {len(alive)} worker process(es) "
+                           f"{alive} were stopped" + ("" if gone else " (some are still alive)"))
+                log.warning("server %s: %s", record.id, problem)
+            popen = self._popens.get(record.id)
+            code = popen.poll() if popen else None
+            self.store.update("servers", {"id": record.id}, {
+                "status": "exited", "exit_code": code, "stopped_at": now(),
+                **({"cause": "leader_died"} if problem else {})})
+            record = get_server(self.store, record.id)
+            return ServerView(server=record, state="exited", problem=problem,
+                              alive_pids=process.group_members(record.pgid, record.proc_start_time)
+                              if record.pgid else [])
+        problem = owner.process_problem(record.pid, record.proc_start_time)
+        if problem is None and probe and record.status == "running" and not self._answers(record):
+            problem = f"GET {record.base_url}/health did not answer within {HEALTH_PROBE_S:g} s"
+        if problem:
+            return ServerView(server=record, state="unresponsive", alive_pids=alive, problem=problem)
+        if record.status == "starting":
+            return ServerView(server=record, state="starting" if owner_alive else "orphaned", alive_pids=alive)
+        return ServerView(server=record, state="running" if owner_alive else "orphaned", alive_pids=alive)
+
+    @staticmethod
+    def _answers(record: ServerRecord) -> bool:
+        import httpx
+        try:
+            return httpx.get(f"{record.base_url}/health", timeout=HEALTH_PROBE_S).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def list(self) -> list[ServerView]:
         return [self.view(r) for r in list_server_records(self.store)]

@@ -6,7 +6,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from omnitune.tools.benchmark import BenchmarkTarget, Workload, run_benchmark
+from omnitune.tools.benchmark import BenchmarkTarget, Workload
 from omnitune.tools.tune.models import Outcome
 
 if TYPE_CHECKING:
@@ -45,9 +45,13 @@ class RequestSweep:
             return out
         n = len(config.get("gpus") or [0])
         t0 = time.monotonic()
-        result = run_benchmark(t.ws, BenchmarkTarget(server_id=self.server_id), workload_with(t.req.workload, settings))
+        result = t._benchmark(BenchmarkTarget(server_id=self.server_id), workload_with(t.req.workload, settings))
         out = t._outcome_from_run(name, "lossy", config, result.run_id, "measured",
                                   "request-level, measured inside one server: " + json.dumps(settings))
+        if result.status != "completed":  # truncated or failed: never a measurement
+            why = result.summary.aborted_reason if result.summary else None
+            out.status, out.p50_s = "failed", None
+            out.reason = f"benchmark run {result.run_id} {result.status}: {why or 'see the run'}"
         out.request_settings = dict(settings)
         out.gpu_seconds = (time.monotonic() - t0) * n
         if not self.pending:  # the first variant on this server carries its launch

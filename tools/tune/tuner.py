@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -39,10 +40,13 @@ INERT = 1.05
 class Tuner:
     def __init__(self, workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str,
                  progress: Callable[[float, float | None, str], None] | None = None,
-                 cancelled: Callable[[], bool] = lambda: False, plan: Plan | None = None,
+                 cancelled: Callable[[], bool] | threading.Event = lambda: False, plan: Plan | None = None,
                  notes: list[str] | None = None) -> None:
         self.ws, self.launcher, self.req, self.job_id = workspace, launcher, request, job_id
-        self.progress, self.cancelled = progress, cancelled
+        # An Event also stops a benchmark in flight (shutdown, job_cancel) instead of only between candidates.
+        self.cancel_event = cancelled if isinstance(cancelled, threading.Event) else None
+        self.progress = progress
+        self.cancelled: Callable[[], bool] = cancelled.is_set if isinstance(cancelled, threading.Event) else cancelled
         self.plan = plan or make_plan(launcher.settings, request.model, request.goal)
         self.outcomes: list[Outcome] = []
         self.launches, self.gpu_seconds = 0, 0.0
@@ -66,6 +70,12 @@ class Tuner:
                 self.replay[data["key"]] = Outcome.model_validate({**data["outcome"], "resumed": True})
                 self.launches += int(data.get("launched", 0))
                 self.gpu_seconds += float(data.get("gpu_seconds", 0.0))
+        # Every launch that started a process is a servers row labelled with this job, written before the process
+        # existed: a launch made just before a kill -9 (never decided, so not in tune_candidates) still counts.
+        started = self.ws.store.query_one(
+            "SELECT count(*) FROM servers WHERE pid IS NOT NULL AND json_extract(data, '$.labels.tune_job') = ?",
+            (self.job_id,))[0]
+        self.launches = max(self.launches, int(started))
         if self.replay:
             self.notes.append(f"resumed: {len(self.replay)} outcome(s) taken from this job's records, "
                               f"{self.launches} launch(es) and {self.gpu_seconds:.1f} GPU-s already spent")
@@ -150,6 +160,7 @@ class Tuner:
         except LaunchError as exc:
             self.launches += 1
             self.gpu_seconds += (time.monotonic() - t0) * len(config.get("gpus") or [0])
+            self._check_cancelled()  # stopped under us by a shutdown or cancel: not this candidate's failure
             return None, f"{exc.cause}: {exc.problem}", True
         except OmnituneError as exc:
             return None, str(exc), False
@@ -166,13 +177,17 @@ class Tuner:
                            gpu_seconds=(time.monotonic() - t0) * n if started else 0.0), started
         target = BenchmarkTarget(server_id=server_id)
         try:
-            result = run_benchmark(self.ws, target, self.req.workload)
+            result = self._benchmark(target)
+            if result.status != "completed":  # truncated or failed: never a measurement
+                why = result.summary.aborted_reason if result.summary else None
+                return Outcome(name=name, stage=stage, status="failed", config=config, run_id=result.run_id,
+                               reason=f"benchmark run {result.run_id} {result.status}: {why or 'see the run'}"), True
             out = self._outcome_from_run(name, stage, config, result.run_id, "measured", None)
             self._judge(out)
             if self._worth_repeating(out, stage, floor):  # too close to call: measure again here and pool
-                again = run_benchmark(self.ws, target, self.req.workload)
+                again = self._benchmark(target)
                 second = self._outcome_from_run(name, stage, config, again.run_id, "measured", None)
-                if out.p50_s and second.p50_s:
+                if again.status == "completed" and out.p50_s and second.p50_s:
                     out.p50_s, out.repeat_run_id = (out.p50_s + second.p50_s) / 2, again.run_id
                     out.p50_se_s = math.hypot(out.p50_se_s or 0, second.p50_se_s or 0) / 2
                     out.reason = "measured twice (within the spread of the best so far); p50 pooled"
@@ -184,9 +199,18 @@ class Tuner:
             spent = (time.monotonic() - t0) * n
             self.gpu_seconds += spent
         out.gpu_seconds = spent
+        self._check_cancelled()
         if not out.p50_s:
             out.status, out.reason = "failed", "no successful measured request"
         return out, True
+
+    def _benchmark(self, target: BenchmarkTarget, workload=None):
+        """One run on the candidate's server; a cancel (shutdown, job_cancel) ends the job, not the candidate."""
+        result = run_benchmark(self.ws, target, workload or self.req.workload, cancel=self.cancel_event)
+        if result.status == "cancelled" or self.cancelled():
+            from omnitune.tools.jobs import JobCancelled
+            raise JobCancelled()
+        return result
 
     def _worth_repeating(self, out: Outcome, stage: str, floor: str | None) -> bool:
         """Within the spread of the best, and the repeat could change a decision."""
@@ -271,6 +295,7 @@ class Tuner:
 
     # -- the search ---------------------------------------------------------------------------------
     def run(self) -> TuneResult:
+        self._check_gpus_alone()
         extra = self._baseline()
         if not self.baseline or self.baseline.status not in ("measured", "reused"):
             return self.finish(None)
@@ -285,6 +310,18 @@ class Tuner:
             self._lossy_sweep(self.req.goal.quality_floor)
             self._request_sweep(self.req.goal.quality_floor)
         return self.finish(self.best)
+
+    def _check_gpus_alone(self) -> None:
+        """A tune measures alone: GPUs its plan uses that omnitune's own servers hold make it refuse at once."""
+        gpus = sorted({g for c in self.plan.candidates for g in (c.config.get("gpus") or [0])})
+        held = [v for v in self.launcher.holders(gpus) if not v.server.data.get("labels", {}).get("tune_job")
+                == self.job_id]
+        if held:
+            from omnitune.tools.errors import InvalidRequestError
+            names = ", ".join(f"{v.server.id} (GPU {sorted(v.server.gpus)}, {v.state})" for v in held)
+            raise InvalidRequestError(f"the tune would share GPUs with omnitune servers that hold them: {names}; "
+                                      "its measurements would not be alone.",
+                                      "stop those servers (stop_server), then start the tune again.")
 
     def _baseline(self) -> dict:
         """Eager on one GPU; if it does not fit, the guide's offloads in order, then the fewest GPUs whose tensor
