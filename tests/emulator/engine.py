@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.emulator import gpulog
+from tests.emulator import gpulog, startlog
 from tests.emulator import world as w
+from tests.emulator.api_schema import schema_errors
 
 log = logging.getLogger("vllm_omni.emulator")
 
@@ -74,6 +77,36 @@ class Engine:
     def clear_memory(self) -> None:
         if self.state_file:
             self.state_file.unlink(missing_ok=True)
+
+    # -- loading --------------------------------------------------------------------------------
+    def load(self, model: str, host: str, port: int, float32: bool, listen: Callable[[], None]) -> None:
+        """Load as the real server: the GPU worker's start lines, ``cost.startup_s``, the rest of the real start;
+        ``listen()`` only after uvicorn's last start line (the port accepts connections only then). Startup faults
+        end the process here with the real engine's own logs."""
+        began = time.perf_counter()
+        faults, pipeline = self.faults, self.pipeline
+        if not (faults.get("startup_crash") or faults.get("gpu_load_failure")):
+            gpulog.write(gpulog.loading(model, pipeline).rstrip("\n"))
+        for name in ("ImageGenerationRequest", "Body_create_video_v1_videos_post",
+                     "Body_create_video_sync_v1_videos_sync_post"):  # request validators, built while "loading"
+            schema_errors(name, {"prompt": ""})
+        time.sleep(max(0.0, float(self.world["cost"]["startup_s"]) - (time.perf_counter() - began)))
+        crash = startlog.orchestrator_failure(model, pipeline, None) if faults.get("startup_crash") else \
+            gpulog.load_failure(model, pipeline) if faults.get("gpu_load_failure") else None
+        if crash:  # no GPU (set_device raises), or the real GPU log: the cause 314 lines above an empty RuntimeError
+            self.clear_memory()
+            sys.stdout.write(crash)
+            sys.stdout.flush()
+            os._exit(1)
+        if faults.get("startup_hang"):
+            return
+        self.publish_memory(self.load_mib)
+        gib = self.load_mib / 1024
+        gpulog.write(gpulog.loaded(model, pipeline, host, port, time.perf_counter() - began, gib, gib, float32)
+                     .rstrip("\n"))
+        self.ready = True
+        listen()
+        self.loaded.set()
 
     # -- generation -----------------------------------------------------------------------------
     def next_index(self) -> int:

@@ -406,38 +406,11 @@ def main(argv: list[str] | None = None) -> None:
     log.info("Starting vLLM-Omni (emulated) for %s (%s) on %s:%s, world size %d", model, pipeline, host, port,
              cfg.world_size)
 
-    def load() -> None:
-        began = time.perf_counter()
-        if not (faults.get("startup_crash") or faults.get("gpu_load_failure")):
-            gpulog.write(gpulog.loading(model, pipeline).rstrip("\n"))
-        for name in ("ImageGenerationRequest", "Body_create_video_v1_videos_post",
-                     "Body_create_video_sync_v1_videos_sync_post"):  # request validators, built while "loading"
-            schema_errors(name, {"prompt": ""})
-        time.sleep(max(0.0, float(scenario["cost"]["startup_s"]) - (time.perf_counter() - began)))
-        if faults.get("startup_crash"):  # the real engine's own crash log (stage init fails in set_device)
-            engine.clear_memory()
-            sys.stdout.write(startlog.orchestrator_failure(model, pipeline, None))
-            sys.stdout.flush()
-            os._exit(1)
-        if faults.get("gpu_load_failure"):  # the real GPU log: the cause 314 lines above an empty RuntimeError
-            engine.clear_memory()
-            sys.stdout.write(gpulog.load_failure(model, pipeline))
-            sys.stdout.flush()
-            os._exit(1)
-        if faults.get("startup_hang"):
-            return
-        engine.publish_memory(engine.load_mib)
-        gib = engine.load_mib / 1024
-        gpulog.write(gpulog.loaded(model, pipeline, host, port, time.perf_counter() - began, gib, gib,
-                                   str(getattr(ns, "dtype", "")) == "float32").rstrip("\n"))
-        engine.ready = True
-        if not answer_while_loading:
-            httpd.server_activate()  # listen: from now on connections are accepted (after uvicorn's last line)
-        engine.loaded.set()
-
     if answer_while_loading:
         httpd.server_activate()
-    threading.Thread(target=load, daemon=True).start()
+    listen = (lambda: None) if answer_while_loading else httpd.server_activate
+    threading.Thread(target=engine.load, args=(model, host, port, str(getattr(ns, "dtype", "")) == "float32", listen),
+                     daemon=True).start()
     while not answer_while_loading and not engine.loaded.wait(0.1):
         pass  # the port stays bound and refuses connections until loaded (bounded only by the launcher's wait)
     try:
