@@ -12,7 +12,18 @@ import sys
 
 from mcp.server.mcpserver import MCPServer
 
-from omnitune.server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources, tuning
+from omnitune.server import (
+    benchmark,
+    capabilities,
+    compare,
+    gpus,
+    jobs,
+    lifecycle,
+    pictures,
+    prompts,
+    resources,
+    tuning,
+)
 from omnitune.server.state import make_lifespan
 from omnitune.tools.errors import OmnituneError
 from omnitune.tools.settings import Settings, settings_from_env
@@ -22,7 +33,7 @@ INSTRUCTIONS = """omnitune makes vLLM-Omni diffusion serving fast on this machin
 Start with detect_gpus. Every figure omnitune returns was measured here; nothing is assumed."""
 
 # Each module registers the tools, resources or prompts of one capability.
-REGISTRARS = [gpus, capabilities, resources, jobs, lifecycle, benchmark, compare, tuning, prompts]
+REGISTRARS = [gpus, capabilities, resources, jobs, lifecycle, benchmark, compare, pictures, tuning, prompts]
 
 
 def build_server(settings: Settings | None = None) -> MCPServer:
@@ -37,7 +48,7 @@ mcp = build_server()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="omnitune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="omnitune", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--transport", choices=["stdio", "streamable-http"], default="stdio")
     p.add_argument("--host", default="127.0.0.1", help="HTTP transport address (default 127.0.0.1).")
     p.add_argument("--port", type=int, default=8765, help="HTTP transport port (default 8765).")

@@ -62,7 +62,7 @@ def main() -> None:
     from omnitune.server.main import build_server
     from omnitune.tools.settings import Settings
     with tempfile.TemporaryDirectory() as ws:
-        sys.stdout.write(anyio.run(render, build_server(Settings(workspace=ws))))
+        sys.stdout.write(anyio.run(render, build_server(Settings.model_validate({"workspace": ws}))))
 
 
 if __name__ == "__main__":

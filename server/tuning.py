@@ -26,7 +26,7 @@ def register(mcp: MCPServer) -> None:
         report path:line, hardware facts) and the expected gain, plus every configuration pruned and why.
         Nothing is launched; tune_start measures the plan."""
         state = state_of(ctx)
-        return await in_thread(make_plan, state.settings, model, goal or Goal())
+        return await in_thread(make_plan, state.settings, model, goal or Goal.model_validate({}))
 
     @mcp.tool(annotations=annotations(destructive=True, title="Start an automatic tune"))
     @agent_errors
@@ -56,8 +56,9 @@ def register(mcp: MCPServer) -> None:
             request, notes = await in_thread(resumable_request, state.workspace, run, job_id)
             return await in_thread(lambda: state.jobs.resume(job_id, lambda job: tune_job(
                 state.workspace, run, request, job_id, job.report, job.cancelled.is_set, notes)))
-        job_id = new_id("tune")
+        assert request is not None  # checked above: exactly one of request and resume
+        new, job_id = request, new_id("tune")
         return await in_thread(lambda: state.jobs.start(
-            "tune", request.model_dump(mode="json"),
-            lambda job: tune_job(state.workspace, run, request, job_id, job.report, job.cancelled.is_set),
+            "tune", new.model_dump(mode="json"),
+            lambda job: tune_job(state.workspace, run, new, job_id, job.report, job.cancelled.is_set),
             job_id=job_id))

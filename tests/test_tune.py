@@ -176,7 +176,8 @@ async def test_a_tune_whose_omnitune_is_sigkilled_resumes_under_its_own_id(emula
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=10)
     async with Client(build_server(settings)) as client:
-        assert (await client.call_tool("job_status", {"job_id": job_id})).structured_content["status"] == "interrupted"
+        interrupted = (await client.call_tool("job_status", {"job_id": job_id})).structured_content
+        assert interrupted["status"] == "failed" and interrupted["error"].startswith("interrupted:")
         again = await client.call_tool("tune_start", {"resume": job_id})
         assert again.is_error is False and again.structured_content["id"] == job_id
         final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 300})).structured_content

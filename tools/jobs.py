@@ -3,7 +3,10 @@
 Each job runs in its own thread so an agent is never blocked for minutes and a slow job cannot
 stall the MCP event loop. State lives in the ``jobs`` table, written on every change, so a
 restarted omnitune still answers for jobs it ran before (a job whose omnitune died while it ran
-is reported ``interrupted``; tune resumes such jobs from its own records).
+is reported ``failed`` with an "interrupted" error; tune resumes such jobs from its own records).
+
+States and fields follow the MCP tasks extension (``io.modelcontextprotocol/tasks``: working, input_required,
+completed, failed, cancelled; a time-to-live and a poll interval), so a later switch to protocol tasks is a rename.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from omnitune.tools.errors import InvalidRequestError, NotFoundError, OmnituneError
+from omnitune.tools.pictures import PictureLink, job_links
 from omnitune.tools.store import Store, dumps, now
 from omnitune.tools.workspace import new_id
 
 log = logging.getLogger(__name__)
 
-JobState = Literal["pending", "running", "completed", "failed", "cancelled", "interrupted"]
-FINISHED = ("completed", "failed", "cancelled", "interrupted")
+JobState = Literal["working", "input_required", "completed", "failed", "cancelled"]
+FINISHED = ("completed", "failed", "cancelled")
+# Polling hints per kind: a benchmark request takes seconds, a tune candidate a launch plus a benchmark.
+POLL_INTERVAL_MS = {"benchmark": 2000, "tune": 10000}
+INTERRUPTED = "interrupted: omnitune stopped while this job ran; results recorded so far are kept"
 
 
 class JobStatus(BaseModel):
@@ -37,7 +44,34 @@ class JobStatus(BaseModel):
     created_at: float
     updated_at: float
     error: str | None = None
-    result: dict[str, Any] | None = Field(None, description="The job's result once completed (or partial, if cancelled).")
+    result: dict[str, Any] | None = Field(None, description="The job's result once completed (or partial, if "
+                                                            "cancelled).")
+    ttl_s: float | None = Field(default=None, description="How long the record and result are kept after "
+                                "creation, seconds; null: unlimited (kept in the workspace database).")
+    poll_interval_ms: int | None = Field(default=None, description="While working: wait this long before the next "
+                                         "job_status (or call job_wait, which blocks up to 45 s).")
+    next_poll_at: float | None = Field(default=None, description="While working: the epoch second of the next "
+                                       "useful poll.")
+    next_step: str = Field("", description="What to do now with this job.")
+    pictures: list[PictureLink] = Field(default_factory=list, description="Pictures of the result (a tune's Pareto "
+                                                                          "plot, a run's outputs): show_picture or "
+                                                                          "read the uri.")
+
+
+def next_step(job_id: str, kind: str, status: str) -> str:
+    """The hint an agent acts on (it may see only the structured result, never a text summary)."""
+    if status not in FINISHED:
+        return (f"job_wait(job_id='{job_id}') blocks up to 45 s and relays progress; call it again until the status "
+                "is completed, failed or cancelled. job_cancel stops it.")
+    if status == "completed":
+        return ("`result` holds the tune: winner, command, candidates, pictures (show_picture)." if kind == "tune"
+                else "`result` holds the benchmark: run_id (for compare_outputs) and summary.")
+    if status == "cancelled" and kind != "tune":
+        return "`result` holds what was measured before the cancel (partial); the server keeps running."
+    if kind == "tune":
+        return (f"tune_start(resume='{job_id}') continues it under its own id (measured candidates are reused); "
+                "read `error` first.")
+    return "read `error`; start it again (benchmark_start) once the cause is fixed."
 
 
 class JobCancelled(Exception):
@@ -72,28 +106,27 @@ class JobManager:
         self._mark_interrupted()
 
     def _mark_interrupted(self) -> None:
-        """Jobs left 'running' by an omnitune that is gone can never finish: say so."""
-        for row in self.store.query("SELECT id, owner_pid FROM jobs WHERE status IN ('pending', 'running')"):
+        """Jobs left 'working' by an omnitune that is gone can never finish: failed, with the interrupted error."""
+        for row in self.store.query("SELECT id, owner_pid FROM jobs WHERE status = 'working'"):
             if row["owner_pid"] != os.getpid():
                 self.store.update("jobs", {"id": row["id"]}, {
-                    "status": "interrupted", "updated_at": now(),
-                    "message": "omnitune stopped while this job ran; results recorded so far are kept"})
+                    "status": "failed", "updated_at": now(), "error": INTERRUPTED, "message": INTERRUPTED})
 
     def start(self, kind: str, params: dict[str, Any], fn: JobFn, job_id: str | None = None) -> JobStatus:
         job_id = job_id or new_id(kind)
         t = now()
-        self.store.insert("jobs", {"id": job_id, "kind": kind, "status": "pending", "created_at": t, "updated_at": t,
+        self.store.insert("jobs", {"id": job_id, "kind": kind, "status": "working", "created_at": t, "updated_at": t,
                                    "params": params, "owner_pid": os.getpid()})
         return self._spawn(job_id, fn)
 
     def resume(self, job_id: str, fn: JobFn) -> JobStatus:
         """Run a job that ended without completing again, under its own id (its records are kept)."""
         status = self.status(job_id)
-        if status.status not in ("interrupted", "failed", "cancelled"):
+        if status.status not in ("failed", "cancelled"):
             raise InvalidRequestError(
-                f"job {job_id} is {status.status}; only an interrupted, failed or cancelled job can be resumed.",
+                f"job {job_id} is {status.status}; only a failed (or interrupted) or cancelled job can be resumed.",
                 "follow a running job with job_wait; a completed job's result is in job_status.")
-        self.store.update("jobs", {"id": job_id}, {"status": "pending", "owner_pid": os.getpid(), "updated_at": now(),
+        self.store.update("jobs", {"id": job_id}, {"status": "working", "owner_pid": os.getpid(), "updated_at": now(),
                                                    "message": f"resumed (was {status.status})", "error": None,
                                                    "result": None})
         return self._spawn(job_id, fn)
@@ -107,7 +140,7 @@ class JobManager:
         return self.status(job_id)
 
     def _run(self, ctx: JobContext, fn: JobFn) -> None:
-        self._update(ctx.id, status="running")
+        self._update(ctx.id, status="working")
         try:
             result = fn(ctx)
         except JobCancelled:
@@ -136,11 +169,16 @@ class JobManager:
         row = self.store.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             known = [r["id"] for r in self.store.query("SELECT id FROM jobs ORDER BY created_at DESC LIMIT 5")]
-            raise NotFoundError(f"no job {job_id!r}.", f"use a job id returned by a start tool; recent: {known or 'none'}.")
+            raise NotFoundError(f"no job {job_id!r}.",
+                                f"use a job id returned by a start tool; recent: {known or 'none'}.")
+        result = json.loads(row["result"]) if row["result"] else None
+        poll = POLL_INTERVAL_MS.get(row["kind"], 5000) if row["status"] not in FINISHED else None
         return JobStatus(id=row["id"], kind=row["kind"], status=row["status"], progress=row["progress"],
                          total=row["total"], message=row["message"], created_at=row["created_at"],
-                         updated_at=row["updated_at"], error=row["error"],
-                         result=json.loads(row["result"]) if row["result"] else None)
+                         updated_at=row["updated_at"], error=row["error"], result=result,
+                         poll_interval_ms=poll, next_poll_at=now() + poll / 1000 if poll else None,
+                         next_step=next_step(row["id"], row["kind"], row["status"]),
+                         pictures=job_links(row["id"], row["kind"], result))
 
     def cancel(self, job_id: str) -> JobStatus:
         status = self.status(job_id)
@@ -149,7 +187,7 @@ class JobManager:
         ctx = self._contexts.get(job_id)
         if ctx is None:
             raise InvalidRequestError(f"job {job_id} is not run by this omnitune process.",
-                                      "nothing to cancel: its owner is gone, so it was marked interrupted.")
+                                      "nothing to cancel: its owner is gone, so it was marked failed (interrupted).")
         ctx.cancelled.set()
         self._update(job_id, message="cancel requested")
         return self.status(job_id)

@@ -128,6 +128,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (job_id, idx)
     );
     """,
+    # 2: job states named as the MCP tasks extension names them (working | input_required | completed | failed |
+    # cancelled). A pending or running job is working; an interrupted one (its omnitune died) failed, and says why.
+    """
+    UPDATE jobs SET status = 'working' WHERE status IN ('pending', 'running');
+    UPDATE jobs SET status = 'failed',
+        error = COALESCE(error, 'interrupted: omnitune stopped while this job ran, results recorded so far are kept')
+        WHERE status = 'interrupted';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -194,7 +202,9 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return int(self.query_one("PRAGMA user_version")[0])
+        row = self.query_one("PRAGMA user_version")
+        assert row is not None  # a pragma always answers
+        return int(row[0])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
