@@ -1,4 +1,4 @@
-"""MCP surface of ``tools.benchmark``: ``benchmark`` (blocks up to 45 s by default, progress per request, then a
+"""MCP surface of ``tools.benchmark``: ``benchmark`` (blocks up to 40 s by default, progress per request, then a
 job handle) and ``benchmark_start`` (a background job; job_status / job_wait / job_cancel follow it)."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def register(mcp: MCPServer) -> None:
         peak_memory_mb / stage_durations, per-GPU memory peak/mean (MiB) and utilisation sampled with NVML
         at 200 Hz, failures with their errors, and the run folder with the PNG/MP4 outputs that
         compare_outputs pairs by prompt, seed and index (`pictures` links the outputs as a grid).
-        Sends a progress notification per request. Blocks at most `wait_s` (45 s by default): a longer run
+        Sends a progress notification per request. Blocks at most `wait_s` (40 s by default): a longer run
         keeps going as a job and the result has status 'running', job_id and `job` (poll hint, next step):
         follow it with job_wait. For long runs call benchmark_start. dry_run=true shows the exact requests
         without sending any.

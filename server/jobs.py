@@ -31,7 +31,7 @@ def register(mcp: MCPServer) -> None:
                            "Longest wait, seconds. Over ~50 s risks the client's own tool-call limit."))
                        ] = DEFAULT_WAIT_S,
                        ) -> JobStatus:
-        """Wait (45 s by default) for a background job to finish, relaying its progress as notifications; returns
+        """Wait (40 s by default) for a background job to finish, relaying its progress as notifications; returns
         its status either way. Still `working`: call job_wait again (the job keeps running meanwhile)."""
         state = state_of(ctx)
         return await follow_job(ctx, state.jobs, job_id, timeout_s, cancel_on_abort=False)

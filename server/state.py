@@ -19,7 +19,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from omnitune.tools.errors import OmnituneError
-from omnitune.tools.jobs import FINISHED, JobManager, JobStatus
+from omnitune.tools.jobs import FINISHED, WAIT_S, JobManager, JobStatus
 from omnitune.tools.settings import Settings, settings_from_env
 from omnitune.tools.workspace import Workspace
 
@@ -120,7 +120,7 @@ def progress_relay(ctx: Context) -> Callable[[float, float | None, str], None]:
     return relay
 
 
-DEFAULT_WAIT_S = 45.0  # clients cut tool calls after about a minute: a blocking call returns before that
+DEFAULT_WAIT_S = WAIT_S  # clients cut tool calls after about a minute: a blocking call returns well before
 WAIT_SLICE_S = 0.5  # how often a waiting call looks for progress to relay
 
 

@@ -31,6 +31,9 @@ JobState = Literal["working", "input_required", "completed", "failed", "cancelle
 FINISHED = ("completed", "failed", "cancelled")
 # Polling hints per kind: a benchmark request takes seconds, a tune candidate a launch plus a benchmark.
 POLL_INTERVAL_MS = {"benchmark": 2000, "tune": 10000}
+# The longest a tool call blocks by default (benchmark, job_wait): clients cut calls after about a minute, and
+# a call's own overhead (a comparison, the last progress relay) must still fit under 45 s.
+WAIT_S = 40.0
 INTERRUPTED = "interrupted: omnitune stopped while this job ran; results recorded so far are kept"
 
 
@@ -49,7 +52,7 @@ class JobStatus(BaseModel):
     ttl_s: float | None = Field(default=None, description="How long the record and result are kept after "
                                 "creation, seconds; null: unlimited (kept in the workspace database).")
     poll_interval_ms: int | None = Field(default=None, description="While working: wait this long before the next "
-                                         "job_status (or call job_wait, which blocks up to 45 s).")
+                                         "job_status (or call job_wait, which blocks up to 40 s).")
     next_poll_at: float | None = Field(default=None, description="While working: the epoch second of the next "
                                        "useful poll.")
     next_step: str = Field("", description="What to do now with this job.")
@@ -61,7 +64,7 @@ class JobStatus(BaseModel):
 def next_step(job_id: str, kind: str, status: str) -> str:
     """The hint an agent acts on (it may see only the structured result, never a text summary)."""
     if status not in FINISHED:
-        return (f"job_wait(job_id='{job_id}') blocks up to 45 s and relays progress; call it again until the status "
+        return (f"job_wait(job_id='{job_id}') blocks up to {WAIT_S:.0f} s and relays progress; call it again until the status "
                 "is completed, failed or cancelled. job_cancel stops it.")
     if status == "completed":
         return ("`result` holds the tune: winner, command, candidates, pictures (show_picture)." if kind == "tune"
