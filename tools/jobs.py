@@ -64,8 +64,8 @@ class JobStatus(BaseModel):
 def next_step(job_id: str, kind: str, status: str) -> str:
     """The hint an agent acts on (it may see only the structured result, never a text summary)."""
     if status not in FINISHED:
-        return (f"job_wait(job_id='{job_id}') blocks up to {WAIT_S:.0f} s and relays progress; call it again until the status "
-                "is completed, failed or cancelled. job_cancel stops it.")
+        return (f"job_wait(job_id='{job_id}') blocks up to {WAIT_S:.0f} s and relays progress; call it again until "
+                "the status is completed, failed or cancelled. job_cancel stops it.")
     if status == "completed":
         return ("`result` holds the tune: winner, command, candidates, pictures (show_picture)." if kind == "tune"
                 else "`result` holds the benchmark: run_id (for compare_outputs) and summary.")
