@@ -14,9 +14,11 @@ import base64
 import io
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client
+from mcp.types import BlobResourceContents, ContentBlock, ImageContent
 from PIL import Image
 
 from omnitune.server.main import build_server
@@ -39,20 +41,30 @@ class StructuredOnlyAgent:
         self.progress: dict[str, int] = {}
         self.links: dict[str, dict] = {}  # uri -> PictureLink, every one any result showed
 
-    async def call(self, tool: str, **arguments):
+    async def _call(self, tool: str, arguments: dict[str, Any]) -> dict[str, Any] | list[ContentBlock]:
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             self.progress[tool] = self.progress.get(tool, 0) + 1
 
         started = time.perf_counter()
         result = await self.client.call_tool(tool, arguments, progress_callback=on_progress)
         self.calls.append((tool, time.perf_counter() - started))
-        seen = result.structured_content if result.structured_content is not None else result.content
         assert not result.is_error, f"{tool}: {result.content}"
-        if isinstance(seen, dict):
-            self._collect(seen)
+        if result.structured_content is not None:
+            self._collect(result.structured_content)
+            return result.structured_content  # all the model gets: the content array is dropped
+        return list(result.content)
+
+    async def call(self, tool: str, **arguments: Any) -> dict[str, Any]:
+        seen = await self._call(tool, arguments)
+        assert isinstance(seen, dict), f"{tool} returned no structured content"
         return seen
 
-    def _collect(self, value) -> None:
+    async def look(self, tool: str, **arguments: Any) -> list[ContentBlock]:
+        seen = await self._call(tool, arguments)
+        assert isinstance(seen, list), f"{tool} returned structured content: its pictures would be dropped"
+        return seen
+
+    def _collect(self, value: Any) -> None:
         if isinstance(value, dict):
             if {"picture", "id", "uri"} <= value.keys():
                 self.links[value["uri"]] = value
@@ -117,12 +129,13 @@ async def test_an_agent_seeing_only_structured_content_runs_the_guide_and_sees_e
         kinds = {link["picture"] for link in agent.links.values()}
         assert kinds == {"contact_sheet", "worst_pair", "pair", "run_grid", "pareto"}
         for uri, link in agent.links.items():
-            shown = await agent.call("show_picture", picture=link["picture"], id=link["id"], pair=link["pair"])
-            assert [block.type for block in shown] == ["image"] and shown[0].mime_type == "image/png"
+            shown = await agent.look("show_picture", picture=link["picture"], id=link["id"], pair=link["pair"])
+            assert len(shown) == 1 and isinstance(shown[0], ImageContent) and shown[0].mime_type == "image/png"
             width, height = decode_png(base64.b64decode(shown[0].data))
             assert min(width, height) >= 64 and max(width, height) <= 1568
             contents = (await client.read_resource(uri)).contents
-            assert len(contents) == 1 and contents[0].mime_type == "image/png"
+            assert len(contents) == 1 and isinstance(contents[0], BlobResourceContents)
+            assert contents[0].mime_type == "image/png"
             assert decode_png(base64.b64decode(contents[0].blob)) == (width, height), uri
 
     assert listed["show_picture"].output_schema is None  # image content only: nothing for Claude Code to drop
