@@ -110,16 +110,6 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
-def progress_relay(ctx: Context) -> Callable[[float, float | None, str], None]:
-    """A callback worker threads (``in_thread``) use to send MCP progress notifications."""
-    def relay(progress: float, total: float | None, message: str) -> None:
-        try:
-            anyio.from_thread.run(ctx.report_progress, progress, total, message)
-        except Exception:  # progress is best effort: never fail the work because a client went away
-            log.debug("progress notification dropped", exc_info=True)
-    return relay
-
-
 DEFAULT_WAIT_S = WAIT_S  # clients cut tool calls after about a minute: a blocking call returns well before
 WAIT_SLICE_S = 0.5  # how often a waiting call looks for progress to relay
 

@@ -22,7 +22,7 @@ from mcp.types import BlobResourceContents, ContentBlock, ImageContent
 from PIL import Image
 
 from omnitune.server.main import build_server
-from tests.launch_helpers import ZIMAGE, emulator_settings
+from tests.launch_helpers import ZIMAGE, emulator_settings, world
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[1]
@@ -151,3 +151,19 @@ async def test_blocking_calls_default_to_a_wait_under_the_clients_limit(settings
     async with Client(build_server(settings)) as client:
         tools = {t.name: t.input_schema["properties"] for t in (await client.list_tools()).tools}
     assert tools["benchmark"]["wait_s"]["default"] == tools["job_wait"]["timeout_s"]["default"] == 40
+
+
+async def test_a_server_still_loading_after_the_wait_comes_back_as_a_launch_job_to_follow(emulator, tmp_path):
+    emulator.write(world(1, cost={"startup_s": 4.0}))
+    async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
+        agent = StructuredOnlyAgent(client)
+        started = await agent.call("launch_server", config={"model": ZIMAGE, "enforce_eager": True}, wait_s=1)
+        assert started["job"]["status"] == "working" and started["job"]["kind"] == "launch"
+        assert started["server"]["status"] == "starting" and "--enforce-eager" in started["argv"]
+        assert "job_wait" in started["next_step"] and agent.progress.get("launch_server", 0) >= 1
+        done = await agent.call("job_wait", job_id=started["job"]["id"])
+        assert done["status"] == "completed" and done["result"]["server"]["id"] == started["server"]["id"]
+        assert done["result"]["server"]["status"] == "running" and "server.id" in done["next_step"]
+        refused = await client.call_tool("launch_server", {"config": {"model": ZIMAGE, "tensor_parallel_size": 7}})
+        assert refused.is_error and "Fix:" in refused.content[0].text  # refusals still come at once, as errors
+        await agent.call("stop_server", server_id=started["server"]["id"])

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 JobState = Literal["working", "input_required", "completed", "failed", "cancelled"]
 FINISHED = ("completed", "failed", "cancelled")
 # Polling hints per kind: a benchmark request takes seconds, a tune candidate a launch plus a benchmark.
-POLL_INTERVAL_MS = {"benchmark": 2000, "tune": 10000}
+POLL_INTERVAL_MS = {"launch": 5000, "benchmark": 2000, "tune": 10000}
 # The longest a tool call blocks by default (benchmark, job_wait): clients cut calls after about a minute, and
 # a call's own overhead (a comparison, the last progress relay) must still fit under 45 s.
 WAIT_S = 40.0
@@ -67,14 +67,15 @@ def next_step(job_id: str, kind: str, status: str) -> str:
         return (f"job_wait(job_id='{job_id}') blocks up to {WAIT_S:.0f} s and relays progress; call it again until "
                 "the status is completed, failed or cancelled. job_cancel stops it.")
     if status == "completed":
-        return ("`result` holds the tune: winner, command, candidates, pictures (show_picture)." if kind == "tune"
-                else "`result` holds the benchmark: run_id (for compare_outputs) and summary.")
+        return {"tune": "`result` holds the tune: winner, command, candidates; `pictures` its Pareto plot.",
+                "launch": "`result` holds the launch: server.id to benchmark (state running)."}.get(
+                    kind, "`result` holds the benchmark: run_id (for compare_outputs) and summary.")
     if status == "cancelled" and kind != "tune":
         return "`result` holds what was measured before the cancel (partial); the server keeps running."
     if kind == "tune":
         return (f"tune_start(resume='{job_id}') continues it under its own id (measured candidates are reused); "
                 "read `error` first.")
-    return "read `error`; start it again (benchmark_start) once the cause is fixed."
+    return "read `error` (server_logs for a launch); start it again once the cause is fixed."
 
 
 class JobCancelled(Exception):
