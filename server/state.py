@@ -116,22 +116,24 @@ WAIT_SLICE_S = 0.5  # how often a waiting call looks for progress to relay
 
 async def follow_job(ctx: Context, jobs: JobManager, job_id: str, timeout: float, *,
                      cancel_on_abort: bool = True) -> JobStatus:
-    """Wait (bounded by ``timeout``) for a job on :meth:`JobManager.wait`, relaying its progress to the client.
+    """Wait (bounded by ``timeout``) for a job on :meth:`JobManager.wait`, relaying each change of its progress
+    to the client as a progress notification (never a smaller value than one already sent).
 
-    The one wait of the MCP surface (``benchmark``, ``job_wait``). With ``cancel_on_abort`` the job is
-    cancelled when the call itself is (the agent gave up on a blocking run); ``job_wait`` leaves it running.
+    The one wait of the MCP surface (launch_server, benchmark, job_wait). With ``cancel_on_abort`` the job is
+    cancelled when the call itself is (the agent gave up on a blocking run); job_wait leaves it running.
     """
     deadline = anyio.current_time() + timeout
-    last: tuple[float, float | None, str | None] | None = None
+    since, sent = 0.0, 0.0  # since=0: the first look returns at once; progress 0 says nothing
     try:
         while True:
             left = deadline - anyio.current_time()
-            status = await in_thread(jobs.wait, job_id, max(0.0, min(left, WAIT_SLICE_S)))
-            seen = (status.progress, status.total, status.message)
-            if seen != last:
-                last = seen
+            # short slices: a cancelled call is noticed within WAIT_SLICE_S even while nothing changes
+            status = await in_thread(jobs.wait, job_id, max(0.0, min(left, WAIT_SLICE_S)), since)
+            since = status.updated_at
+            if status.progress > sent:
+                sent = status.progress
                 await ctx.report_progress(status.progress, status.total, status.message)
-            if status.status in FINISHED or left <= WAIT_SLICE_S:
+            if status.status in FINISHED or anyio.current_time() >= deadline:
                 return status
     except anyio.get_cancelled_exc_class():
         if cancel_on_abort:

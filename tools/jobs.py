@@ -196,14 +196,15 @@ class JobManager:
         self._update(job_id, message="cancel requested")
         return self.status(job_id)
 
-    def wait(self, job_id: str, timeout: float) -> JobStatus:
-        """Block until the job finishes or ``timeout`` seconds pass; its status either way."""
+    def wait(self, job_id: str, timeout: float, since: float | None = None) -> JobStatus:
+        """Block until the job finishes (or, given ``since``, its record changes after that time) or ``timeout``
+        seconds pass; its status either way."""
         deadline = now() + timeout
         with self._changed:
             while True:
                 status = self.status(job_id)
                 left = deadline - now()
-                if status.status in FINISHED or left <= 0:
+                if status.status in FINISHED or left <= 0 or (since is not None and status.updated_at > since):
                     return status
                 self._changed.wait(min(left, 0.5))
 
