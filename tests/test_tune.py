@@ -254,7 +254,7 @@ async def test_a_cancelled_tune_stops_its_server_and_can_be_resumed(emulator, tm
                 break
             await anyio.sleep(0.05)
         running = await client.call_tool("tune_start", {"resume": job_id})  # refused, and its server untouched
-        assert running.is_error and "is running" in running.content[0].text
+        assert running.is_error and "is working" in running.content[0].text
         await client.call_tool("job_cancel", {"job_id": job_id})
         cancelled = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 120})).structured_content
         assert cancelled["status"] == "cancelled" and emulator_processes(emulator) == []
