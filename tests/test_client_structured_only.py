@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp import Client
-from mcp.types import BlobResourceContents, ContentBlock, ImageContent
+from mcp.types import BlobResourceContents, ContentBlock, ImageContent, TextContent
 from PIL import Image
 
 from omnitune.server.main import build_server
@@ -50,6 +51,10 @@ class StructuredOnlyAgent:
         self.calls.append((tool, time.perf_counter() - started))
         assert not result.is_error, f"{tool}: {result.content}"
         if result.structured_content is not None:
+            texts = [b.text for b in result.content if isinstance(b, TextContent)]
+            # the text part (dropped by Claude Code) says nothing the structured part does not
+            assert [json.loads(t) for t in texts] == [result.structured_content], f"{tool}: text differs"
+            assert all(isinstance(b, TextContent) for b in result.content), f"{tool}: pictures beside data"
             self._collect(result.structured_content)
             return result.structured_content  # all the model gets: the content array is dropped
         return list(result.content)
@@ -165,5 +170,6 @@ async def test_a_server_still_loading_after_the_wait_comes_back_as_a_launch_job_
         assert done["status"] == "completed" and done["result"]["server"]["id"] == started["server"]["id"]
         assert done["result"]["server"]["status"] == "running" and "server.id" in done["next_step"]
         refused = await client.call_tool("launch_server", {"config": {"model": ZIMAGE, "tensor_parallel_size": 7}})
-        assert refused.is_error and "Fix:" in refused.content[0].text  # refusals still come at once, as errors
+        error = refused.content[0]
+        assert refused.is_error and isinstance(error, TextContent) and "Fix:" in error.text  # refused at once
         await agent.call("stop_server", server_id=started["server"]["id"])

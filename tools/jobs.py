@@ -67,7 +67,8 @@ def next_step(job_id: str, kind: str, status: str) -> str:
         return (f"job_wait(job_id='{job_id}') blocks up to {WAIT_S:.0f} s and relays progress; call it again until "
                 "the status is completed, failed or cancelled. job_cancel stops it.")
     if status == "completed":
-        return {"tune": "`result` holds the tune: winner, command, candidates; `pictures` its Pareto plot.",
+        return {"tune": "`result` holds the tune: winner, command, candidates; show_picture(picture='pareto', "
+                        f"id='{job_id}') shows its Pareto plot.",
                 "launch": "`result` holds the launch: server.id to benchmark (state running)."}.get(
                     kind, "`result` holds the benchmark: run_id (for compare_outputs) and summary.")
     if status == "cancelled" and kind != "tune":
