@@ -173,3 +173,32 @@ async def test_a_server_still_loading_after_the_wait_comes_back_as_a_launch_job_
         error = refused.content[0]
         assert refused.is_error and isinstance(error, TextContent) and "Fix:" in error.text  # refused at once
         await agent.call("stop_server", server_id=started["server"]["id"])
+
+
+async def test_picture_selectors_that_name_nothing_are_refused_with_the_fix(settings):
+    from omnitune.tools.workspace import Workspace
+    from tests.synthetic_runs import record_run, shots
+    ws = Workspace.open(settings)
+    try:
+        run = record_run(ws, shots(1, 1, 64, 64))
+    finally:
+        ws.close()
+    async with Client(build_server(settings)) as client:
+        same = (await client.call_tool("compare_outputs", {"baseline_run": run, "candidate_run": run}))
+        cmp_id = same.structured_content["id"]
+        worst = await client.call_tool("show_picture", {"picture": "worst_pair", "id": cmp_id})  # identical: pair 0
+        grid = await client.call_tool("show_picture", {"picture": "run_grid", "id": run})
+        no_pair = await client.call_tool("show_picture", {"picture": "pair", "id": cmp_id})
+        far_pair = await client.call_tool("show_picture", {"picture": "pair", "id": cmp_id, "pair": 7})
+        no_tune = await client.call_tool("show_picture", {"picture": "pareto", "id": "tune-nope"})
+        with pytest.raises(Exception, match="no picture named 'secrets'"):
+            await client.read_resource(f"omnitune://pictures/{cmp_id}/secrets")
+        with pytest.raises(Exception):  # a traversal never reaches the file system
+            await client.read_resource("omnitune://pictures/../contact_sheet")
+    for ok in (worst, grid):
+        assert not ok.is_error and isinstance(ok.content[0], ImageContent)
+        decode_png(base64.b64decode(ok.content[0].data))
+    for refused, needle in ((no_pair, "needs pair=<index>"), (far_pair, "no picture of pair 7"),
+                            (no_tune, "no tune job 'tune-nope'")):
+        text = refused.content[0]
+        assert refused.is_error and isinstance(text, TextContent) and needle in text.text and "Fix:" in text.text
