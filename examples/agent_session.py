@@ -25,6 +25,7 @@ from pathlib import Path
 
 import anyio
 from mcp import Client, StdioServerParameters
+from mcp.types import ImageContent
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -73,16 +74,19 @@ async def session(workdir: Path) -> tuple[str, dict[str, bytes]]:
             result = await client.call_tool(tool, arguments)
             log(f"[{time.perf_counter() - t:6.2f} s] {tool} -> {'ERROR' if result.is_error else 'ok'}")
             if result.is_error:
-                raise RuntimeError(f"{tool}: {result.content[0].text}")
+                raise RuntimeError(f"{tool}: {result.content}")
             return result
 
         async def call(tool: str, **arguments) -> dict:
-            return (await send(tool, arguments)).structured_content  # all Claude Code hands the model
+            structured = (await send(tool, arguments)).structured_content  # all Claude Code hands the model
+            assert structured is not None, f"{tool} returned no structured content"
+            return structured
 
         async def picture(link: dict) -> bytes:
             args = {k: link[k] for k in ("picture", "id", "pair") if link.get(k) is not None}
             args["max_side"] = 1200  # README size
             (image,) = (await send("show_picture", args)).content  # no structured content: the image is the answer
+            assert isinstance(image, ImageContent), image
             return base64.b64decode(image.data)
 
         gpus = await call("detect_gpus")
@@ -94,9 +98,17 @@ async def session(workdir: Path) -> tuple[str, dict[str, bytes]]:
             supported = [k for k, v in caps["methods"].items() if v["status"] == "supported"]
             lines.append(f"Model: {caps.get('pipeline_class')} / {caps.get('dit_class')}; "
                          f"supported: {', '.join(supported)}")
-        rows, baseline, pictures = [], None, {}
+        rows: list[dict] = []
+        baseline: dict | None = None
+        pictures: dict[str, bytes] = {}
         for name, changes, lossy in CANDIDATES:
             launched = await call("launch_server", config={"model": model, **changes})
+            job = launched.get("job")
+            while job and job["status"] == "working":  # the model was still loading after the call's wait
+                job = await call("job_wait", job_id=job["id"])
+            if job and job["status"] != "completed":
+                raise RuntimeError(f"launch {job['id']} {job['status']}: {job['error']}")
+            launched = job["result"] if job else launched
             server = launched["server"]
             result = await call("benchmark", server_id=server["id"], workload=WORKLOAD)
             while result["status"] == "running":  # a run longer than the call's wait continues as a job
@@ -116,6 +128,7 @@ async def session(workdir: Path) -> tuple[str, dict[str, bytes]]:
             else:
                 row["verdict"] = "not compared"
             rows.append(row)
+        assert baseline is not None
         good = [r for r in rows if r["verdict"] in ("baseline", "identical", "lossless-equivalent", "acceptable")]
         best = min(good, key=lambda r: r["p50"])
         job = await call("tune_start", request={"model": model, "workload": WORKLOAD, "max_launches": TUNE_LAUNCHES,
@@ -142,7 +155,7 @@ async def session(workdir: Path) -> tuple[str, dict[str, bytes]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--report", type=Path, help="Also write the report here.")
     p.add_argument("--pictures", type=Path, help="Write example-contact-sheet.png and example-pareto.png here.")
     args = p.parse_args()
