@@ -3,7 +3,7 @@
 An omnitune (a driver process with an in-memory MCP client) starts `tune_start` on the emulator's
 `lossy_cliff` scenario, with the emulator holding REAL GPU memory (VLLM_EMU_HOLD_GPU_MEMORY=1). Once three
 candidates are recorded and a candidate server holds GPU memory, the driver is SIGKILLed. A second omnitune,
-over stdio, sees the job `interrupted`, resumes it with `tune_start(resume=...)` and waits for the result.
+over stdio, sees the job `failed` (interrupted), resumes it with `tune_start(resume=...)` and waits for the result.
 
 Checks: the kill left a GPU process (as a real crash would); the resumed job completes under the same id and
 replays what was recorded; its winner passes the quality gate and nothing that passes is faster beyond the
@@ -57,7 +57,8 @@ async def resume(env: dict, job_id: str) -> dict:
     params = StdioServerParameters(command=sys.executable, args=["-m", "omnitune.server.main"], env=env, cwd=str(REPO))
     async with Client(params) as client:
         status = (await client.call_tool("job_status", {"job_id": job_id})).structured_content
-        check("the killed omnitune's job is interrupted", status["status"] == "interrupted", status["message"] or "")
+        check("the killed omnitune's job is interrupted", status["status"] == "failed"
+              and (status["error"] or "").startswith("interrupted:"), status["message"] or "")
         t = time.perf_counter()
         again = await client.call_tool("tune_start", {"resume": job_id})
         check("resume keeps the job id", not again.is_error and again.structured_content["id"] == job_id,

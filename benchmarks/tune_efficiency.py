@@ -69,7 +69,7 @@ def grid(n_gpus: int, lossy: bool) -> list[dict]:
 
 def job_row(ws: Workspace, job_id: str) -> None:
     """Tune candidates belong to a job (as when run through tune_start)."""
-    ws.store.insert("jobs", {"id": job_id, "kind": "tune", "status": "running", "created_at": 0, "updated_at": 0})
+    ws.store.insert("jobs", {"id": job_id, "kind": "tune", "status": "working", "created_at": 0, "updated_at": 0})
 
 
 def label(config: dict, request: dict) -> str:

@@ -3,14 +3,19 @@
 It runs against the vLLM-Omni emulator (tests/emulator), so it works on any machine: see omnitune work
 before pointing it at GPUs. Steps: detect_gpus -> inspect_model_capabilities -> baseline (enforce-eager)
 -> lossless candidates (compile, FP8, CFG parallel on 2 GPUs) -> a lossy candidate (TeaCache) compared with
-the baseline -> a markdown report with the winning `vllm serve` command.
+the baseline -> an automatic tune (tune_start, followed with job_wait) -> a markdown report with the winning
+`vllm serve` command. Like Claude Code, it reads only each result's structured content, every call with its
+default wait (each returns within 45 s), and it looks at pictures through show_picture.
 
-    .venv/bin/python examples/agent_session.py [--report report.md]
+    .venv/bin/python examples/agent_session.py [--report report.md] [--pictures docs/]
+
+--pictures writes the TeaCache comparison's contact sheet and the tune's Pareto plot there (README shows them).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import anyio
 from mcp import Client, StdioServerParameters
+from mcp.types import ImageContent
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -30,6 +36,7 @@ WORLD = {"gpus": [H200, H200], "model": {"dit_gib": 40.0, "text_encoder_gib": 8.
          "cost": {"startup_s": 0.3, "step_s_per_megapixel": 0.1, "compile_penalty_s": 0.4}}
 WORKLOAD = {"sizes": ["256x256"], "num_inference_steps": 20, "measured": 6, "warmup": 1, "seeds": [7, 8],
             "prompt_count": 3}
+TUNE_LAUNCHES = 12
 CANDIDATES = [  # (name, config changes, lossy?)
     ("baseline (eager)", {"enforce_eager": True}, False),
     ("torch.compile", {}, False),
@@ -44,7 +51,7 @@ def log(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-async def session(workdir: Path) -> str:
+async def session(workdir: Path) -> tuple[str, dict[str, bytes]]:
     from tests.emulator.harness import FAKE_NVML, make_vllm_shim
 
     shim = make_vllm_shim(workdir / "bin")
@@ -62,26 +69,51 @@ async def session(workdir: Path) -> str:
     async with Client(params) as client:
         tools = {t.name for t in (await client.list_tools()).tools}
 
-        async def call(tool: str, **arguments) -> dict:
+        async def send(tool: str, arguments: dict):
             t = time.perf_counter()
             result = await client.call_tool(tool, arguments)
             log(f"[{time.perf_counter() - t:6.2f} s] {tool} -> {'ERROR' if result.is_error else 'ok'}")
             if result.is_error:
-                raise RuntimeError(f"{tool}: {result.content[0].text}")
-            return result.structured_content
+                raise RuntimeError(f"{tool}: {result.content}")
+            return result
+
+        async def call(tool: str, **arguments) -> dict:
+            structured = (await send(tool, arguments)).structured_content  # all Claude Code hands the model
+            assert structured is not None, f"{tool} returned no structured content"
+            return structured
+
+        async def picture(link: dict) -> bytes:
+            args = {k: link[k] for k in ("picture", "id", "pair") if link.get(k) is not None}
+            args["max_side"] = 1200  # README size
+            (image,) = (await send("show_picture", args)).content  # no structured content: the image is the answer
+            assert isinstance(image, ImageContent), image
+            return base64.b64decode(image.data)
 
         gpus = await call("detect_gpus")
-        lines = [f"Hardware: {gpus['gpu_count']} x {gpus['gpus'][0]['name']} (SM {gpus['gpus'][0]['compute_capability']},"
-                 f" fp8_native={gpus['gpus'][0]['fp8_native']})"]
+        gpu = gpus["gpus"][0]
+        lines = [f"Hardware: {gpus['gpu_count']} x {gpu['name']} (SM {gpu['compute_capability']},"
+                 f" fp8_native={gpu['fp8_native']})"]
         if "inspect_model_capabilities" in tools:
             caps = await call("inspect_model_capabilities", model=model)
             supported = [k for k, v in caps["methods"].items() if v["status"] == "supported"]
-            lines.append(f"Model: {caps.get('pipeline_class')} / {caps.get('dit_class')}; supported: {', '.join(supported)}")
-        rows, baseline = [], None
+            lines.append(f"Model: {caps.get('pipeline_class')} / {caps.get('dit_class')}; "
+                         f"supported: {', '.join(supported)}")
+        rows: list[dict] = []
+        baseline: dict | None = None
+        pictures: dict[str, bytes] = {}
         for name, changes, lossy in CANDIDATES:
             launched = await call("launch_server", config={"model": model, **changes})
+            job = launched.get("job")
+            while job and job["status"] == "working":  # the model was still loading after the call's wait
+                job = await call("job_wait", job_id=job["id"])
+            if job and job["status"] != "completed":
+                raise RuntimeError(f"launch {job['id']} {job['status']}: {job['error']}")
+            launched = job["result"] if job else launched
             server = launched["server"]
-            result = await call("benchmark", server_id=server["id"], workload=WORKLOAD, wait_s=300)
+            result = await call("benchmark", server_id=server["id"], workload=WORKLOAD)
+            while result["status"] == "running":  # a run longer than the call's wait continues as a job
+                job = await call("job_wait", job_id=result["job_id"])
+                result = job["result"] if job["status"] != "working" else result
             await call("stop_server", server_id=server["id"])
             s = result["summary"]
             row = {"name": name, "command": launched["command"], "p50": s["latency"]["p50_s"],
@@ -92,31 +124,49 @@ async def session(workdir: Path) -> str:
             elif "compare_outputs" in tools:
                 cmp = await call("compare_outputs", baseline_run=baseline["run_id"], candidate_run=row["run_id"])
                 row["verdict"] = cmp.get("verdict", "?")
+                pictures["contact-sheet"] = await picture(cmp["pictures"][0])
             else:
                 row["verdict"] = "not compared"
             rows.append(row)
+        assert baseline is not None
         good = [r for r in rows if r["verdict"] in ("baseline", "identical", "lossless-equivalent", "acceptable")]
         best = min(good, key=lambda r: r["p50"])
+        job = await call("tune_start", request={"model": model, "workload": WORKLOAD, "max_launches": TUNE_LAUNCHES,
+                                                "goal": {"quality": "lossy", "quality_floor": "acceptable"}})
+        while job["status"] == "working":
+            job = await call("job_wait", job_id=job["id"])  # returns within 40 s; the tune runs on meanwhile
+        if job["status"] != "completed":
+            raise RuntimeError(f"tune {job['id']} {job['status']}: {job['error']}")
+        tune = job["result"]
+        pictures["pareto"] = await picture(job["pictures"][0])
     out = ["# omnitune example session", "", *lines, "",
            "| configuration | p50 latency (s) | speed-up | images/s | peak MiB/GPU | quality vs baseline |",
            "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         out.append(f"| {r['name']} | {r['p50']:.3f} | {baseline['p50'] / r['p50']:.2f}x | {r['throughput']:.2f} | "
                    f"{r['peak_mib']:.0f} | {r['verdict']} |")
-    out += ["", f"Winner: **{best['name']}**, {baseline['p50'] / best['p50']:.2f}x faster than the baseline at p50.", "",
-            "```bash", best["command"].replace(str(workdir / "bin" / "vllm"), "vllm"), "```", ""]
-    return "\n".join(out)
+    out += ["", f"Winner: **{best['name']}**, {baseline['p50'] / best['p50']:.2f}x faster than the baseline at p50.",
+            "",
+            "```bash", best["command"].replace(str(workdir / "bin" / "vllm"), "vllm"), "```", "",
+            f"Automatic tune (`tune_start`, {tune['launches']} launches): winner **{tune['winner']['name']}**, "
+            f"{tune['winner']['speedup_vs_baseline']:.2f}x faster than its baseline at p50.", "",
+            "```bash", tune["command"], "```", ""]
+    return "\n".join(out), pictures
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--report", type=Path, help="Also write the report here.")
+    p.add_argument("--pictures", type=Path, help="Write example-contact-sheet.png and example-pareto.png here.")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="omnitune-example-") as tmp:
-        report = anyio.run(session, Path(tmp))
+        report, pictures = anyio.run(session, Path(tmp))
     report = report.replace(str(FIXTURES), "<fixtures>")
     if args.report:
         args.report.write_text(report)
+    if args.pictures:
+        for name, png in pictures.items():
+            (args.pictures / f"example-{name}.png").write_bytes(png)
     sys.stdout.write(report)
 
 

@@ -6,11 +6,15 @@ import importlib.util
 from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
-from omnitune.server.state import AppState, agent_errors, annotations, in_thread, progress_relay, state_of
+from omnitune.server.state import DEFAULT_WAIT_S, AppState, agent_errors, annotations, follow_job, in_thread, state_of
+from omnitune.tools.jobs import JobStatus
 from omnitune.tools.launch import Launcher, ServeConfig, ServerView, StopResult
-from omnitune.tools.launch.launcher import LaunchResult
+from omnitune.tools.launch.launcher import LaunchResult, quote
+from omnitune.tools.servers import get_server
+from omnitune.tools.workspace import new_id
 
 ServerId = Annotated[str, Field(description="Id from launch_server or list_servers, e.g. srv-20261128-201502-3f9a1c.")]
 
@@ -28,6 +32,30 @@ def launcher(state: AppState) -> Launcher:
     return state.service("launcher", make)
 
 
+class LaunchCall(LaunchResult):
+    """What launch_server returns: the healthy server, or (still loading after wait_s) the launch job to follow."""
+
+    job: JobStatus | None = Field(default=None, description="While the server still loads: its launch job (server "
+                                  "state 'starting'); job_wait until completed, its result is the launch result.")
+    next_step: str = Field("", description="What to do now.")
+
+
+def _launch_call(state: AppState, job_id: str, status: JobStatus) -> LaunchCall:
+    if status.status == "completed" and status.result:
+        sid = status.result["server"]["id"]
+        return LaunchCall.model_validate({**status.result, "next_step": (
+            f"benchmark(server_id='{sid}') measures it; stop_server(server_id='{sid}') when done.")})
+    if status.status in ("failed", "cancelled"):
+        raise ToolError(status.error or f"the launch {status.status}.")
+    rows = state.workspace.store.query(
+        "SELECT id FROM servers WHERE json_extract(data, '$.labels.launch_job') = ?", (job_id,))
+    server = get_server(state.workspace.store, rows[0]["id"]) if rows else None
+    return LaunchCall.model_validate({
+        "dry_run": False, "argv": server.argv if server else [], "env": server.env if server else {},
+        "warnings": server.data.get("warnings", []) if server else [], "server": server,
+        "command": quote(server.argv) if server else "", "job": status, "next_step": status.next_step})
+
+
 class ServerList(BaseModel):
     servers: list[ServerView]
 
@@ -41,16 +69,31 @@ class ServerLog(BaseModel):
 def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=annotations(destructive=True, open_world=False, title="Launch vllm serve"))
     @agent_errors
-    async def launch_server(config: ServeConfig, ctx: Context, dry_run: bool = False) -> LaunchResult:
+    async def launch_server(config: ServeConfig, ctx: Context, dry_run: bool = False,
+                            wait_s: Annotated[float, Field(ge=1, le=600, description=(
+                                "Longest time this call blocks, seconds; a server still loading then goes on as a "
+                                "job. Over ~50 s risks the client's own tool-call limit."))] = DEFAULT_WAIT_S,
+                            ) -> LaunchCall:
         """Start `vllm serve MODEL --omni ...` from a typed configuration and wait until /health answers 200.
 
         The configuration is validated first against detect_gpus and the model's capability report: refused
         configurations fail with the reason and the fix before any process starts. dry_run=true returns the exact
         argv and environment only. The server runs in its own process group on 127.0.0.1 (a free port unless
         given), logs to its run folder, and is stopped with stop_server. Baseline: enforce_eager=true, one GPU.
+        Blocks at most `wait_s` (40 s by default), with progress notifications: a model still loading then keeps
+        loading as a launch job (`job`, server state 'starting'); follow it with job_wait.
         """
         state = state_of(ctx)
-        return await in_thread(launcher(state).launch, config, dry_run, progress_relay(ctx))
+        run = launcher(state)
+        if dry_run:
+            planned = await in_thread(run.launch, config, True)
+            return LaunchCall.model_validate({**planned.model_dump(), "next_step": "launch_server without dry_run "
+                                                                                  "starts it."})
+        job_id = new_id("launch")
+        await in_thread(lambda: state.jobs.start("launch", {"config": config.model_dump(mode="json")}, lambda job: (
+            run.launch(config, False, job.report, labels={"launch_job": job_id})), job_id=job_id))
+        status = await follow_job(ctx, state.jobs, job_id, wait_s, cancel_on_abort=False)
+        return await in_thread(_launch_call, state, job_id, status)
 
     @mcp.tool(annotations=annotations(destructive=True, idempotent=True, title="Stop a server"))
     @agent_errors

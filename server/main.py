@@ -16,7 +16,18 @@ import threading
 import anyio
 from mcp.server.mcpserver import MCPServer
 
-from omnitune.server import benchmark, capabilities, compare, gpus, jobs, lifecycle, prompts, resources, tuning
+from omnitune.server import (
+    benchmark,
+    capabilities,
+    compare,
+    gpus,
+    jobs,
+    lifecycle,
+    pictures,
+    prompts,
+    resources,
+    tuning,
+)
 from omnitune.server.policy import apply_policies
 from omnitune.server.state import make_lifespan
 from omnitune.tools.errors import OmnituneError
@@ -27,7 +38,7 @@ INSTRUCTIONS = """omnitune makes vLLM-Omni diffusion serving fast on this machin
 Start with detect_gpus. Every figure omnitune returns was measured here; nothing is assumed."""
 
 # Each module registers the tools, resources or prompts of one capability.
-REGISTRARS = [gpus, capabilities, resources, jobs, lifecycle, benchmark, compare, tuning, prompts]
+REGISTRARS = [gpus, capabilities, resources, jobs, lifecycle, benchmark, compare, pictures, tuning, prompts]
 
 
 def build_server(settings: Settings | None = None) -> MCPServer:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from mcp.server.mcpserver import MCPServer
 
-GUIDE = """You are tuning vLLM-Omni diffusion serving for {model} on this machine. Goal: {goal}. Quality policy: {quality}.
+GUIDE = """You are tuning vLLM-Omni diffusion serving for {model} on this machine.
+Goal: {goal}. Quality policy: {quality}.
 Measure everything; never report a speed-up you did not measure here. Work step by step:
 
 1. Hardware: call detect_gpus. Note GPU count, memory (MiB), fp8_native (SM 8.9+) and NVLink between GPUs.
@@ -22,7 +23,8 @@ Measure everything; never report a speed-up you did not measure here. Work step 
 6. Report: the winning `vllm serve` command (launch_server dry_run=true gives it exactly), its p50 latency,
    throughput and peak memory against the baseline, the quality verdict, and what you pruned and why.
    plan and tune_start automate steps 3-5 when they are available; their reports carry the same evidence. A tune
-   whose omnitune died shows as `interrupted` in job_status: continue it with tune_start(resume=<job id>).
+   whose omnitune died shows as `failed` with an "interrupted" error in job_status: continue it with
+   tune_start(resume=<job id>). Look at pictures with show_picture (results link them under `pictures`).
 """
 
 LOSSY = ("Lossy, only within the quality floor: TeaCache (cache_backend=tea_cache, rel_l1_thresh 0.1 -> 0.2 -> 0.4) "

@@ -44,6 +44,8 @@ async def render(server: MCPServer) -> str:
         if t.output_schema:
             fields = ", ".join(f"`{k}`" for k in t.output_schema.get("properties", {}))
             out += [f"Returns (structured): {fields}", ""]
+        else:
+            out += ["Returns content only (no output schema, so every client hands it to the model as it is).", ""]
     out += ["## Resources", ""]
     for r in sorted(resources, key=lambda r: str(r.uri)):
         out.append(f"- `{r.uri}` ({r.mime_type or 'text/plain'}): {(r.description or '').strip()}")
@@ -62,7 +64,7 @@ def main() -> None:
     from omnitune.server.main import build_server
     from omnitune.tools.settings import Settings
     with tempfile.TemporaryDirectory() as ws:
-        sys.stdout.write(anyio.run(render, build_server(Settings(workspace=ws))))
+        sys.stdout.write(anyio.run(render, build_server(Settings.model_validate({"workspace": ws}))))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,6 @@ objects (the process registry, caches) create them on first use with :meth:`AppS
 and register their own clean-up, so this module does not grow with every capability.
 """
 
-from __future__ import annotations
-
 import functools
 import inspect
 import logging
@@ -14,7 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -22,7 +20,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 
 from omnitune.tools.errors import OmnituneError
-from omnitune.tools.jobs import FINISHED, JobManager, JobStatus
+from omnitune.tools.jobs import FINISHED, WAIT_S, JobManager, JobStatus
 from omnitune.tools.settings import Settings, settings_from_env
 from omnitune.tools.workspace import Workspace
 
@@ -41,7 +39,7 @@ class AppState:
     _closing: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
 
-    def service(self, name: str, factory: Callable[[AppState], T]) -> T:
+    def service(self, name: str, factory: Callable[["AppState"], T]) -> T:
         """A long-lived object created on first use (e.g. the launcher's process registry)."""
         if name not in self._services:
             self._services[name] = factory(self)
@@ -114,7 +112,7 @@ def make_lifespan(settings: Settings | None):
 
 
 def state_of(ctx: Context) -> AppState:
-    return ctx.request_context.lifespan_context
+    return cast(AppState, ctx.request_context.lifespan_context)
 
 
 def annotations(*, read_only: bool = False, destructive: bool = False, idempotent: bool = False,
@@ -128,20 +126,21 @@ def agent_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Anything else is a bug: the SDK reports a generic error and logs the traceback to stderr.
     """
-    if inspect.iscoroutinefunction(fn):
-        @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except OmnituneError as exc:
-                raise ToolError(str(exc)) from exc
-    else:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except OmnituneError as exc:
-                raise ToolError(str(exc)) from exc
+    @functools.wraps(fn)
+    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except OmnituneError as exc:
+            raise ToolError(str(exc)) from exc
+
+    @functools.wraps(fn)
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OmnituneError as exc:
+            raise ToolError(str(exc)) from exc
+
+    wrapper = async_wrapper if inspect.iscoroutinefunction(fn) else sync_wrapper
     wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")  # agents read descriptions without source indentation
     return wrapper
 
@@ -151,37 +150,32 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
-def progress_relay(ctx: Context) -> Callable[[float, float | None, str], None]:
-    """A callback worker threads (``in_thread``) use to send MCP progress notifications."""
-    def relay(progress: float, total: float | None, message: str) -> None:
-        try:
-            anyio.from_thread.run(ctx.report_progress, progress, total, message)
-        except Exception:  # progress is best effort: never fail the work because a client went away
-            log.debug("progress notification dropped", exc_info=True)
-    return relay
+DEFAULT_WAIT_S = WAIT_S  # clients cut tool calls after about a minute: a blocking call returns well before
+WAIT_SLICE_S = 0.5  # how often a waiting call looks for progress to relay
 
 
 async def follow_job(ctx: Context, jobs: JobManager, job_id: str, timeout: float, *,
                      cancel_on_abort: bool = True) -> JobStatus:
-    """Wait (bounded) for a job while relaying its progress to the client.
+    """Wait (bounded by ``timeout``) for a job on :meth:`JobManager.wait`, relaying each change of its progress
+    to the client as a progress notification (never a smaller value than one already sent).
 
-    With ``cancel_on_abort`` the job is cancelled when the call itself is (the agent gave up on a
-    blocking run); a plain ``job_wait`` leaves the job running.
+    The one wait of the MCP surface (launch_server, benchmark, job_wait). With ``cancel_on_abort`` the job is
+    cancelled when the call itself is (the agent gave up on a blocking run); job_wait leaves it running.
     """
-    last: tuple[float, float | None, str | None] | None = None
-    with anyio.move_on_after(timeout):
-        try:
-            while True:
-                status = jobs.status(job_id)
-                seen = (status.progress, status.total, status.message)
-                if seen != last:
-                    last = seen
-                    await ctx.report_progress(status.progress, status.total, status.message)
-                if status.status in FINISHED:
-                    return status
-                await anyio.sleep(0.05)
-        except anyio.get_cancelled_exc_class():
-            if cancel_on_abort:
-                jobs.cancel(job_id)
-            raise
-    return jobs.status(job_id)
+    deadline = anyio.current_time() + timeout
+    since, sent = 0.0, 0.0  # since=0: the first look returns at once; progress 0 says nothing
+    try:
+        while True:
+            left = deadline - anyio.current_time()
+            # short slices: a cancelled call is noticed within WAIT_SLICE_S even while nothing changes
+            status = await in_thread(jobs.wait, job_id, max(0.0, min(left, WAIT_SLICE_S)), since)
+            since = status.updated_at
+            if status.progress > sent:
+                sent = status.progress
+                await ctx.report_progress(status.progress, status.total, status.message)
+            if status.status in FINISHED or anyio.current_time() >= deadline:
+                return status
+    except anyio.get_cancelled_exc_class():
+        if cancel_on_abort:
+            jobs.cancel(job_id)
+        raise

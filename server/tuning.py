@@ -36,9 +36,9 @@ def register(mcp: MCPServer) -> None:
     @mcp.tool(annotations=annotations(destructive=True, title="Start an automatic tune"))
     @agent_errors
     async def tune_start(ctx: Context, request: TuneRequest | None = None,
-                         resume: Annotated[str | None, Field(description="Instead of a request: the id of a tune job "
-                                                             "that was interrupted, failed or cancelled, to continue "
-                                                             "under its own id.")] = None) -> JobStatus:
+                         resume: Annotated[str | None, Field(description=(
+                             "Instead of a request: the id of a tune job that failed (also 'interrupted: ...') or was "
+                             "cancelled, to continue under its own id."))] = None) -> JobStatus:
         """Find the best serving configuration automatically, as a background job.
 
         Baseline: eager on one GPU; else offloaded; else the fewest GPUs whose TP fits (all under

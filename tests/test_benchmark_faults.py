@@ -109,7 +109,7 @@ async def test_benchmark_start_runs_as_a_job_and_cancel_keeps_the_partial_run_an
         started = await client.call_tool("benchmark_start", {"server_id": sid, "workload": {
             "sizes": ["16x16"], "num_inference_steps": 10, "measured": 2000}})
         job = started.structured_content
-        assert started.is_error is False and job["kind"] == "benchmark" and job["status"] in ("pending", "running")
+        assert started.is_error is False and job["kind"] == "benchmark" and job["status"] == "working"
         deadline = time.monotonic() + 20
         while True:
             status = (await client.call_tool("job_status", {"job_id": job["id"]})).structured_content
@@ -128,6 +128,8 @@ async def test_benchmark_start_runs_as_a_job_and_cancel_keeps_the_partial_run_an
         slow = await client.call_tool("benchmark", {"server_id": sid, "wait_s": 1, "workload": {
             "sizes": ["16x16"], "num_inference_steps": 10, "measured": 2000}})
         assert slow.structured_content["status"] == "running" and slow.structured_content["summary"] is None
+        handle = slow.structured_content["job"]
+        assert handle["status"] == "working" and handle["poll_interval_ms"] and "job_wait" in handle["next_step"]
         await client.call_tool("job_cancel", {"job_id": slow.structured_content["job_id"]})
         done = (await client.call_tool("job_wait", {"job_id": slow.structured_content["job_id"],
                                                     "timeout_s": 20})).structured_content

@@ -90,7 +90,7 @@ async def trial(emulator, ws, kind: str, job_kind: str, delay: float, reference:
         status = (await client.call_tool("job_status", {"job_id": job["id"]})).structured_content
         outcome["job_after"] = status["status"]
         check_records(db)
-        if job_kind == "tune" and status["status"] in ("interrupted", "cancelled", "failed"):
+        if job_kind == "tune" and status["status"] in ("cancelled", "failed"):
             again = await client.call_tool("tune_start", {"resume": job["id"]})
             assert again.is_error is False, again.content
             status = (await client.call_tool("job_wait", {"job_id": job["id"], "timeout_s": 120})).structured_content

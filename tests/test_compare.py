@@ -44,6 +44,8 @@ async def test_identical_lossless_and_increasingly_lossy_configurations(emulator
         identical = await compare(client, base["run_id"], same["run_id"])
         lossless = (await compare(client, base["run_id"], compiled["run_id"])).structured_content
         sweep = [(await compare(client, base["run_id"], r["run_id"])).structured_content for r in lossy]
+        links = identical.structured_content["pictures"]
+        shown = await client.call_tool("show_picture", {"picture": links[0]["picture"], "id": links[0]["id"]})
     s = identical.structured_content
     assert s["verdict"] == "identical" and s["pairs"] == 4 and s["counts"]["identical"] == 4
     assert s["psnr_db_min"] is None and s["ssim_min"] == 1.0
@@ -55,10 +57,11 @@ async def test_identical_lossless_and_increasingly_lossy_configurations(emulator
     assert ssims == sorted(ssims, reverse=True) and all(c["worst_picture"] for c in sweep)
     assert [c["verdict"] for c in sweep] == ["lossless-equivalent", "lossless-equivalent", "acceptable", "degraded"]
     assert sweep[-1]["worst"]["verdict"] == "degraded"
-    kinds = [c.type for c in identical.content]
-    assert kinds == ["text", "image"]
-    png = base64.b64decode(identical.content[1].data)
-    assert png.startswith(b"\x89PNG") and identical.content[1].mime_type == "image/png"
+    assert [c.type for c in identical.content] == ["text"]  # pictures come by link (Claude Code drops images here)
+    assert [x["picture"] for x in links[:2]] == ["contact_sheet", "worst_pair"] and links[0]["id"] == s["id"]
+    assert shown.structured_content is None and [c.type for c in shown.content] == ["image"]
+    png = base64.b64decode(shown.content[0].data)
+    assert png.startswith(b"\x89PNG") and shown.content[0].mime_type == "image/png"
 
 
 async def test_thresholds_are_parameters(emulator, tmp_path):

@@ -225,15 +225,20 @@ async def test_a_run_without_saved_outputs_is_refused(settings, ws):
 
 # --- pictures, the saved comparison, the trade-off -------------------------------------------------------------
 
-async def test_pictures_come_back_as_image_content_and_are_saved(settings, ws):
+async def test_pictures_are_linked_shown_as_image_content_and_saved(settings, ws):
     base = record_run(ws, shots(3, 2, 96, 64))
     cand = record_run(ws, shots(3, 2, 96, 64, noise=10.0))
     result = await compare(settings, base, cand, amplify=4)
     s = result.structured_content
-    assert [c.type for c in result.content] == ["text", "image", "image"]
-    sheet = Image.open(io.BytesIO(base64.b64decode(result.content[1].data)))
-    worst = Image.open(io.BytesIO(base64.b64decode(result.content[2].data)))
-    assert sheet.format == worst.format == "PNG" and result.content[1].mime_type == "image/png"
+    assert [c.type for c in result.content] == ["text"]  # the pictures are linked, not beside the data
+    assert [(x["picture"], x["id"]) for x in s["pictures"][:2]] == [("contact_sheet", s["id"]), ("worst_pair", s["id"])]
+    async with Client(build_server(settings)) as client:
+        shown = [await client.call_tool("show_picture", {"picture": x["picture"], "id": x["id"]})
+                 for x in s["pictures"][:2]]
+    assert all(r.structured_content is None and [c.type for c in r.content] == ["image"] for r in shown)
+    sheet = Image.open(io.BytesIO(base64.b64decode(shown[0].content[0].data)))
+    worst = Image.open(io.BytesIO(base64.b64decode(shown[1].content[0].data)))
+    assert sheet.format == worst.format == "PNG" and shown[0].content[0].mime_type == "image/png"
     assert sheet.size == Image.open(s["contact_sheet"]).size and sheet.width == 2 * (3 * 96 + 8) + 4
     assert worst.size == (3 * 96 + 8, 64 + 18)  # full size (below the viewing width) under a caption band
     folder = Path(s["folder"])
@@ -252,8 +257,8 @@ async def test_pictures_come_back_as_image_content_and_are_saved(settings, ws):
     row = ws.store.query_one("SELECT * FROM comparisons WHERE id = ?", (s["id"],))
     assert row["verdict"] == s["verdict"] and row["dir"] == s["folder"] and row["candidate_run"] == cand
     assert json.loads(row["summary"])["counts"] == s["counts"]
-    quiet = await compare(settings, base, base, images="none")
-    assert [c.type for c in quiet.content] == ["text"] and quiet.structured_content["worst_picture"] is None
+    same = await compare(settings, base, base)
+    assert same.structured_content["worst_picture"] is None  # nothing differs: no worst-pair preview is drawn
 
 
 async def test_the_trade_off_joins_both_benchmarks(settings, ws):

@@ -1,11 +1,14 @@
 """A real third-party client, the MCP Inspector CLI, lists and calls every tool, reads every resource, gets the prompt.
 
 Each call is a fresh `omnitune` over stdio sharing one workspace, with the emulator as `vllm`, simulated GPUs,
-and the real vllm-omni 0.30.0 source to inspect.
+and the real vllm-omni 0.30.0 source to inspect. Every result is held against what its tool declares: a tool with
+an output schema returns structured content valid under it (a spec-strict client refuses anything else), and the
+picture tool, which declares none, returns image content only.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -13,10 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 
+from omnitune.tools.settings import Settings
+from omnitune.tools.workspace import Workspace
 from tests.conftest import FAKE_NVML_DIR, FIXTURE_MODELS, H200, write_scenario
 from tests.emulator.harness import make_vllm_shim
+from tests.synthetic_runs import record_run, shots
 
 REPO = Path(__file__).resolve().parents[1]
 INSPECTOR = "@modelcontextprotocol/inspector@0.15.0"
@@ -40,7 +47,23 @@ def inspect_cli(tmp_path_factory):
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads(proc.stdout)
+    ws = Workspace.open(Settings.model_validate({"workspace": tmp / "ws"}))
+    try:  # two recorded runs (real tables and PNGs) for compare_outputs to draw pictures of
+        call.runs = [record_run(ws, shots(2, 1, 128, 96, noise)) for noise in (0.0, 4.0)]  # type: ignore[attr-defined]
+    finally:
+        ws.close()
     return call
+
+
+def declared(result: dict, schema: dict | None) -> None:
+    """The result is what the tool declares: structured content valid under its schema, or content only."""
+    if result.get("isError"):
+        return  # an error is content (text) either way
+    if schema is None:
+        assert "structuredContent" not in result and result["content"], result
+    else:
+        assert "structuredContent" in result, "declares an output schema but returned no structured content"
+        jsonschema.validate(result["structuredContent"], schema)
 
 
 def tool(cli, name: str, **args) -> dict:
@@ -55,14 +78,16 @@ def text(result: dict) -> str:
 
 
 def test_every_tool_can_be_listed_and_called(inspect_cli):
-    listed = {t["name"] for t in inspect_cli("--method", "tools/list")["tools"]}
+    schemas = {t["name"]: t.get("outputSchema") for t in inspect_cli("--method", "tools/list")["tools"]}
+    listed = set(schemas)
     called = set()
 
     def ok(name, **args):
         result = tool(inspect_cli, name, **args)
         assert not result.get("isError"), text(result)
+        declared(result, schemas[name])
         called.add(name)
-        return result["structuredContent"]
+        return result.get("structuredContent", result["content"])
 
     def refused(name, needle, **args):
         result = tool(inspect_cli, name, **args)
@@ -83,10 +108,20 @@ def test_every_tool_can_be_listed_and_called(inspect_cli):
     assert ok("job_wait", job_id=job["id"], timeout_s=1)["id"] == job["id"]
     assert ok("job_cancel", job_id=job["id"])["id"] == job["id"]
     refused("compare_outputs", "no benchmark run 'run-x'", baseline_run="run-x", candidate_run="run-y")
+    base, cand = inspect_cli.runs
+    cmp = ok("compare_outputs", baseline_run=base, candidate_run=cand)
+    assert cmp["verdict"] != "identical" and cmp["pictures"][0]["picture"] == "contact_sheet"
+    for link in cmp["pictures"][:3]:
+        args = {k: link[k] for k in ("picture", "id", "pair") if link[k] is not None}
+        images = ok("show_picture", **args)
+        assert [c["type"] for c in images] == ["image"] and images[0]["mimeType"] == "image/png"
+        assert base64.b64decode(images[0]["data"]).startswith(b"\x89PNG")
+    refused("show_picture", "no comparison 'cmp-none'", picture="contact_sheet", id="cmp-none")
     missing = listed - called
     for name in sorted(missing):  # tools added later (plan, tune, ...): at least a protocol-level call
         result = tool(inspect_cli, name)
         assert "content" in result
+        declared(result, schemas[name])
         called.add(name)
     assert called == listed
 
@@ -95,10 +130,17 @@ def test_every_resource_can_be_read_and_the_prompt_fetched(inspect_cli):
     statics = inspect_cli("--method", "resources/list")["resources"]
     templates = inspect_cli("--method", "resources/templates/list")["resourceTemplates"]
     uris = [r["uri"] for r in statics]
+    pictures = [t for t in templates if t["mimeType"] == "image/png"]
     for t in templates:
-        uri = t["uriTemplate"].split("{?")[0]
-        uris.append(uri.replace("{pipeline}", "QwenImagePipeline"))
-    assert len(uris) >= 6
+        if t not in pictures:
+            uris.append(t["uriTemplate"].split("{?")[0].replace("{pipeline}", "QwenImagePipeline"))
+    assert len(uris) >= 6 and [t["uriTemplate"] for t in pictures] == ["omnitune://pictures/{id}/{picture}"]
+    base, cand = inspect_cli.runs
+    result = tool(inspect_cli, "compare_outputs", baseline_run=base, candidate_run=cand)["structuredContent"]
+    for link in result["pictures"][:2]:  # the contact sheet and the worst pair, as linked from the result
+        blob = inspect_cli("--method", "resources/read", "--uri", link["uri"])["contents"]
+        assert len(blob) == 1 and blob[0]["mimeType"] == "image/png" and blob[0]["uri"] == link["uri"]
+        assert base64.b64decode(blob[0]["blob"]).startswith(b"\x89PNG")
     for uri in uris:
         contents = inspect_cli("--method", "resources/read", "--uri", uri)["contents"]
         assert contents and len(contents[0]["text"]) > 50, uri

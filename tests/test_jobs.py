@@ -36,10 +36,12 @@ def test_a_job_reports_progress_and_its_result(store):
         return Done(steps=3)
 
     started = jobs.start("demo", {"x": 1}, work)
-    assert started.status in ("pending", "running")
+    assert started.status == "working" and started.poll_interval_ms and started.next_poll_at
+    assert f"job_wait(job_id='{started.id}')" in started.next_step
     release.set()
     final = jobs.wait(started.id, timeout=10)
     assert final.status == "completed" and final.result == {"steps": 3}
+    assert final.poll_interval_ms is None and final.next_poll_at is None and final.ttl_s is None
     assert (final.progress, final.total) == (3, 3)
 
 
@@ -77,12 +79,39 @@ def test_a_crashing_job_is_failed_not_lost(store):
     assert final.status == "failed" and "ZeroDivisionError" in final.error
 
 
-def test_jobs_of_a_dead_omnitune_are_reported_interrupted_after_restart(store):
-    store.insert("jobs", {"id": "tune-old", "kind": "tune", "status": "running", "created_at": 1.0,
+def test_jobs_of_a_dead_omnitune_are_reported_failed_interrupted_after_restart(store):
+    store.insert("jobs", {"id": "tune-old", "kind": "tune", "status": "working", "created_at": 1.0,
                           "updated_at": 1.0, "owner_pid": 999999999})
     jobs = JobManager(store)
     status = jobs.status("tune-old")
-    assert status.status == "interrupted" and "results recorded so far are kept" in status.message
+    assert status.status == "failed" and (status.error or "").startswith("interrupted:")
+    assert "results recorded so far are kept" in (status.message or "")
+    assert "tune_start(resume='tune-old')" in status.next_step
+
+
+def test_job_states_of_an_older_workspace_are_renamed_as_the_tasks_extension_names_them(tmp_path):
+    import sqlite3
+
+    from omnitune.tools.store import MIGRATIONS
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "PRAGMA user_version=1;")
+    for i, state in enumerate(["pending", "running", "interrupted", "completed", "failed", "cancelled"]):
+        conn.execute("INSERT INTO jobs (id, kind, status, created_at, updated_at, owner_pid, error) VALUES "
+                     "(?, 'tune', ?, 1, 1, 999999999, ?)", (f"job-{state}", state, "boom" if i == 4 else None))
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    try:
+        got = {r["id"]: (r["status"], r["error"]) for r in store.query("SELECT id, status, error FROM jobs")}
+        assert {k: v[0] for k, v in got.items()} == {
+            "job-pending": "working", "job-running": "working", "job-interrupted": "failed",
+            "job-completed": "completed", "job-failed": "failed", "job-cancelled": "cancelled"}
+        assert got["job-interrupted"][1].startswith("interrupted:") and got["job-failed"][1] == "boom"
+        jobs = JobManager(store)  # the dead owner's working jobs are failed (interrupted) on start
+        assert {jobs.status(f"job-{s}").status for s in ("pending", "running")} == {"failed"}
+    finally:
+        store.close()
 
 
 def test_an_unknown_job_names_recent_ones(store):

@@ -176,7 +176,8 @@ async def test_a_tune_whose_omnitune_is_sigkilled_resumes_under_its_own_id(emula
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=10)
     async with Client(build_server(settings)) as client:
-        assert (await client.call_tool("job_status", {"job_id": job_id})).structured_content["status"] == "interrupted"
+        interrupted = (await client.call_tool("job_status", {"job_id": job_id})).structured_content
+        assert interrupted["status"] == "failed" and interrupted["error"].startswith("interrupted:")
         again = await client.call_tool("tune_start", {"resume": job_id})
         assert again.is_error is False and again.structured_content["id"] == job_id
         final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 300})).structured_content
@@ -253,7 +254,7 @@ async def test_a_cancelled_tune_stops_its_server_and_can_be_resumed(emulator, tm
                 break
             await anyio.sleep(0.05)
         running = await client.call_tool("tune_start", {"resume": job_id})  # refused, and its server untouched
-        assert running.is_error and "is running" in running.content[0].text
+        assert running.is_error and "is working" in running.content[0].text
         await client.call_tool("job_cancel", {"job_id": job_id})
         cancelled = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 120})).structured_content
         assert cancelled["status"] == "cancelled" and emulator_processes(emulator) == []

@@ -134,6 +134,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE jobs ADD COLUMN owner_start_time REAL;
     """,
+    # 3: job states named as the MCP tasks extension names them (working | input_required | completed | failed |
+    # cancelled). A pending or running job is working; an interrupted one (its omnitune died) failed, and says why.
+    """
+    UPDATE jobs SET status = 'working' WHERE status IN ('pending', 'running');
+    UPDATE jobs SET status = 'failed',
+        error = COALESCE(error, 'interrupted: omnitune stopped while this job ran, results recorded so far are kept')
+        WHERE status = 'interrupted';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

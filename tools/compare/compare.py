@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -23,6 +24,7 @@ from omnitune.tools.compare.pairing import load_run, pair
 from omnitune.tools.compare.report import TradeOff, figures, headline, trade_off
 from omnitune.tools.compare.verdict import ORDER, Thresholds, Verdict, broken, judge, rank, worst
 from omnitune.tools.errors import InvalidRequestError
+from omnitune.tools.pictures import PictureLink, comparison_links
 from omnitune.tools.store import now
 from omnitune.tools.workspace import Workspace, new_id
 
@@ -81,10 +83,14 @@ class Comparison(BaseModel):
     contact_sheet: str = Field(description="Captioned grid of the worst pairs (PNG).")
     worst_picture: str | None = Field(None, description="The worst pair's side-by-side scaled for viewing (PNG).")
     elapsed_s: float
+    pictures: list[PictureLink] = Field(default_factory=list, description=(
+        "Look at them: show_picture(picture, id[, pair]) or read the uri (image/png). The contact sheet, the "
+        "worst pair, then the worst pairs one by one (any pictured pair: picture='pair', pair=index)."))
+    next_step: str = Field("", description="What to do with this verdict.")
     pair_results: list[PairResult] = Field(description="Every pair (also in comparison.json).")
 
 
-def _run_jobs(jobs: list, workers: int | None) -> list[tuple[dict, object]]:
+def _run_jobs(jobs: list, workers: int | None) -> list[tuple[dict, Any]]:
     from omnitune.tools.compare.measure import measure_pair, quiet_stdout
     pixels = sum((j.base.width or 512) * (j.base.height or 512) * (j.base.frames or 1) for j in jobs)
     if workers is None:
@@ -110,6 +116,15 @@ def _caption(r: PairResult) -> str:
     return f"#{r.index} {r.verdict}: {psnr}, SSIM {r.ssim:.3f}{frame} | seed {r.seed} {r.size} | {r.prompt[:48]}"
 
 
+def _next_step(verdict: Verdict, cmp_id: str) -> str:
+    look = f"show_picture(picture='contact_sheet', id='{cmp_id}') shows the pairs, worst first."
+    if verdict in ("identical", "lossless-equivalent"):
+        return f"the candidate keeps the baseline's pixels (lossless): keep it if trade_off shows a gain. {look}"
+    if verdict == "acceptable":
+        return f"visible but small differences: keep it only if lossy changes are allowed; look first. {look}"
+    return f"quality lost: drop this candidate (or a gentler setting of it). {look}"
+
+
 def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, thresholds: Thresholds | None = None,
                  across_steps: bool = False, amplify: float = 8.0, max_pictures: int | None = None,
                  allow_differences: list[str] | None = None, workers: int | None = None) -> Comparison:
@@ -122,7 +137,7 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
     from omnitune.tools.compare.measure import PairJob
 
     started = time.perf_counter()
-    t = thresholds or Thresholds()
+    t = thresholds or Thresholds.model_validate({})
     if baseline_run == candidate_run:
         raise InvalidRequestError(f"run {baseline_run} compared with itself says nothing.",
                                   "compare a candidate configuration's run with the baseline's run.")
@@ -147,8 +162,8 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
             index=j.index, prompt=j.base.prompt, seed=j.base.seed, size=j.base.size, n_index=j.base.n_index,
             kind=j.base.kind, verdict=judge(raw, r["ssim"], r["identical"], t), broken=broken(raw, t),
             picture=str(j.picture) if j.picture else None, baseline_path=str(j.base.path),
-            candidate_path=str(j.cand.path),
-            **{k: r.get(k) for k in ("psnr_db", "ssim", "ms_ssim", "mae", "psnr_db_mean", "ssim_mean", "frames",
+            candidate_path=str(j.cand.path), ssim=r["ssim"],
+            **{k: r.get(k) for k in ("psnr_db", "ms_ssim", "mae", "psnr_db_mean", "ssim_mean", "frames",
                                      "worst_frame", "frame_psnr_db", "frame_ssim", "temporal_diff", "motion_ratio")}))
     order = sorted(range(len(results)), key=lambda i: (-rank(results[i].verdict), results[i].psnr_db or math.inf,
                                                        results[i].ssim))
@@ -178,7 +193,8 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
         ssim_mean=sum(r.ssim for r in results) / len(results), ms_ssim_min=min(multi) if multi else None, worst=w,
         trade_off=trade, thresholds=t, across_steps=across_steps, folder=str(folder), contact_sheet=str(sheet),
         worst_picture=str(preview) if preview else None, elapsed_s=time.perf_counter() - started,
-        pair_results=results)
+        pictures=comparison_links(cmp_id, [i for i in order[:SHEET_TILES] if results[i].picture]),
+        next_step=_next_step(verdict, cmp_id), pair_results=results)
     (folder / "comparison.json").write_text(comparison.model_dump_json(indent=1))
     workspace.store.insert("comparisons", {
         "id": cmp_id, "created_at": now(), "baseline_run": baseline_run, "candidate_run": candidate_run,
