@@ -136,14 +136,14 @@ async def disrupt(kind: str, ws, db, client, job_id: str) -> str:
 
 def clean_up_done(db, ws) -> None:
     """SIGTERM and client close: omnitune itself stopped its servers and ended its jobs before exiting."""
-    assert not db_rows(db, "SELECT id FROM jobs WHERE status IN ('pending', 'running')")
+    assert not db_rows(db, "SELECT id FROM jobs WHERE status = 'working'")
     assert not db_rows(db, "SELECT id FROM servers WHERE status IN ('running', 'starting')")
     assert not db_rows(db, "SELECT id FROM runs WHERE status = 'running'")
 
 
 def check_records(db) -> None:
     """Every record consistent: nothing left running, measured candidates from whole runs, rows match summaries."""
-    assert not db_rows(db, "SELECT id FROM jobs WHERE status IN ('pending', 'running')")
+    assert not db_rows(db, "SELECT id FROM jobs WHERE status = 'working'")
     assert not db_rows(db, "SELECT id FROM runs WHERE status = 'running'")
     for c in db_rows(db, "SELECT c.status, c.reason, r.status run_status FROM tune_candidates c "
                          "LEFT JOIN runs r ON r.id = c.run_id"):
