@@ -181,10 +181,11 @@ async def test_picture_selectors_that_name_nothing_are_refused_with_the_fix(sett
     ws = Workspace.open(settings)
     try:
         run = record_run(ws, shots(1, 1, 64, 64))
+        twin = record_run(ws, shots(1, 1, 64, 64))  # a run against itself is refused: compare two of the same
     finally:
         ws.close()
     async with Client(build_server(settings)) as client:
-        same = (await client.call_tool("compare_outputs", {"baseline_run": run, "candidate_run": run}))
+        same = (await client.call_tool("compare_outputs", {"baseline_run": run, "candidate_run": twin}))
         cmp_id = same.structured_content["id"]
         worst = await client.call_tool("show_picture", {"picture": "worst_pair", "id": cmp_id})  # identical: pair 0
         grid = await client.call_tool("show_picture", {"picture": "run_grid", "id": run})
