@@ -11,8 +11,15 @@ from pathlib import Path
 import pytest
 
 from omnitune.tools.gpus import Gpu, GpuLink, GpuReport, HostInfo
-from omnitune.tools.tune.parallel import (ParallelRunner, ServerSweeper, TrialsCancelled, agree, finalists,
-                                          measure_on, timeline_markdown)
+from omnitune.tools.tune.parallel import (
+    ParallelRunner,
+    ServerSweeper,
+    TrialsCancelled,
+    agree,
+    finalists,
+    measure_on,
+    timeline_markdown,
+)
 from omnitune.tools.tune.placement import Ask, Topology, choose, fits_now, place, usable_gpus
 from tests.launch_helpers import QWEN, emulator_processes, emulator_settings, world
 
@@ -29,8 +36,9 @@ def report(n: int, nvlink_pairs: list[tuple[int, int]] | None = None, nvswitch: 
     for a in range(n):
         for b in range(a + 1, n):
             linked = nvswitch or (a, b) in (nvlink_pairs or [])
-            links.append(GpuLink(a=a, b=b, nvlink=linked, topology=(topology or {}).get((a, b), "system")))
-    return GpuReport(available=True, gpu_count=n, gpus=gpus, links=links, host=HOST)
+            links.append(GpuLink.model_validate({"a": a, "b": b, "nvlink": linked,
+                                                 "topology": (topology or {}).get((a, b), "system")}))
+    return GpuReport.model_validate({"available": True, "gpu_count": n, "gpus": gpus, "links": links, "host": HOST})
 
 
 # -- placement (pure) ---------------------------------------------------------------------------------
@@ -180,7 +188,7 @@ def test_a_failing_trial_is_a_failed_result_and_its_server_is_stopped(host, emul
 
     def leaky(config: dict, gpus: list[int]) -> dict:
         if config["name"] == "bad":  # launches, then fails without stopping its server
-            launcher.launch(ServeConfig(model=QWEN, enforce_eager=True, gpus=gpus))
+            launcher.launch(ServeConfig.model_validate({"model": QWEN, "enforce_eager": True, "gpus": gpus}))
             raise RuntimeError("benchmark client broke")
         return measure_on(settings, ws, QWEN, WORKLOAD, {**strip(config), "gpus": gpus}, launcher=launcher)
 
@@ -220,7 +228,7 @@ def test_cancel_stops_every_running_server_and_starts_no_new_trial(host, emulato
 def test_trials_never_use_a_gpu_another_omnitune_server_holds(host, emulator):
     settings, ws, launcher = host(3)
     from omnitune.tools.launch import ServeConfig
-    other = launcher.launch(ServeConfig(model=QWEN, enforce_eager=True, gpus=[1])).server
+    other = launcher.launch(ServeConfig.model_validate({"model": QWEN, "enforce_eager": True, "gpus": [1]})).server
     assert other is not None
     try:
         r = runner(settings, ws, launcher)

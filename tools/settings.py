@@ -52,6 +52,8 @@ class Settings(BaseModel):
     model_roots: list[Path] = Field(default_factory=list,
                                     description="Folders local model paths must lie in (empty: home, HF cache, cwd).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ray_address: str | None = Field(None, description="Ray cluster (GCS host:port, or 'auto') whose nodes run tune "
+                                                      "trials (pip install 'omnitune[ray]'); unset: this host only.")
 
     @field_validator("workspace", "serving_python", "vllm_omni_source", mode="after")
     @classmethod
@@ -90,6 +92,7 @@ ENV_FIELDS: dict[str, str] = {
     "STOP_ON_EXIT": "stop_on_exit",
     "MODEL_ROOTS": "model_roots",
     "LOG_LEVEL": "log_level",
+    "RAY_ADDRESS": "ray_address",
 }
 
 

@@ -86,13 +86,19 @@ def _archive(ws: Workspace, *ids: str | None) -> bytes:
 def import_trial(ws: Workspace, payload: dict[str, Any]) -> None:
     """The remote trial's rows and files into this workspace (paths rewritten to its run folders)."""
     with tarfile.open(fileobj=io.BytesIO(payload.get("files") or b""), mode="r:gz") as tar:
-        tar.extractall(ws.runs_dir, filter="data")  # refuses absolute paths, links out, devices
+        for member in tar.getmembers():  # regular files and folders inside the runs folder only
+            name = Path(member.name)
+            if not (member.isfile() or member.isdir()) or name.is_absolute() or ".." in name.parts:
+                raise ValueError(f"refused archive member {member.name!r} from a remote trial")
+        tar.extractall(ws.runs_dir)
     rows = payload.get("rows") or {}
     for row in rows.get("servers", []):
         here = ws.runs_dir / row["id"]
         data = json.loads(row.get("data") or "{}")
-        data.update(node=payload.get("node"), remote_run_dir=row["run_dir"])
+        data.update(node=payload.get("node"), remote_run_dir=row["run_dir"], remote_pid=row.get("pid"))
+        # its process ids mean nothing here: dropped, so no local process is ever taken for it
         row.update(run_dir=str(here), log_path=str(here / Path(row["log_path"]).name), data=json.dumps(data),
+                   pid=None, pgid=None, proc_start_time=None,
                    status="stopped" if row["status"] in ("running", "starting") else row["status"])
         _insert(ws, "servers", row)
     for row in rows.get("runs", []):
