@@ -112,7 +112,8 @@ def test_the_cluster_listens_on_loopback_only(cluster, driver):
     from omnitune.tools.tune.ray_cluster import cluster_gpus, connect
     connect(driver[0].ray_address)
     ours = {p.pid for p in psutil.Process().children(recursive=True)}
-    addresses = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in ours}
+    addresses = {getattr(c.laddr, "ip", None) for c in psutil.net_connections("inet")
+                 if c.status == "LISTEN" and c.pid in ours}
     assert addresses and addresses <= {"127.0.0.1", "::ffff:127.0.0.1"}, addresses
     assert sorted(cluster_gpus(ray).values()) == [2, 2]
 
