@@ -167,6 +167,7 @@ def test_a_batch_runs_side_by_side_on_disjoint_gpus_and_the_timeline_says_where_
     with SharedGpuWatch(emulator.state_dir) as watch:
         results = r.run_many(batch)
     assert watch.shared == [] and watch.seen == {0, 1, 2, 3}
+    assert {v.server.status for v in launcher.list()} == {"stopped"}  # none recorded 'exited' by a race
     assert all(res["p50_s"] and not res["error"] for res in results[:3])
     by = {p.trial: p for p in r.timeline}
     # a, b and c fit together and started before any trial ended; d waited for a GPU
@@ -248,3 +249,34 @@ def test_finalists_are_re_measured_alone(host):
     side, solo = r.timeline[:2], r.timeline[2:]
     assert all(not p.alone for p in side) and all(p.alone and p.beside == [] for p in solo)
     assert all(res["p50_s"] for res in screened + alone)
+
+
+# -- through tune_start -----------------------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_tune_start_screens_layouts_side_by_side_and_decides_on_figures_measured_alone(emulator, tmp_path):
+    from mcp import Client
+
+    from omnitune.server.main import build_server
+    from tests.test_tune import IMAGE, SRC
+    emulator.write("cfg4_qwen_image")
+    settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
+    with SharedGpuWatch(emulator.state_dir) as watch:
+        async with Client(build_server(settings)) as client:
+            job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
+            final = (await client.call_tool("job_wait", {"job_id": job.structured_content["id"],
+                                                         "timeout_s": 300})).structured_content
+            servers = (await client.call_tool("list_servers", {})).structured_content["servers"]
+    assert final["status"] == "completed", final["error"]
+    assert watch.shared == []
+    r = final["result"]
+    assert r["winner"]["name"] == "cfg_parallel_size=2xusp=2 (4 GPUs)"
+    assert all(s["state"] == "stopped" for s in servers) and emulator_processes(emulator) == []
+    side = [p for p in r["timeline"] if p["beside"]]
+    assert side and all(set(p["gpus"]).isdisjoint(q["gpus"]) for p in side for q in r["timeline"]
+                        if q["trial"] in p["beside"])
+    # the winner's figure was measured with nothing beside it (alone from the start, or re-measured alone)
+    alone = {p["trial"] for p in r["timeline"] if p["alone"]}
+    assert r["winner"]["name"] in alone
+    assert any("side by side" in n for n in r["notes"]) and "| ran beside |" in open(r["report"]).read()
+    assert r["launches"] == sum(1 for p in r["timeline"] if p["status"] == "done") + 2  # + baseline, compile+fp8
+

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from omnitune.tools.benchmark import Workload
 from omnitune.tools.plan import Goal, Pruned
+from omnitune.tools.tune.parallel import Placement
 
 ACCEPT = {"lossless": ("identical", "lossless-equivalent"),
           "lossless-equivalent": ("identical", "lossless-equivalent"),
@@ -22,6 +23,10 @@ class TuneRequest(BaseModel):
     goal: Goal = Field(default_factory=Goal)
     max_launches: int = Field(20, ge=1, le=200, description="Budget: server launches (reused runs are free).")
     max_gpu_seconds: float | None = Field(None, gt=0, description="Budget: GPU-seconds (launch + benchmark x GPUs).")
+    max_parallel_trials: int | None = Field(
+        None, ge=1, le=64, description="Trials measured side by side on disjoint GPU sets (never two on one GPU; "
+        "finalists re-measured alone before any decision). None: as many as the free GPUs allow; 1: one at a time. "
+        "With OMNITUNE_RAY_ADDRESS set, trials run as Ray tasks on the cluster's nodes.")
 
 
 class Outcome(BaseModel):
@@ -63,3 +68,5 @@ class TuneResult(BaseModel):
     report: str | None = Field(None, description="Markdown report path.")
     pareto_png: str | None = None
     folder: str
+    timeline: list[Placement] = Field(default_factory=list, description="Where (node, GPUs) and when each trial "
+                                      "launched side by side or on a cluster ran.")

@@ -82,9 +82,12 @@ class ServerSweeper:
         return stopped
 
     def held(self) -> set[int]:
-        """GPUs of live omnitune servers (any owner): never given to a trial."""
-        return {g for v in self.launcher.list() if v.state in ("running", "orphaned", "starting")
-                for g in v.server.gpus}
+        """GPUs of live omnitune servers (any owner): never given to a trial. Read only: ``Launcher.list``
+        would record a server being stopped by a trial thread as 'exited' under that thread's feet."""
+        from omnitune.tools.launch.process import group_members
+        from omnitune.tools.servers import list_server_records
+        return {g for r in list_server_records(self.launcher.store) if r.status in ("running", "starting")
+                and (r.pgid is None or group_members(r.pgid, r.proc_start_time)) for g in r.gpus}
 
 
 class ParallelRunner(Generic[T, R]):
@@ -262,12 +265,17 @@ def measure_on(settings: Any, ws: Any, model: str, workload: Any, config: dict[s
     launcher = launcher or Launcher(settings, ws)
     workload = workload if isinstance(workload, Workload) else Workload.model_validate(workload)
     t0 = time.monotonic()
-    out: dict[str, Any] = {"server_id": None, "run_id": None, "p50_s": None, "error": None}
+    from omnitune.tools.errors import LaunchError
+
+    out: dict[str, Any] = {"server_id": None, "run_id": None, "p50_s": None, "error": None, "launched": True}
     try:
         server = launcher.launch(ServeConfig(model=model, **config), labels=labels).server
-    except OmnituneError as exc:
-        out["error"] = str(exc)
+    except LaunchError as exc:  # it started and died (out of memory, a refusal at load, no health): it counts
+        out["error"] = f"{exc.cause}: {exc.problem}"
         out["seconds"] = time.monotonic() - t0
+        return out
+    except OmnituneError as exc:  # refused before anything started
+        out["error"], out["launched"], out["seconds"] = str(exc), False, 0.0
         return out
     assert server is not None
     out["server_id"] = server.id

@@ -54,6 +54,9 @@ class Tuner:
         self.replay: dict[str, Outcome] = {}
         self.next_idx = 0
         self._load_own_records()
+        from omnitune.tools.tune.screen import screen_for
+        self.screen = screen_for(self)  # None: one trial at a time
+        self.prefetched: dict[str, Outcome] = {}  # measured side by side ahead of the policy asking (by key)
 
     # -- records ------------------------------------------------------------------------------------
     def _load_own_records(self) -> None:
@@ -132,6 +135,13 @@ class Tuner:
         known = self._known(name, stage, config, key)
         if known:
             return known
+        ahead = self.prefetched.pop(key, None)
+        if ahead is not None and then is None:  # launched and counted already; judged against today's baseline
+            ahead.name, ahead.stage = name, stage
+            if ahead.verdict is None:
+                self._judge(ahead)
+            self._record(ahead, key, launched=True)
+            return ahead
         if self._budget_spent():
             out = Outcome(name=name, stage=stage, status="skipped_budget", config=config, reason="budget spent")
             self._record(out, key, launched=False)
@@ -139,6 +149,12 @@ class Tuner:
         out, launched = self._launch_and_measure(name, stage, config, floor, then)
         self._record(out, key, launched)
         return out
+
+    def prefetch(self, items: list[tuple[str, str, dict, str | None]]) -> None:
+        """Candidates the policy will ask for next, measured side by side now (finalists re-measured alone);
+        ``measure`` then takes their outcomes in the policy's own order. Nothing when trials run one at a time."""
+        if self.screen is not None and len(items) > 1:
+            self.screen.prefetch(items)
 
     def start_server(self, config: dict) -> tuple[str | None, str | None, bool]:
         """Launch ``config`` for measuring: (server id, None, True), or (None, why, whether a process started).
@@ -278,6 +294,8 @@ class Tuner:
         extra = self._single_gpu(extra)
         if not extra:  # offloaded models stay on one GPU
             flags = {k: v for k, v in self.best.config.items() if k in ("quantization",)}
+            self.prefetch([(c.name, "lossless", {**{k: v for k, v in c.config.items() if k not in (
+                "quantization", "enforce_eager")}, **flags}, "lossless") for c in self._lossless(multi=True)])
             for c in self._lossless(multi=True):
                 layout = {k: v for k, v in c.config.items() if k not in ("quantization", "enforce_eager")}
                 self.consider(self.measure(c.name, "lossless", {**layout, **flags}, "lossless"), "lossless")
@@ -350,10 +368,14 @@ class Tuner:
     def _lossy_sweep(self, floor: str) -> None:
         """Server-level lossy settings, gentle to aggressive; stop at the cliff, flag settings that do nothing."""
         self.previous_lossy = self.best
-        for c in [c for c in self.plan.candidates if c.stage == "lossy" and not c.request]:
-            cfg = {**{k: v for k, v in self.best.config.items() if k not in ("cache_backend", "cache_config")},
-                   **c.config}
-            out = self.measure(c.name, "lossy", cfg, floor)
+        base = {k: v for k, v in self.best.config.items() if k not in ("cache_backend", "cache_config")}
+        sweep = [c for c in self.plan.candidates if c.stage == "lossy" and not c.request]
+        # side by side, as many settings as fit at once: past the cliff at most one wave is measured in vain
+        wave = max(1, self.screen.gpus() // len(base.get("gpus") or [0])) if self.screen else 1
+        for i, c in enumerate(sweep):
+            if i % wave == 0:
+                self.prefetch([(d.name, "lossy", {**base, **d.config}, floor) for d in sweep[i:i + wave]])
+            out = self.measure(c.name, "lossy", {**base, **c.config}, floor)
             if not self.accept(out, floor):
                 if out.status == "rejected_quality":  # the cliff: stronger settings only get worse
                     out.reason += "; sweep stopped at the quality cliff"
@@ -414,6 +436,10 @@ class Tuner:
         folder = self.ws.runs_dir / self.job_id
         folder.mkdir(parents=True, exist_ok=True)
         command = None
+        if self.prefetched:
+            self.notes.append(f"{len(self.prefetched)} candidate(s) measured side by side ahead of the search were "
+                              "not needed by it (their launches are counted): "
+                              + ", ".join(o.name for o in self.prefetched.values()))
         if best:
             from omnitune.tools.launch.config import build_argv
             argv = build_argv(self.launcher.settings.vllm, ServeConfig(model=self.req.model, **best.config),
@@ -425,7 +451,8 @@ class Tuner:
         result = TuneResult(model=self.req.model, winner=best, command=command, baseline=self.baseline,
                             request_settings=best.request_settings if best else {},
                             candidates=self.outcomes, pruned=self.plan.pruned, launches=self.launches,
-                            gpu_seconds=self.gpu_seconds, notes=self.notes, folder=str(folder))
+                            gpu_seconds=self.gpu_seconds, notes=self.notes, folder=str(folder),
+                            timeline=self.screen.timeline if self.screen else [])
         result.pareto_png = str(pareto(self.outcomes, folder / "pareto.png"))
         report = folder / "report.md"
         report.write_text(markdown(result))
