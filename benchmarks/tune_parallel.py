@@ -103,9 +103,10 @@ def run_world(n: int, startup_s: float, goal: str) -> str:
         emu = make_emulator(root / "emu")
         emu.write("cfg4_qwen_image", gpus=[H200] * n, cost={"startup_s": startup_s})
         os.environ.update(emu.env)
-        settings = Settings(workspace=root / "ws", vllm=str(emu.shim), model_roots=[FIX], vllm_omni_source=SRC)
-        base = {"model": str(FIX / "tiny-qwenimage"), "workload": Workload(**WORKLOAD), "goal": Goal(quality=goal),
-                "max_launches": 200}
+        settings = Settings.model_validate({"workspace": root / "ws", "vllm": str(emu.shim), "model_roots": [FIX],
+                                            "vllm_omni_source": SRC})
+        base = {"model": str(FIX / "tiny-qwenimage"), "workload": Workload(**WORKLOAD),
+                "goal": Goal.model_validate({"quality": goal}), "max_launches": 200}
         seq, seq_wall, seq_watch = tune(root, settings, TuneRequest(**base, max_parallel_trials=1), emu.state_dir,
                                         "sequential")
         par, par_wall, par_watch = tune(root, settings, TuneRequest(**base, max_parallel_trials=None), emu.state_dir,
@@ -121,7 +122,7 @@ def run_world(n: int, startup_s: float, goal: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--gpus", type=int, action="append", help="GPUs of the emulated host (default: 8 and 4)")
     parser.add_argument("--startup-s", type=float, default=3.0, help="emulated launch time per server")
     parser.add_argument("--goal", choices=["lossless", "lossy"], default="lossless")
