@@ -140,6 +140,37 @@ def test_trials_run_on_both_nodes_and_their_runs_are_compared_in_the_driver_work
     assert emulated_servers(cluster) == []
 
 
+@pytest.mark.anyio
+async def test_tune_start_runs_a_tune_across_the_two_nodes(cluster, emulator, tmp_path):
+    """The whole tune through MCP: every server-level candidate a Ray task; the gate and records on the driver."""
+    from mcp import Client
+
+    from omnitune.server.main import build_server
+    from omnitune.tools.settings import Settings
+    from tests.test_tune import IMAGE, SRC
+    world = {"gpus": [H200] * 2, "cost": {"startup_s": 0.1}}
+    for emu in [emulator, *cluster.worlds.values()]:  # the driver plans from a host like the nodes
+        emu.write("cfg4_qwen_image", **world)
+    settings = Settings.model_validate({"workspace": tmp_path / "driver", "vllm": str(emulator.shim),
+                                        "model_roots": [FIXTURE_MODELS], "vllm_omni_source": SRC,
+                                        "ray_address": cluster.cluster.address})
+    async with Client(build_server(settings)) as client:
+        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
+        final = (await client.call_tool("job_wait", {"job_id": job.structured_content["id"],
+                                                     "timeout_s": 240})).structured_content
+    assert final["status"] == "completed", final["error"]
+    r = final["result"]
+    assert r["winner"]["name"] == "cfg_parallel_size=2 (2 GPUs)", [(c["name"], c["p50_s"]) for c in r["candidates"]]
+    assert {p["node"] for p in r["timeline"]} == {cluster.node_id("head"), cluster.node_id("second")}
+    assert all(c["status"] != "failed" for c in r["candidates"])
+    assert by_status(r, "measured") >= 3 and r["launches"] == len(r["timeline"])
+    assert emulator.live_pids() == [] and emulated_servers(cluster) == []  # nothing ran on the driver's host
+
+
+def by_status(result: dict, status: str) -> int:
+    return sum(c["status"] == status for c in result["candidates"])
+
+
 def test_a_node_lost_mid_tune_is_a_failed_trial_and_the_tune_goes_on(cluster, driver):
     from omnitune.tools.tune.ray_cluster import RayTrials
     settings, ws = driver

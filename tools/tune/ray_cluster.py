@@ -117,7 +117,8 @@ class RayTrials:
             payload = ray.get(ref, timeout=60)
         except Exception as exc:  # the node died, the worker crashed, the task raised: a failed trial
             place.started_at = place.started_at or submitted
-            return self._failed(place, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return self._failed(place, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                                launched=True)  # its server may have started before the node went
         import_trial(self.ws, payload)
         place.node, place.gpus = payload["node"], payload["gpus"]
         place.started_at, place.ended_at = payload["started_at"], payload["ended_at"]
@@ -126,7 +127,8 @@ class RayTrials:
         return {k: v for k, v in payload.items() if k not in ("rows", "files")}
 
     @staticmethod
-    def _failed(place: Placement, why: str) -> dict[str, Any]:
+    def _failed(place: Placement, why: str, launched: bool = False) -> dict[str, Any]:
         place.status, place.error, place.ended_at = "failed", why, time.time()
         log.warning("trial %s failed on the cluster: %s", place.trial, why)
-        return {"server_id": None, "run_id": None, "p50_s": None, "error": why, "node": None, "gpus": []}
+        return {"server_id": None, "run_id": None, "p50_s": None, "error": why, "node": None, "gpus": [],
+                "launched": launched, "seconds": (place.ended_at - place.started_at) if place.started_at else 0.0}

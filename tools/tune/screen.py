@@ -84,6 +84,11 @@ class Screen:
         t._judge(out)
         return out
 
+    def measure_remote(self, item: Item) -> tuple[Outcome, bool]:
+        """One candidate as a task on the cluster (the tuner measures one at a time): its outcome, launched."""
+        res = self._batch([item])[0]
+        return self._outcome(item, res), bool(res.get("launched"))
+
     # -- a stage ------------------------------------------------------------------------------------
     def prefetch(self, items: Sequence[Item]) -> None:
         """Measure, side by side, the items the tuner would launch (not known, within the budget); their outcomes

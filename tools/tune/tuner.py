@@ -174,6 +174,8 @@ class Tuner:
 
     def _launch_and_measure(self, name: str, stage: str, config: dict, floor: str | None,
                             then: Callable[[str], None] | None) -> tuple[Outcome, bool]:
+        if self.screen is not None and self.screen.ray is not None and then is None:  # a task on a cluster node
+            return self.screen.measure_remote((name, stage, config, floor))
         n = len(config.get("gpus") or [0])
         t0 = time.monotonic()
         server_id, why, started = self.start_server(config)
