@@ -38,8 +38,10 @@ from omnitune.tools.benchmark import BenchmarkTarget, Workload, run_benchmark  #
 from omnitune.tools.launch import Launcher, ServeConfig  # noqa: E402
 from omnitune.tools.plan import Goal, layouts, request_candidates  # noqa: E402
 from omnitune.tools.settings import Settings  # noqa: E402
-from omnitune.tools.tune import ACCEPT, Tuner, TuneRequest  # noqa: E402
-from omnitune.tools.tune.request_level import RequestSweep, request_settings, workload_with  # noqa: E402
+from omnitune.tools.tune import ACCEPT, TuneRequest  # noqa: E402
+from omnitune.tools.tune.job import make_tuner  # noqa: E402
+from omnitune.tools.tune.models import Outcome  # noqa: E402
+from omnitune.tools.tune.trial import LaunchTrials, Trial, request_settings, workload_with  # noqa: E402
 from omnitune.tools.workspace import Workspace  # noqa: E402
 
 FIX = (REPO / "tests" / "fixtures" / "models").resolve()
@@ -87,33 +89,47 @@ def label(config: dict, request: dict) -> str:
 
 
 def refused(outcomes) -> int:
-    return sum(o.status == "failed" and "out_of_memory" not in (o.reason or "") for o in outcomes)
+    return sum(o.cause == "refused" for o in outcomes)
 
 
-def grid_search(ws: Workspace, settings: Settings, request: TuneRequest, n_gpus: int, lossy: bool) -> Tuner:
+class Grid:
     """Every configuration measured fresh (its own workspace: nothing reused), request variants inside each."""
-    job_row(ws, "grid")
-    g = Tuner(ws, Launcher(settings, ws), request, "grid")
+
+    def __init__(self, ws: Workspace, settings: Settings, request: TuneRequest) -> None:
+        job_row(ws, "grid")
+        self.runner = LaunchTrials(ws, Launcher(settings, ws), request, "grid")
+        self.outcomes: list[Outcome] = []
+        self.baseline: Outcome | None = None
+        self.launches, self.gpu_seconds = 0, 0.0
+
+    def measure(self, name: str, config: dict, variants: list[dict]) -> Outcome:
+        compare = self.baseline.run_id if self.baseline else None
+        gpus = list(range(len(config.get("gpus") or [0])))
+        with self.runner.session(Trial(name=name, stage="grid", kind="layout", config=config), gpus) as session:
+            outs = [session.measure(Trial(name=f"{name} {v or ''}", stage="grid", kind="request", config=config,
+                                          request=v, compare_to=compare)) for v in [{}, *variants]]
+        for o in outs:
+            self.launches += int(o.launched)
+            self.gpu_seconds += o.gpu_seconds
+        self.outcomes += outs
+        return outs[0]
+
+
+def grid_search(ws: Workspace, settings: Settings, request: TuneRequest, n_gpus: int, lossy: bool) -> Grid:
+    g = Grid(ws, settings, request)
     variants = [s for c in (request_candidates(None, []) if lossy else [])
                 if (s := request_settings(c.request, request.workload.num_inference_steps))]
-
-    def inside(label: str, cfg: dict):
-        def sweep(server_id: str) -> None:
-            in_server = RequestSweep(g, server_id)
-            for j, v in enumerate(variants):
-                in_server.measure(f"{label} request {j}", cfg, v)
-        return sweep if variants else None
-
     base = {"enforce_eager": True, "gpus": [0]}
-    g.baseline = g.measure("baseline", "baseline", base, then=inside("baseline", base))
+    g.baseline = g.measure("baseline", base, [])
     if g.baseline.status == "failed":
         base = {**base, "enable_layerwise_offload": True}
-        g.baseline = g.measure("baseline+layerwise", "baseline", base, then=inside("baseline+layerwise", base))
+        g.baseline = g.measure("baseline+layerwise", base, [])
+    for o in g.outcomes[:-1]:
+        if o.run_id:
+            g.runner.judge(o, Trial(name=o.name, stage="grid", kind="request", config=o.config,
+                                    request=o.request_settings, compare_to=g.baseline.run_id))
     for i, cfg in enumerate(grid(n_gpus, lossy)):
-        g.measure(f"grid {i}", "grid", cfg, then=inside(f"grid {i}", cfg))
-    for o in g.outcomes:  # the baseline's own request variants ran before the baseline was known
-        if o.run_id and o.verdict is None and o is not g.baseline:
-            g._judge(o)
+        g.measure(f"grid {i}", cfg, variants)
     return g
 
 
@@ -137,7 +153,9 @@ def run_scenario(name: str, model: str, goal: dict, workload: dict, n_gpus: int,
         ws = Workspace.open(settings)
         request = TuneRequest(model=str(FIX / model), workload=Workload(**workload), goal=Goal(**goal), max_launches=200)
         job_row(ws, "tune-eff")
-        tuned = Tuner(ws, Launcher(settings, ws), request, "tune-eff").run()
+        tuner = make_tuner(ws, Launcher(settings, ws), request, "tune-eff")
+        tuned = tuner.run()
+        assert tuned is not None, "the tune found nothing that fits"
         ws2 = Workspace.open(settings.model_copy(update={"workspace": Path(tmp) / "ws-grid"}))
         g = grid_search(ws2, settings, request, n_gpus, goal.get("quality") == "lossy")
         floor = "acceptable" if goal.get("quality") == "lossy" else "lossless"
@@ -145,7 +163,7 @@ def run_scenario(name: str, model: str, goal: dict, workload: dict, n_gpus: int,
         best_grid = min(passing, key=lambda o: o.p50_s)
         # the three contenders re-measured, interleaved, in a workspace of their own
         ws3 = Workspace.open(settings.model_copy(update={"workspace": Path(tmp) / "ws-check"}))
-        contenders = {"baseline": (g.baseline.config, {}), "tune": (tuned.winner.config, tuned.winner.request_settings),
+        contenders = {"baseline": (g.baseline.config, {}), "tune": (tuned.config, tuned.request_settings),
                       "grid": (best_grid.config, best_grid.request_settings)}
         times: dict[str, list[float]] = {k: [] for k in contenders}
         for _ in range(repeats):
@@ -154,12 +172,12 @@ def run_scenario(name: str, model: str, goal: dict, workload: dict, n_gpus: int,
         med = {k: statistics.median(v) for k, v in times.items()}
         tune_speedup, grid_speedup = med["baseline"] / med["tune"], med["baseline"] / med["grid"]
         ws.close(), ws2.close(), ws3.close()
-    ratio = tuned.gpu_seconds / g.gpu_seconds
-    return (f"| {name} | {label(tuned.winner.config, tuned.winner.request_settings)} | "
+    ratio = tuner.ledger.gpu_seconds / g.gpu_seconds
+    return (f"| {name} | {label(tuned.config, tuned.request_settings)} | "
             f"{label(best_grid.config, best_grid.request_settings)} | {tune_speedup:.2f}x | {grid_speedup:.2f}x | "
-            f"{tune_speedup / grid_speedup:.1%} | {tuned.launches} / {g.launches} | "
-            f"{tuned.gpu_seconds:.1f} / {g.gpu_seconds:.1f} ({ratio:.0%}) | "
-            f"{refused(tuned.candidates)} / {refused(g.outcomes)} |")
+            f"{tune_speedup / grid_speedup:.1%} | {tuner.ledger.launches} / {g.launches} | "
+            f"{tuner.ledger.gpu_seconds:.1f} / {g.gpu_seconds:.1f} ({ratio:.0%}) | "
+            f"{refused(tuner.outcomes)} / {refused(g.outcomes)} |")
 
 
 def main() -> None:
