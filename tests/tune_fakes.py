@@ -17,6 +17,7 @@ from typing import Any
 from omnitune.tools.gpus import Gpu, GpuLink, GpuReport
 from omnitune.tools.plan import Goal, Plan, make_plan
 from omnitune.tools.settings import Settings
+from omnitune.tools.tune.job import memory_model
 from omnitune.tools.tune.ledger import Ledger
 from omnitune.tools.tune.models import Outcome, TuneRequest
 from omnitune.tools.tune.trial import Trial
@@ -60,6 +61,7 @@ class WorldTrials:
         self.batches: list[list[str]] = []
         self.fail_after = fail_after  # simulate omnitune dying after that many launches
         self.runs: dict[str, Outcome] = {}
+        self.warnings: list[str] = []
         wl = request.workload
         width, height = map(int, (wl.sizes or [self.world["model"]["default_size"]])[0].split("x"))
         self.mp, self.frames = width * height / 1e6, (wl.num_frames or 0) if wl.is_video else 0
@@ -74,7 +76,7 @@ class WorldTrials:
                        request_settings=dict(trial.request), gpus=gpus, launched=True,
                        gpu_seconds=self.world["cost"]["startup_s"] * len(gpus))
         try:
-            w.check_startup(self.world, cfg, gpus, "FakePipeline")
+            self.warnings = w.check_startup(self.world, cfg, gpus, "FakePipeline")
         except w.Refusal as exc:
             return None, base.model_copy(update={"cause": "refused", "reason": str(exc)})
         total = min(self.world["gpus"][g]["memory_mib"] for g in gpus)
@@ -100,6 +102,7 @@ class WorldTrials:
         p50 = w.seconds_per_request(self.world, cfg, self.mp, steps, self.frames, sm, guided)  # type: ignore[arg-type]
         out.p50_s, out.p50_se_s, out.peak_memory_mib = p50, 0.002 * p50, float(peak)
         out.throughput = 1 / p50
+        out.server_warnings = list(self.warnings)
         out.gpu_seconds = ((self.world["cost"]["startup_s"] if launched else 0) + n_req * p50) * len(gpus)
         if trial.compare_to:  # deviations the baseline shares (same tag and key) cancel, as in the emulator
             mine = {*w.request_deviations(self.world, steps, req.get("guidance_scale"), req.get("true_cfg_scale")),
@@ -174,7 +177,7 @@ class Capability:
 
     def __init__(self, world: dict) -> None:
         from types import SimpleNamespace
-        rejects = set(world["model"]["rejects"])
+        rejects = set(world["model"]["rejects"]) - set(world.get("capability_unaware", []))
         keys = ["ulysses_sp", "ring_sp", "cfg_parallel", "tensor_parallel", "vae_patch_parallel", "hsdp", "fp8",
                 "cpu_offload", "layerwise_offload", "tea_cache", "cache_dit", "regional_compile"]
         tea = world["model"]["tea_cache"]
@@ -186,10 +189,25 @@ class Capability:
                                             value=world["model"]["tp_divides"])]
 
 
+def write_weights(folder: Path, world: dict) -> Path:
+    """A model folder whose safetensors headers declare the world's bf16 weights (headers only, no tensors)."""
+    import struct
+    for sub, gib in (("transformer", world["model"]["dit_gib"]), ("text_encoder", world["model"]["text_encoder_gib"]),
+                     ("vae", world["model"]["vae_gib"])):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        header = json.dumps({"w": {"dtype": "BF16", "shape": [int(gib * 1024**3 / 2)],
+                                   "data_offsets": [0, int(gib * 1024**3)]}}).encode()
+        (folder / sub / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    return folder
+
+
 def policy(ws: Workspace, world: dict, job_id: str = "tune-test", goal: dict | None = None,
-           workload: dict | None = None, runner: WorldTrials | None = None, **request: Any) -> Tuner:
-    """A Tuner on ``world`` with a fake runner and a real ledger (SQLite in the test's folder)."""
-    req = TuneRequest.model_validate({"model": "/models/fake", "goal": goal or {},
+           workload: dict | None = None, runner: WorldTrials | None = None, weights: bool = False,
+           **request: Any) -> Tuner:
+    """A Tuner on ``world`` with a fake runner and a real ledger (SQLite in the test's folder); ``weights``:
+    the model folder declares the world's weights in safetensors headers, so the memory estimate works."""
+    model = write_weights(ws.root / "model", world) if weights else ws.root / "no-model"
+    req = TuneRequest.model_validate({"model": str(model), "goal": goal or {},
                                       "workload": workload or {"sizes": ["256x256"], "measured": 3, "warmup": 1,
                                                                "num_inference_steps": 20}, **request})
     if ws.store.query_one("SELECT id FROM jobs WHERE id = ?", (job_id,)) is None:
@@ -199,7 +217,8 @@ def policy(ws: Workspace, world: dict, job_id: str = "tune-test", goal: dict | N
     plan: Plan = make_plan(settings, req.model, Goal.model_validate(req.goal.model_dump()),
                            gpu_report=report, capability=Capability(world))
     ledger = Ledger(ws, job_id, req, "vllm-fake", [g.name for g in report.gpus])
-    return Tuner(req, plan, runner or WorldTrials(world, req), ledger)
+    memory = memory_model(req, plan) if weights else None
+    return Tuner(req, plan, runner or WorldTrials(world, req), ledger, memory=memory)
 
 
 def fake(tuner: Tuner) -> WorldTrials:

@@ -8,6 +8,7 @@ from omnitune.tools.launch.config import build_argv
 from omnitune.tools.launch.launcher import Launcher, quote
 from omnitune.tools.plan import Plan, make_plan
 from omnitune.tools.tune.ledger import Ledger
+from omnitune.tools.tune.memory import MemoryModel, model_weights_mib
 from omnitune.tools.tune.models import Outcome, TuneRequest, TuneResult
 from omnitune.tools.tune.report import markdown, pareto
 from omnitune.tools.tune.trial import LaunchTrials
@@ -21,7 +22,18 @@ def make_tuner(workspace: Workspace, launcher: Launcher, request: TuneRequest, j
     gpus = detect_gpus(workspace.root)
     plan = plan or make_plan(launcher.settings, request.model, request.goal, gpu_report=gpus)
     ledger = Ledger(workspace, job_id, request, launcher.settings.vllm, [g.name for g in gpus.gpus])
-    return Tuner(request, plan, LaunchTrials(workspace, launcher, request, job_id), ledger, progress, cancelled, notes)
+    memory = memory_model(request, plan)
+    return Tuner(request, plan, LaunchTrials(workspace, launcher, request, job_id), ledger, memory=memory,
+                 progress=progress, cancelled=cancelled, notes=notes)
+
+
+def memory_model(request: TuneRequest, plan: Plan) -> MemoryModel:
+    """Weights from the model folder's safetensors headers (none for a hub id or a folder without weights)."""
+    wl = request.workload
+    width, height = (int(v) for v in (wl.sizes or ["1024x1024"])[0].split("x"))
+    frames = (wl.num_frames or 1) if wl.is_video else 1
+    return MemoryModel(model_weights_mib(request.model), plan.gpu_memory_mib, width * height / 1e6, frames,
+                       plan.uses_cfg)
 
 
 def tune_job(workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str,

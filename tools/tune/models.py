@@ -100,6 +100,7 @@ class Outcome(BaseModel):
     )
     started_at: float | None = Field(default=None, description="Wall-clock start of the trial (epoch seconds).")
     ended_at: float | None = None
+    vae_share: float | None = Field(default=None, description="Share of the server-reported time in VAE decode.")
     server_warnings: list[str] = Field(default_factory=list, description="What the server log said it ignored.")
 
 

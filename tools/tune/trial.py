@@ -168,6 +168,9 @@ class LaunchTrials:
             if g.memory_peak_all_mib or g.memory_peak_mib
         ]
         out.peak_memory_mib = max(peaks) if peaks else None
+        stages = summary.server.stage_durations_mean_s
+        if stages and sum(stages.values()) > 0:
+            out.vae_share = stages.get("vae_decode", 0.0) / sum(stages.values())
         if not out.p50_s:
             oom = any("out of memory" in str(e.get("error", "")).lower() for e in summary.failures.examples)
             out.status, out.cause = "failed", "out_of_memory_request" if oom else "no_measurement"

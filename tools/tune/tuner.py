@@ -1,266 +1,109 @@
 """The tune's search policy: which candidates to measure, in which order, and what their outcomes decide.
 
-baseline -> lossless (single GPU, then parallel layouts) -> lossy (gated on quality) -> request-level settings.
-The policy launches nothing itself: it asks a :class:`~tools.tune.trial.TrialRunner` (``run`` one trial,
-``run_many`` a stage's screening, a ``session`` for request variants inside one server) and keeps its books in
-a :class:`~tools.tune.ledger.Ledger` (replay of a resumed job, reuse of runs measured before, budget). So it is
-tested in memory against a fake runner (tests/test_tune_policy.py): decisions, not clocks.
+baseline -> lossless (one GPU, then parallel layouts ranked by the cost model) -> lossy (each cache backend
+swept to its quality cliff, then bisected) -> request-level settings (steps, guidance) inside one server.
+The policy launches nothing itself: it asks a :class:`~tools.tune.trial.TrialRunner` (``run_many`` for a
+stage's screening, a ``session`` for request variants) through :class:`~tools.tune.decide.Decisions`, which
+keeps the books in the ledger. So it is tested in memory against a fake runner (tests/test_tune_policy.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import statistics
 
-from omnitune.tools.plan import Candidate, Plan
-from omnitune.tools.tune.ledger import Ledger
-from omnitune.tools.tune.models import ACCEPT, Outcome, TuneRequest
+from omnitune.tools.plan import Candidate
+from omnitune.tools.tune.costmodel import SP_DIMENSIONS, gpus_of
+from omnitune.tools.tune.decide import NOISE, Cancelled, Decisions, Progress
+from omnitune.tools.tune.models import Outcome
 from omnitune.tools.tune.stats import noise, same_pixels
-from omnitune.tools.tune.trial import Trial, TrialRunner, request_settings
+from omnitune.tools.tune.trial import request_settings
 
-NOISE = 1.02  # "faster" must beat the best by more than this factor
+__all__ = ["NOISE", "Cancelled", "Progress", "Tuner"]
 # A setting whose pixels match the previous one's skips no work, so any speed difference is launch-to-launch
 # noise (3.5% seen between two launches of one configuration on an H200): below this factor (or twice the
 # measured noise, if larger) it is inert.
 INERT = 1.05
-Progress = Callable[[float, float | None, str], None]
+WORTH = 1.05          # a wider layout is launched only if predicted this much faster than the best so far
+WIDER_ROUNDS = 3      # rounds of (at most) two wider layouts, the model re-fitted after each
+BISECTIONS = 2        # threshold refinements between the last passing and the first failing rung
+SP_IGNORED = "SP hooks not applied"
 
 
-class Cancelled(Exception):
-    """Raised between trials when the job is cancelled (the caller maps it to its job state)."""
-
-
-class Tuner:
-    def __init__(
-        self,
-        request: TuneRequest,
-        plan: Plan,
-        runner: TrialRunner,
-        ledger: Ledger,
-        progress: Progress | None = None,
-        cancelled: Callable[[], bool] = lambda: False,
-        notes: list[str] | None = None,
-    ) -> None:
-        self.req, self.plan, self.runner, self.ledger = request, plan, runner, ledger
-        self.progress, self.cancelled = progress, cancelled
-        self.outcomes: list[Outcome] = []
-        self.baseline: Outcome | None = None
-        self.best: Outcome | None = None
-        self.previous_lossy: Outcome | None = None
-        self.notes: list[str] = list(notes or [])
-        if ledger.replay:
-            self.notes.append(
-                f"resumed: {len(ledger.replay)} outcome(s) taken from this job's records, "
-                f"{ledger.launches} launch(es) and {ledger.gpu_seconds:.1f} GPU-s already spent"
-            )
-
-    # -- measuring through the ledger and the runner ------------------------------------------------
-    def trial(
-        self, name: str, stage: str, kind: Any, config: dict, floor: str | None = None, request: dict | None = None
-    ) -> Trial:
-        best = self.best
-        near = best.p50_s if best and best.p50_s and stage != "baseline" else None
-        band = max(NOISE - 1, 2.83 * (best.p50_se_s or 0) / best.p50_s) if best and best.p50_s else NOISE - 1
-        return Trial(
-            name=name,
-            stage=stage,
-            kind=kind,
-            config=config,
-            request=request or {},
-            floor=floor,
-            compare_to=self.baseline.run_id if self.baseline else None,
-            repeat_near=near,
-            repeat_band=band,
-        )
-
-    def measure(self, trial: Trial) -> Outcome:
-        return self.measure_many([trial])[0]
-
-    def measure_many(self, trials: list[Trial]) -> list[Outcome]:
-        """Replayed, reused, skipped (budget) or run: one outcome per trial, each recorded as it is decided."""
-        if self.cancelled():
-            raise Cancelled()
-        results: dict[int, Outcome] = {}
-        todo: list[tuple[int, Trial, str]] = []
-        for i, t in enumerate(trials):
-            key = self.ledger.key(t.config, t.request)
-            known = self._known(t, key)
-            if known is not None:
-                results[i] = known
-            elif self.ledger.budget_left() - len(todo) <= 0:
-                results[i] = self._skip(t, key, "skipped_budget", "budget", "budget spent")
-            else:
-                todo.append((i, t, key))
-        if todo:
-            batch = [(t, list(range(len(t.config.get("gpus") or [0])))) for _, t, _ in todo]
-            for (i, _, key), out in zip(todo, self.runner.run_many(batch), strict=True):
-                results[i] = self._recorded(out, key)
-        return [results[i] for i in range(len(trials))]
-
-    def _known(self, t: Trial, key: str) -> Outcome | None:
-        """This job's own record (resume), else a run another tune measured with the same key."""
-        out = self.ledger.replayed(key)
-        if out is not None:
-            self.outcomes.append(out)
-            self._tell(out)
-            return out
-        run_id = self.ledger.reusable_run(key)
-        if run_id is None:
-            return None
-        return self._recorded(self.runner.reuse(t, run_id), key)
-
-    def _skip(self, t: Trial, key: str, status: Any, cause: Any, reason: str) -> Outcome:
-        return self._recorded(
-            Outcome(
-                name=t.name,
-                stage=t.stage,
-                kind=t.kind,
-                status=status,
-                cause=cause,
-                config=t.config,
-                reason=reason,
-                request_settings=dict(t.request),
-            ),
-            key,
-        )
-
-    def _recorded(self, out: Outcome, key: str) -> Outcome:
-        if out.p50_s and self.baseline and self.baseline.p50_s:
-            out.speedup_vs_baseline = self.baseline.p50_s / out.p50_s
-        self.ledger.spend(int(out.launched), out.gpu_seconds)
-        self.ledger.record(out, key, out.launched)
-        self.outcomes.append(out)
-        self._tell(out)
-        return out
-
-    def _tell(self, out: Outcome) -> None:
-        if self.progress:
-            self.progress(
-                len(self.outcomes),
-                None,
-                f"{out.name}: {out.status}"
-                + (f", p50 {out.p50_s:.3f} s" if out.p50_s else "")
-                + (f", {out.verdict}" if out.verdict else ""),
-            )
-
-    # -- decisions ----------------------------------------------------------------------------------
-    def better(self, a: Outcome, b: Outcome | None) -> bool:
-        """a beats b by more than the noise: 2%, or the two p50s' combined standard error, if larger."""
-        if b is None:
-            return True
-        margin = 1 + max(NOISE - 1, noise(a, b))
-        if self.req.goal.objective == "throughput":
-            return (a.throughput or 0) > (b.throughput or 0) * margin
-        return (a.p50_s or 1e18) < (b.p50_s or 1e18) / margin
-
-    def fits(self, out: Outcome) -> bool:
-        """Within the goal's per-GPU memory limit (if any); marks it over_memory otherwise."""
-        limit = self.req.goal.vram_limit_mib
-        if out.status in ("measured", "reused") and limit and out.peak_memory_mib and out.peak_memory_mib > limit:
-            out.status, out.reason = (
-                "over_memory",
-                f"peak {out.peak_memory_mib:.0f} MiB per GPU is over the limit {limit} MiB",
-            )
-        return out.status in ("measured", "reused")
-
-    def accept(self, out: Outcome, floor: str) -> bool:
-        if not self.fits(out):
-            return False
-        if out.verdict and out.verdict not in ACCEPT[floor]:
-            out.status, out.reason = "rejected_quality", f"verdict {out.verdict} is below {floor}"
-            return False
-        return True
-
-    def consider(self, out: Outcome, floor: str) -> bool:
-        """Accept and keep ``out`` as the best if it beats it; say why not otherwise."""
-        if not self.accept(out, floor):
-            return False
-        if self.better(out, self.best):
-            self.best = out
-            return True
-        out.status, out.reason = "within_noise", "not faster than the best so far beyond the noise"
-        return False
-
-    @staticmethod
-    def memory_pressure(out: Outcome) -> bool:
-        """Out of memory at load or on the requests, or over the goal's limit: offload, FP8 or sharding may help."""
-        return out.status == "over_memory" or out.cause in ("out_of_memory", "out_of_memory_request")
-
-    # -- the search ---------------------------------------------------------------------------------
+class Tuner(Decisions):
     def run(self) -> Outcome | None:
         """The search; returns the winner (None: nothing measured fits)."""
+        lossy = self.req.goal.quality == "lossy"
+        self.reserve = 1 if lossy and any(c.kind == "request" for c in self.plan.candidates) else 0
         extra = self._baseline()
         if not self.baseline or self.baseline.status not in ("measured", "reused"):
             return None
         self.best = self.baseline
         extra = self._single_gpu(extra)
-        if not extra:  # offloaded models stay on one GPU
-            flags = {k: v for k, v in self.best.config.items() if k in ("quantization",)}
-            for c in self._lossless(multi=True):
-                layout = {k: v for k, v in c.config.items() if k not in ("quantization", "enforce_eager")}
-                self.consider(
-                    self.measure(self.trial(c.name, "lossless", c.kind, {**layout, **flags}, "lossless")), "lossless"
-                )
-        if self.req.goal.quality == "lossy":
+        self._layouts(extra)
+        self._vae_patch()
+        if lossy:
             self._lossy_sweep(self.req.goal.quality_floor)
+            self.reserve = 0
             self._request_sweep(self.req.goal.quality_floor)
+        self._memory_note()
         return self.best
 
+    # -- baseline and one GPU -------------------------------------------------------------------------
     def _baseline(self) -> dict:
-        """Eager on one GPU; under memory pressure the guide's offloads in order, then the fewest GPUs whose tensor
-        parallelism shards the weights enough. Returns what every later candidate must keep to fit."""
+        """Eager on one GPU; under memory pressure (out of memory at load or per request, over the limit) the
+        offloads in order, then the fewest GPUs that shard enough (TP, layerwise offload over the SP group,
+        HSDP). Returns what every later candidate must keep to fit."""
         base = next(c for c in self.plan.candidates if c.kind == "baseline")
         base_cfg = dict(base.config)
         self.baseline = self.measure(self.trial("baseline", "baseline", "baseline", base_cfg))
         if self.fits(self.baseline) or not self.memory_pressure(self.baseline):
             return {}
-        for c in [c for c in self.plan.candidates if c.kind == "offload"]:
+        for c in [c for c in self.plan.candidates if c.kind == "offload" and gpus_of(c.config) == 1]:
             offload = {k: v for k, v in c.config.items() if k != "gpus"}
             trial = self.measure(self.trial(f"baseline + {c.name}", "baseline", "offload", {**base_cfg, **offload}))
             if self.fits(trial):
                 self.baseline = trial
                 return offload
-        for c in self._lossless(multi=True):
-            n = c.config.get("tensor_parallel_size")
-            if n and not set(c.config) - {"tensor_parallel_size", "gpus", "quantization"}:
-                sharded = {"tensor_parallel_size": n, "gpus": c.config["gpus"]}
-                trial = self.measure(self.trial(f"baseline (TP {n})", "baseline", "layout", {**base_cfg, **sharded}))
-                if self.fits(trial):
-                    self.baseline = trial
-                    return sharded
+        wider = [c for c in self.plan.candidates if gpus_of(c.config) > 1 and (
+            c.kind in ("offload", "sharded") or set(c.config) <= {"tensor_parallel_size", "gpus", "quantization"})]
+        for c in sorted(wider, key=lambda c: (gpus_of(c.config), c.kind != "layout")):
+            sharded = {k: v for k, v in c.config.items() if k != "quantization"}
+            tp = c.config.get("tensor_parallel_size")
+            name = f"baseline (TP {tp})" if c.kind == "layout" else f"baseline ({c.name})"
+            trial = self.measure(self.trial(name, "baseline", c.kind, {**base_cfg, **sharded}))
+            if self.fits(trial):
+                self.baseline = trial
+                return sharded
         return {}
 
     def _single_gpu(self, extra: dict) -> dict:
         """The guide's single-GPU recipe (compile + FP8) first where FP8 is native; its parts only if it fails.
-        Returns the offload still needed.
+        Returns what is still needed to fit.
 
         With native FP8 the stacked recipe is the expected winner, so measuring compile alone first would
         spend a launch to learn what the recipe shows anyway. Without native FP8 (weight-only fallback, no
         speed-up) methods are added one at a time and kept only when they help.
         """
-        single = self._lossless(multi=False)
+        single = self._lossless_single()
         fp8 = [c for c in single if c.config.get("quantization")]
         if extra and fp8:  # FP8 halves the DiT weights: it may fit without what the baseline needed
             label = "on one GPU" if "gpus" in extra else "without offload"
-            out = self.measure(
-                self.trial(f"{fp8[-1].name} {label}", "lossless", "single_gpu", fp8[-1].config, "lossless")
-            )
+            out = self.measure(self.trial(f"{fp8[-1].name} {label}", "lossless", "single_gpu", fp8[-1].config,
+                                          "lossless"))
             if self.consider(out, "lossless"):
                 self._not_needed(single, fp8[-1], {})
                 return {}
         if self.plan.fp8_native and len(single) > 1:
             stacked = single[-1]
-            out = self.measure(
-                self.trial(stacked.name, "lossless", stacked.kind, {**stacked.config, **extra}, "lossless")
-            )
+            out = self.measure(self.trial(stacked.name, "lossless", stacked.kind, {**stacked.config, **extra},
+                                          "lossless"))
             if self.consider(out, "lossless"):
                 self._not_needed(single, stacked, extra)
                 return extra
             single = single[:-1]
         for c in single:
-            self.consider(
-                self.measure(self.trial(c.name, "lossless", c.kind, {**c.config, **extra}, "lossless")), "lossless"
-            )
+            self.consider(self.measure(self.trial(c.name, "lossless", c.kind, {**c.config, **extra}, "lossless")),
+                          "lossless")
         return extra
 
     def _not_needed(self, single: list[Candidate], winner: Candidate, extra: dict) -> None:
@@ -272,45 +115,130 @@ class Tuner:
             if replayed is not None:
                 self.outcomes.append(replayed)
                 continue
-            self._recorded(
-                Outcome(
-                    name=c.name,
-                    stage="lossless",
-                    kind=c.kind,
-                    status="not_needed",
-                    config=c.config,
-                    reason=f"{winner.name} (which includes it) passed the gate and won",
-                ),
-                key,
-            )
+            self._recorded(Outcome(name=c.name, stage="lossless", kind=c.kind, status="not_needed", config=c.config,
+                                   reason=f"{winner.name} (which includes it) passed the gate and won"), key)
 
-    def _lossy_sweep(self, floor: str) -> None:
-        """Server-level lossy settings, gentle to aggressive; stop at the cliff, flag settings that do nothing."""
+    # -- parallel layouts -------------------------------------------------------------------------------
+    def _layouts(self, extra: dict) -> None:
+        """2-GPU layouts screened together; wider ones only where the cost model, fitted to what was measured,
+        predicts a gain beyond the best so far. No 2-GPU gain: no wider layout is launched."""
         assert self.best is not None
-        self.previous_lossy = self.best
+        ref = self.best
+        keep = {k: v for k, v in ref.config.items() if k == "quantization"}
+        kinds = ("layout",) if not extra else ("layout", "offload", "sharded")
+        pool = [(c, {**{k: v for k, v in c.config.items() if k not in ("quantization", "enforce_eager")}, **keep})
+                for c in self.plan.candidates if c.kind in kinds and gpus_of(c.config) > 1]
+        if gpus_of(ref.config) > 1:  # already sharded over n GPUs to fit: fewer would not
+            pool = [(c, cfg) for c, cfg in pool if gpus_of(cfg) >= gpus_of(ref.config)]
+        narrow = min((gpus_of(cfg) for _, cfg in pool), default=0)
+        first = sorted([p for p in pool if gpus_of(p[1]) == narrow], key=lambda p: -self.cost.gain(p[1]))
+        for (c, _), out in zip(first, self.measure_many([self.trial(c.name, "lossless", c.kind, cfg, "lossless")
+                                                          for c, cfg in first]), strict=True):
+            self._after_layout(out, ref)
+        rest = [p for p in pool if gpus_of(p[1]) > narrow]
+        if first and not any(o.status == "measured" and self.better(o, ref) for o in self.outcomes
+                             if o.kind in kinds and gpus_of(o.config) == narrow):
+            if rest:
+                self.notes.append(f"{len(rest)} layout(s) on more than {narrow} GPUs not launched: no {narrow}-GPU "
+                                  "layout beat one GPU beyond the noise")
+            return
+        for _ in range(WIDER_ROUNDS):
+            target = ref.p50_s / self.best.p50_s if ref.p50_s and self.best.p50_s else 1.0
+            ranked = sorted(rest, key=lambda p: -self.cost.gain(p[1]))
+            pick = [p for p in ranked if self.cost.gain(p[1]) > target * WORTH][:2]
+            if not pick:
+                break
+            rest = [p for p in rest if p not in pick]
+            for (c, _), out in zip(pick, self.measure_many([self.trial(c.name, "lossless", c.kind, cfg, "lossless")
+                                                             for c, cfg in pick]), strict=True):
+                self._after_layout(out, ref)
+        if rest:
+            top = max(self.cost.gain(cfg) for _, cfg in rest)
+            best = ref.p50_s / self.best.p50_s if ref.p50_s and self.best.p50_s else 1.0
+            self.notes.append(f"{len(rest)} wider layout(s) not launched: the cost model fitted to the measured ones "
+                              f"predicts at most {top:.2f}x over one GPU, against {best:.2f}x measured")
+
+    def _after_layout(self, out: Outcome, ref: Outcome) -> None:
+        """Teach the cost model; a layout whose server says it ignored SP is inert, and so is SP everywhere."""
+        if any(SP_IGNORED in w for w in out.server_warnings):
+            self.cost.mark_inert(SP_DIMENSIONS)
+            out.status, out.reason = "inert", "the server log says sequence parallelism was not applied"
+            return
+        if out.status == "measured" and out.p50_s and ref.p50_s:
+            self.cost.learn(out.config, ref.p50_s / out.p50_s)
+        self.consider(out, "lossless")
+
+    def _vae_patch(self) -> None:
+        """VAE patch parallel on the best multi-GPU layout, where the server says the VAE takes a real share."""
+        best = self.best
+        cand = next((c for c in self.plan.candidates if c.kind == "vae_patch"), None)
+        if not (cand and best and gpus_of(best.config) > 1 and (best.vae_share or 0) > 0.1):
+            return
+        cfg = {**best.config, "vae_patch_parallel_size": gpus_of(best.config)}
+        self.consider(self.measure(self.trial(f"{best.name} + {cand.name}", "lossless", "vae_patch", cfg,
+                                              "lossless")), "lossless")
+
+    # -- lossy --------------------------------------------------------------------------------------
+    def _lossy_sweep(self, floor: str) -> None:
+        """Each cache backend on the best lossless configuration, gentle to aggressive: settings that do
+        nothing are flagged inert and each sweep stops at its quality cliff. Then the winning backend's
+        threshold is bisected between its last passing and its first failing rung."""
+        assert self.best is not None
+        lossless = self.best
+        base = {k: v for k, v in lossless.config.items() if k not in ("cache_backend", "cache_config")}
+        backends: dict[str, list[Candidate]] = {}
         for c in [c for c in self.plan.candidates if c.kind == "cache"]:
-            cfg = {
-                **{k: v for k, v in self.best.config.items() if k not in ("cache_backend", "cache_config")},
-                **c.config,
-            }
-            out = self.measure(self.trial(c.name, "lossy", c.kind, cfg, floor))
-            if not self.accept(out, floor):
-                if out.status == "rejected_quality":  # the cliff: stronger settings only get worse
+            backends.setdefault(c.config["cache_backend"], []).append(c)
+        brackets: dict[str, tuple[str, float, float, Outcome]] = {}
+        for backend, ladder in backends.items():
+            key = next(iter(ladder[0].config["cache_config"]))
+            previous, passed = lossless, None
+            for c in ladder:
+                value = c.config["cache_config"][key]
+                out = self.measure(self.trial(c.name, "lossy", "cache", {**base, **c.config}, floor))
+                if out.status == "skipped_budget":
+                    return
+                if out.cause in ("refused", "launch_gate"):
+                    break  # the backend itself is refused: no other threshold will start
+                verdict = self._judge_lossy(out, previous, floor)
+                if verdict == "cliff":
                     out.reason = (out.reason or "") + "; sweep stopped at the quality cliff"
+                    if passed is not None:
+                        brackets[backend] = (key, passed, value, previous)
                     break
-                continue
-            previous = self.previous_lossy
-            if (
-                out.p50_s
-                and previous.p50_s
-                and same_pixels(out, previous)
-                and out.p50_s > previous.p50_s / max(INERT, 1 + 2 * noise(out, previous))
-            ):
-                out.status, out.reason = "inert", "no speed-up and no change in the pixels: this setting does nothing"
-                continue
-            if self.better(out, self.best):
-                self.best = out
-            self.previous_lossy = out
+                if verdict in ("pass", "inert"):
+                    passed = value
+                    previous = out if verdict == "pass" else previous
+        winner = self.best.config.get("cache_backend")
+        if winner in brackets:
+            self._bisect(winner, *brackets[winner], base, floor)
+
+    def _bisect(self, backend: str, key: str, passed: float, failed: float, previous: Outcome, base: dict,
+                floor: str) -> None:
+        """The passing threshold closest to the cliff: halve the interval between the last pass and first fail."""
+        for _ in range(BISECTIONS):
+            mid = round((passed + failed) / 2, 4)
+            cfg = {**base, "cache_backend": backend, "cache_config": {key: mid}}
+            out = self.measure(self.trial(f"{backend} {mid} (bisection)", "lossy", "cache", cfg, floor))
+            verdict = self._judge_lossy(out, previous, floor)
+            if verdict == "cliff":
+                failed = mid
+            elif verdict in ("pass", "inert"):
+                passed, previous = mid, out
+            else:
+                break
+
+    def _judge_lossy(self, out: Outcome, previous: Outcome, floor: str) -> str:
+        """'cliff' (rejected on quality), 'inert' (same pixels, no gain), 'pass' or 'other' (failed, budget)."""
+        if not self.accept(out, floor):
+            return "cliff" if out.status == "rejected_quality" else "other"
+        if out.p50_s and previous.p50_s and same_pixels(out, previous) and \
+                out.p50_s > previous.p50_s / max(INERT, 1 + 2 * noise(out, previous)):
+            out.status, out.reason = "inert", "no speed-up and no change in the pixels: this setting does nothing"
+            return "inert"
+        if self.better(out, self.best):
+            self.best = out
+        return "pass"
 
     def _request_sweep(self, floor: str) -> None:
         """Steps and guidance on the best configuration, inside one (re)launched server; steps stop at the cliff."""
@@ -325,7 +253,7 @@ class Tuner:
                 variants.append((c, settings))
         if not variants:
             return
-        gpus = list(range(len(best.config.get("gpus") or [0])))
+        gpus = list(range(gpus_of(best.config)))
         with self.runner.session(self.trial(best.name, "lossy", best.kind, best.config, floor), gpus) as session:
             stop_steps, opened = False, False
             for c, settings in variants:
@@ -342,11 +270,11 @@ class Tuner:
                 elif out is None:
                     opened = True
                     out = self._recorded(session.measure(t), key)
-                if out.status in ("measured", "reused") and out.p50_s and best.p50_s and out.p50_s > best.p50_s / INERT:
+                if out.status in ("measured", "reused") and out.p50_s and best.p50_s and \
+                        out.p50_s > best.p50_s / INERT:
                     out.status = "inert" if same_pixels(out, best) else "within_noise"
-                    out.reason = "no speed-up over the same configuration with default request settings" + (
-                        ": this setting does nothing here" if out.status == "inert" else "; pictures change"
-                    )
+                    out.reason = "no speed-up over the same configuration with default request settings" + \
+                        (": this setting does nothing here" if out.status == "inert" else "; pictures change")
                     continue
                 if not self.accept(out, floor):
                     if out.status == "rejected_quality" and is_steps:
@@ -356,5 +284,15 @@ class Tuner:
                 if self.better(out, self.best):
                     self.best = out
 
-    def _lossless(self, multi: bool) -> list[Candidate]:
-        return [c for c in self.plan.candidates if c.kind == ("layout" if multi else "single_gpu")]
+    # -- helpers ----------------------------------------------------------------------------------
+    def _lossless_single(self) -> list[Candidate]:
+        return [c for c in self.plan.candidates if c.kind == "single_gpu"]
+
+    def _memory_note(self) -> None:
+        """Estimate vs measured per-GPU memory over every launch that had both."""
+        pairs = [(o.estimate_mib, o.peak_memory_mib) for o in self.outcomes
+                 if o.launched and o.estimate_mib and o.peak_memory_mib]
+        if pairs:
+            errors = [abs(e - m) / m for e, m in pairs]
+            self.notes.append(f"memory estimate vs measured peak per GPU over {len(pairs)} launch(es): median error "
+                              f"{statistics.median(errors):.0%}, worst {max(errors):.0%}")
