@@ -73,9 +73,9 @@ WORLDS: dict[str, tuple[str, dict, str, dict, dict]] = {
                                                      "cost": {**FAST, "pcie_efficiency_factor": 0.55,
                                                               "cfg_parallel_speedup": 1.05}},
                                  "tiny-qwenimage", {}, IMAGE),
-    "TP-only model (4xH200)": ("cfg4_qwen_image", {"gpus": [H200] * 4, "model": {"sp_plan": False, "tp_divides": 24,
-                                                                                  "rejects": ["cfg_parallel"]},
-                                                   "cost": {**FAST, "tp_efficiency": 0.85}},
+    "TP-only model (4xH200)": ("cfg4_qwen_image", {"gpus": [H200] * 4, "model": {"sp_plan": False, "tp_divides": 24},
+                                                   "cost": {**FAST, "tp_efficiency": 0.85,
+                                                            "cfg_parallel_speedup": 1.0}},
                                "tiny-qwenimage", {}, IMAGE),
 }
 

@@ -6,12 +6,15 @@ states the world and asserts the decisions (what was launched, what won, why the
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from omnitune.tools.plan import Goal, make_plan
 from omnitune.tools.settings import Settings
 from omnitune.tools.tune.stats import p50_se
 from omnitune.tools.workspace import Workspace
-from tests.tune_fakes import WorldTrials, fake, load_world, policy
+from tests.tune_fakes import Capability, WorldTrials, fake, gpu_report, load_world, policy
 
 IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 20}
 VIDEO = {"task": "text-to-video", "sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 4,
@@ -216,7 +219,7 @@ def test_no_wider_layout_is_launched_when_two_gpus_gave_nothing(ws):
     best = t.run()
     assert best is not None and best.name == "compile+fp8"
     assert all(len(cfg.get("gpus") or [0]) <= 2 for _, cfg in fake(t).launched)
-    assert any("not launched: no 2-GPU layout beat one GPU" in n for n in t.notes)
+    assert any("wider layout(s) not launched: the cost model" in n for n in t.notes)
     assert not any("cfg_parallel_size" in c.config for c in t.plan.candidates)  # no CFG: no CFG parallel
 
 
@@ -227,7 +230,7 @@ def test_two_gpu_scaling_predicts_which_wider_layouts_are_worth_a_launch(ws):
     wide_launched = [cfg for _, cfg in fake(t).launched if len(cfg.get("gpus") or [0]) > 2]
     assert best is not None and best.name == "cfg_parallel_size=2xusp=2 (4 GPUs)"
     assert 0 < len(wide_launched) <= 4 < len(wide_planned)  # the model fitted at 2 GPUs picks the few worth it
-    assert t.cost.learned >= {"usp", "ring", "tensor_parallel_size"}
+    assert t.cost.learned >= {"usp", "cfg_parallel_size"}  # fitted on the 2-GPU layouts it measured
 
 
 def test_tensor_parallel_across_pcie_is_pruned_and_layouts_are_every_product(ws):
@@ -248,6 +251,27 @@ def test_a_flag_the_server_log_says_it_ignored_is_inert_without_another_launch(w
 
 
 def test_a_refused_layout_is_a_recorded_outcome(ws):
-    t = policy(ws, load_world("cfg4_qwen_image", model={"rejects": ["ring_sp"]}, capability_unaware=["ring_sp"]))
+    t = policy(ws, load_world("cfg4_qwen_image", model={"rejects": ["cfg_parallel"]},
+                              capability_unaware=["cfg_parallel"]))
     best = t.run()
-    assert names(t)["ring=2 (2 GPUs)"].cause == "refused" and best is not None
+    assert names(t)["cfg_parallel_size=2 (2 GPUs)"].cause == "refused"
+    assert best is not None and best.name == "usp=4 (4 GPUs)"
+
+
+def test_layouts_the_capability_report_cannot_vouch_for_are_not_planned(ws):
+    world = load_world("cfg4_qwen_image")
+    knows_all = policy(ws, world).plan
+    cap = Capability(world)
+    cap.methods["ring_sp"] = SimpleNamespace(status="unknown", evidence=[], notes="not analysed")
+    plan = make_plan(Settings.model_validate({"workspace": ws.root}), "/models/fake", Goal(),
+                     gpu_report=gpu_report(world), capability=cap)
+    assert any("ring" in c.config for c in knows_all.candidates)
+    assert not any("ring" in c.config for c in plan.candidates)
+    assert any("cannot vouch for ring_sp" in p.why for p in plan.pruned)
+
+
+def test_videos_are_timed_through_the_sync_endpoint_not_the_polling_step():
+    from omnitune.tools.benchmark import Workload
+    from omnitune.tools.tune.trial import tune_workload
+    assert tune_workload(Workload.model_validate(VIDEO)).video_mode == "sync"
+    assert tune_workload(Workload.model_validate(IMAGE)) == Workload.model_validate(IMAGE)

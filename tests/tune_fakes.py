@@ -74,7 +74,7 @@ class WorldTrials:
         cfg = world_config(trial.config)
         base = Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="failed", config=trial.config,
                        request_settings=dict(trial.request), gpus=gpus, launched=True,
-                       gpu_seconds=self.world["cost"]["startup_s"] * len(gpus))
+                       gpu_seconds=self.world["cost"]["startup_s"] * len(gpus), estimate_mib=trial.estimate_mib)
         try:
             self.warnings = w.check_startup(self.world, cfg, gpus, "FakePipeline")
         except w.Refusal as exc:

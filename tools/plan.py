@@ -100,7 +100,8 @@ def _memory_candidates(n_gpus: int, uses_cfg: bool, allowed: Callable[[str, str]
     for n in range(2, n_gpus + 1):
         sp = [lay for lay in layouts(n, uses_cfg) if "tensor_parallel_size" not in lay and "usp" in lay]
         for lay in sp:
-            if not all(allowed(METHOD_KEYS[k], label(lay)) for k in lay):
+            if not all(allowed(METHOD_KEYS[k], label(lay)) for k in lay) or (capability is not None and any(
+                    _status(capability, METHOD_KEYS[k])[0] == "unknown" for k in lay)):
                 continue
             if allowed("layerwise_offload", "layerwise offload"):
                 out.append(Candidate(name=f"{label(lay)} + layerwise offload ({n} GPUs)", stage="lossless",
@@ -243,6 +244,12 @@ def make_plan(
             name = label(layout)
             tp = layout.get("tensor_parallel_size", 1)
             if not all(allowed(METHOD_KEYS[k], name) for k in layout):
+                continue
+            unknown = [k for k in layout if capability is not None
+                       and _status(capability, METHOD_KEYS[k])[0] == "unknown"]
+            if unknown:
+                pruned.append(Pruned(name=f"{name} ({n} GPUs)", why=f"the capability report cannot vouch for "
+                                     f"{', '.join(METHOD_KEYS[k] for k in unknown)} with this model"))
                 continue
             if heads and tp > 1 and heads % tp:
                 why = f"tensor_parallel_size does not divide {heads} heads"

@@ -105,6 +105,8 @@ class Decisions:
             out.speedup_vs_baseline = self.baseline.p50_s / out.p50_s
         if self.memory and out.peak_memory_mib and out.status in ("measured", "reused"):
             self.memory.learn(out.config, out.peak_memory_mib)
+        elif self.memory and out.cause == "out_of_memory_request":
+            self.memory.learn_oom(out.config)
         self.ledger.spend(int(out.launched), out.gpu_seconds)
         self.ledger.record(out, key, out.launched)
         self.outcomes.append(out)

@@ -117,13 +117,13 @@ class MemoryModel:
         return None if raw is None else raw * self.ratio.get(self._mode(config), 1.0)
 
     def doomed(self, config: dict, limit_mib: float | None = None) -> bool:
-        """Surely over the GPU (or the goal's limit): the estimate beyond it by more than its own uncertainty."""
-        est = self.estimate(config)
-        caps = [c for c in (self.capacity, limit_mib) if c]
-        if est is None or not caps:
+        """Surely over the GPU (or the goal's limit): the weights (exact, from the headers) plus the least the
+        activations may take (half the prior until a measurement calibrates them) already exceed it."""
+        w, caps = self.weights_mib(config), [c for c in (self.capacity, limit_mib) if c]
+        if w is None or not caps:
             return False
-        margin = 1.05 if self.calibrated else 1.25
-        return est > min(caps) * margin
+        low = w + self.act * self._act_units(config) * (0.9 if self.calibrated else 0.5) + self.OVERHEAD_MIB
+        return low * self.ratio.get(self._mode(config), 1.0) > min(caps)
 
     def learn(self, config: dict, peak_mib: float | None) -> None:
         """A measured peak (above the level before launch): with the weights resident it sets the activation
@@ -136,4 +136,13 @@ class MemoryModel:
         raw = self._raw(config)
         if raw:
             self.ratio[self._mode(config)] = peak_mib / raw
+        self.calibrated = True
+
+    def learn_oom(self, config: dict) -> None:
+        """Out of memory on the requests although the weights fit: activations are larger than the GPU left them
+        (a floor on their scale, so the next estimate will not repeat the mistake)."""
+        w, units = self.weights_mib(config), self._act_units(config)
+        if w is None or not self.capacity or units <= 0:
+            return
+        self.act = max(self.act, 1.1 * (self.capacity - w - self.OVERHEAD_MIB) / units)
         self.calibrated = True

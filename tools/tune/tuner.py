@@ -25,6 +25,8 @@ __all__ = ["NOISE", "Cancelled", "Progress", "Tuner"]
 INERT = 1.05
 WORTH = 1.05          # a wider layout is launched only if predicted this much faster than the best so far
 WIDER_ROUNDS = 3      # rounds of (at most) two wider layouts, the model re-fitted after each
+SCREEN = 2            # narrowest layouts screened together first (the priors' best two)
+PRIOR_SLACK = 1.15    # how far an unmeasured dimension may beat its prior
 BISECTIONS = 2        # threshold refinements between the last passing and the first failing rung
 SP_IGNORED = "SP hooks not applied"
 
@@ -120,8 +122,9 @@ class Tuner(Decisions):
 
     # -- parallel layouts -------------------------------------------------------------------------------
     def _layouts(self, extra: dict) -> None:
-        """2-GPU layouts screened together; wider ones only where the cost model, fitted to what was measured,
-        predicts a gain beyond the best so far. No 2-GPU gain: no wider layout is launched."""
+        """The narrowest layouts screened (the priors' best two together, then those the priors leave a chance);
+        wider ones only where the cost model, fitted to what was measured, predicts a gain beyond the best so far:
+        a dimension that gave nothing on 2 GPUs predicts nothing on 4, one the server ignored is inert."""
         assert self.best is not None
         ref = self.best
         keep = {k: v for k, v in ref.config.items() if k == "quantization"}
@@ -132,31 +135,31 @@ class Tuner(Decisions):
             pool = [(c, cfg) for c, cfg in pool if gpus_of(cfg) >= gpus_of(ref.config)]
         narrow = min((gpus_of(cfg) for _, cfg in pool), default=0)
         first = sorted([p for p in pool if gpus_of(p[1]) == narrow], key=lambda p: -self.cost.gain(p[1]))
-        for (c, _), out in zip(first, self.measure_many([self.trial(c.name, "lossless", c.kind, cfg, "lossless")
-                                                          for c, cfg in first]), strict=True):
-            self._after_layout(out, ref)
+        self._screen(first[:SCREEN], ref)
+        target = self._gain(ref)  # the rest of the narrowest layouts: unless the priors leave them a chance
+        self._screen([p for p in first[SCREEN:] if self.cost.gain(p[1]) * PRIOR_SLACK > target], ref)
         rest = [p for p in pool if gpus_of(p[1]) > narrow]
-        if first and not any(o.status == "measured" and self.better(o, ref) for o in self.outcomes
-                             if o.kind in kinds and gpus_of(o.config) == narrow):
-            if rest:
-                self.notes.append(f"{len(rest)} layout(s) on more than {narrow} GPUs not launched: no {narrow}-GPU "
-                                  "layout beat one GPU beyond the noise")
-            return
         for _ in range(WIDER_ROUNDS):
-            target = ref.p50_s / self.best.p50_s if ref.p50_s and self.best.p50_s else 1.0
+            target = self._gain(ref)
             ranked = sorted(rest, key=lambda p: -self.cost.gain(p[1]))
             pick = [p for p in ranked if self.cost.gain(p[1]) > target * WORTH][:2]
             if not pick:
                 break
             rest = [p for p in rest if p not in pick]
-            for (c, _), out in zip(pick, self.measure_many([self.trial(c.name, "lossless", c.kind, cfg, "lossless")
-                                                             for c, cfg in pick]), strict=True):
-                self._after_layout(out, ref)
+            self._screen(pick, ref)
         if rest:
             top = max(self.cost.gain(cfg) for _, cfg in rest)
-            best = ref.p50_s / self.best.p50_s if ref.p50_s and self.best.p50_s else 1.0
             self.notes.append(f"{len(rest)} wider layout(s) not launched: the cost model fitted to the measured ones "
-                              f"predicts at most {top:.2f}x over one GPU, against {best:.2f}x measured")
+                              f"predicts at most {top:.2f}x over one GPU, against {self._gain(ref):.2f}x measured")
+
+    def _screen(self, batch: list[tuple[Candidate, dict]], ref: Outcome) -> None:
+        trials = [self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in batch]
+        for out in self.measure_many(trials):
+            self._after_layout(out, ref)
+
+    def _gain(self, ref: Outcome) -> float:
+        """The best speed-up over the one-GPU reference measured so far."""
+        return ref.p50_s / self.best.p50_s if self.best and ref.p50_s and self.best.p50_s else 1.0
 
     def _after_layout(self, out: Outcome, ref: Outcome) -> None:
         """Teach the cost model; a layout whose server says it ignored SP is inert, and so is SP everywhere."""
