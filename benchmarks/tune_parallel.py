@@ -36,7 +36,8 @@ from omnitune.tools.benchmark import Workload  # noqa: E402
 from omnitune.tools.launch import Launcher  # noqa: E402
 from omnitune.tools.plan import Goal  # noqa: E402
 from omnitune.tools.settings import Settings  # noqa: E402
-from omnitune.tools.tune import Tuner, TuneRequest, TuneResult  # noqa: E402
+from omnitune.tools.tune import TuneRequest, TuneResult  # noqa: E402
+from omnitune.tools.tune.job import tune_job  # noqa: E402
 from omnitune.tools.tune.parallel import agree  # noqa: E402
 from omnitune.tools.workspace import Workspace  # noqa: E402
 
@@ -84,7 +85,7 @@ def tune(root: Path, settings: Settings, request: TuneRequest, state_dir: Path,
     ws.store.insert("jobs", {"id": name, "kind": "tune", "status": "running", "created_at": 0, "updated_at": 0})
     with SharedWatch(state_dir) as watch:
         t0 = time.monotonic()
-        result = Tuner(ws, Launcher(s, ws), request, name).run()
+        result = tune_job(ws, Launcher(s, ws), request, name)
         wall = time.monotonic() - t0
     ws.close()
     return result, wall, watch

@@ -1,185 +1,165 @@
-"""Several candidates of one tune stage measured at once: side by side on disjoint GPU sets of this host
-(``parallel.ParallelRunner``) or as tasks on a Ray cluster (``ray_cluster.RayTrials``).
+"""The concurrent :class:`~tools.tune.trial.TrialRunner`: a stage's screening batch side by side on disjoint GPU
+sets of this host (``parallel.ParallelRunner``), or as tasks on a Ray cluster (``ray_cluster.RayTrials``).
 
-Figures measured side by side share the host, so no decision rests on them alone: the finalists (the best
-screened candidate and every one within the noise of it) are launched again one at a time and their alone
-figures are the ones the tuner compares; where a finalist's alone figure disagrees with its side-by-side one
-beyond the noise, the interference seen widens the finalists once. On a cluster each trial runs alone on its
-node's GPUs, but nodes differ, so the same rule holds.
+Figures measured side by side share the host (CPU, PCIe, memory bandwidth), so no decision rests on them
+unchecked: the finalists of a batch (its best result and every one within the noise of it) that ran beside
+another trial are launched again alone, and their alone figures are what the policy compares. Once a finalist's
+alone figure has agreed with its side-by-side one within the noise (shown by measurement), later batches'
+side-by-side figures are trusted; a disagreement re-arms the check and widens that batch's finalists by the
+interference seen. Extra launches are charged to the ledger and never exceed the budget.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 from omnitune.tools.tune.models import Outcome
-from omnitune.tools.tune.parallel import ParallelRunner, Placement, ServerSweeper, agree, finalists, measure_on
+from omnitune.tools.tune.parallel import ParallelRunner, Placement, ServerSweeper, agree, finalists
+from omnitune.tools.tune.trial import LaunchTrials, Trial
 
-if TYPE_CHECKING:
-    from omnitune.tools.tune.tuner import Tuner
-
-Item = tuple[str, str, dict, "str | None"]  # name, stage, config, quality floor
+TRUST_AFTER = 1  # finalists whose alone figure agreed before side-by-side figures are trusted
 
 
-class Screen:
-    """Measures a stage's candidates together for one tuner; ``timeline`` says where and when each trial ran."""
+class ParallelTrials:
+    """Wraps the sequential runner: ``run_many`` concurrent, finalists re-measured alone; the rest delegates."""
 
-    def __init__(self, tuner: Tuner, max_parallel: int | None, ray_address: str | None = None) -> None:
-        self.t = tuner
-        self._lock = threading.Lock()
+    def __init__(self, inner: LaunchTrials, ledger: Any, max_parallel: int | None,
+                 cancelled: Callable[[], bool] = lambda: False, ray_address: str | None = None) -> None:
+        self.inner, self.ledger = inner, ledger
         self.ray = None
         if ray_address:
             from omnitune.tools.tune.ray_cluster import RayTrials
-            self.ray = RayTrials(tuner.launcher.settings, tuner.ws, ray_address, cancelled=tuner.cancelled)
-        self.runner: ParallelRunner[Item, dict] = ParallelRunner(
-            self._run_one, name_of=lambda item: item[0], on_error=self._error, workspace_root=tuner.ws.root,
-            sweeper=ServerSweeper(tuner.launcher), max_parallel=max_parallel, cancelled=tuner.cancelled)
+            self.ray = RayTrials(inner.launcher.settings, inner.ws, ray_address, cancelled=cancelled)
+        self.runner: ParallelRunner[Trial, Outcome] = ParallelRunner(
+            inner.run, name_of=lambda t: t.name, on_error=self._error, workspace_root=inner.ws.root,
+            sweeper=ServerSweeper(inner.launcher), max_parallel=max_parallel, cancelled=cancelled)
+        self.max_parallel = max_parallel
+        self.agreed = 0  # finalists whose alone figure agreed with the side-by-side one
+        self.notes: list[str] = []
 
     @property
     def timeline(self) -> list[Placement]:
         return [*self.runner.timeline, *(self.ray.timeline if self.ray else [])]
 
-    def gpus(self) -> int:
-        return len(self.runner.report.gpus)
+    def width(self, gpus: int) -> int:
+        """How many trials of ``gpus`` GPUs run at once (the policy screens that many together)."""
+        if self.ray:
+            from omnitune.tools.tune.ray_cluster import cluster_gpus, connect
+            fit = sum(n // max(1, gpus) for n in cluster_gpus(connect(self.ray.address)).values())
+        else:
+            fit = len(self.runner.report.gpus) // max(1, gpus)
+        return max(1, min(fit, self.max_parallel or fit))
 
-    # -- one trial (a worker thread) ------------------------------------------------------------------
-    def _run_one(self, item: Item, gpus: list[int]) -> dict:
-        t = self.t
-        res = measure_on(t.launcher.settings, t.ws, t.req.model, t.req.workload, {**item[2], "gpus": gpus},
-                         labels={"tune_job": t.job_id}, launcher=t.launcher)
-        res["gpus"] = gpus
-        return res
+    # -- the TrialRunner interface ------------------------------------------------------------------
+    def run(self, trial: Trial, gpus: list[int]) -> Outcome:
+        return self.run_many([(trial, gpus)])[0]
 
+    def session(self, trial: Trial, gpus: list[int]) -> AbstractContextManager:
+        return self.inner.session(trial, gpus)  # request variants inside one server: on this host
+
+    def reuse(self, trial: Trial, run_id: str) -> Outcome:
+        return self.inner.reuse(trial, run_id)
+
+    def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]:
+        if self.ray:
+            outs = [self._remote(t, res) for (t, _), res in zip(batch, self.ray.run_many(
+                [(t.name, t.config, len(g)) for t, g in batch], self.inner.req.model, self.inner.workload,
+                labels={"tune_job": self.inner.job_id}), strict=True)]
+            places = self._ray_places(len(batch))
+        elif len(batch) < 2 or self.width(min(len(g) for _, g in batch)) < 2:
+            return self.inner.run_many(batch)  # nothing would run side by side
+        else:
+            outs = self.runner.run_many([(t, len(g)) for t, g in batch])
+            places = self.runner.timeline[-len(batch):]
+        if len(batch) > 1:
+            self._alone(batch, outs, places)
+        return outs
+
+    # -- internals -----------------------------------------------------------------------------------
     @staticmethod
-    def _error(item: Item, gpus: list[int], exc: BaseException) -> dict:
-        return {"server_id": None, "run_id": None, "p50_s": None, "error": f"{type(exc).__name__}: {exc}",
-                "gpus": gpus, "seconds": 0.0, "launched": bool(gpus)}
+    def _error(trial: Trial, gpus: list[int], exc: BaseException) -> Outcome:
+        return Outcome.model_validate({"name": trial.name, "stage": trial.stage, "kind": trial.kind,
+                                       "status": "failed", "cause": "crashed", "config": trial.config,
+                                       "reason": f"{type(exc).__name__}: {exc}", "gpus": gpus,
+                                       "launched": bool(gpus), "estimate_mib": trial.estimate_mib})
 
-    def _batch(self, items: Sequence[Item], alone: bool = False) -> list[dict]:
-        if self.ray:  # alone: one task at a time (each on whichever node Ray picks)
-            trials = [(n, c, len(c.get("gpus") or [0])) for n, _, c, _ in items]
-            groups = [[x] for x in trials] if alone else [trials]
-            return [r for g in groups for r in self.ray.run_many(g, self.t.req.model, self.t.req.workload,
-                                                                   labels={"tune_job": self.t.job_id})]
-        batch = [(item, len(item[2].get("gpus") or [0])) for item in items]
-        return self.runner.run_many(batch, alone=alone)
-
-    def _outcome(self, item: Item, res: dict) -> Outcome:
-        """The tuner's outcome of one trial; launches and GPU time counted here, in the tuner's thread."""
-        name, stage, config, _ = item
-        t = self.t
-        n = len(config.get("gpus") or [0])
-        launched = bool(res.get("launched"))
-        if launched:
-            t.launches += 1
-            t.gpu_seconds += float(res.get("seconds") or 0.0) * n
-        if not res.get("run_id") or not res.get("p50_s"):
-            return Outcome.model_validate({"name": name, "stage": stage, "status": "failed", "config": config,
-                                           "reason": res.get("error") or "no successful measured request",
-                                           "gpu_seconds": float(res.get("seconds") or 0.0) * n})
-        out = t._outcome_from_run(name, stage, config, res["run_id"], "measured", None)
+    def _remote(self, trial: Trial, res: dict) -> Outcome:
+        """A Ray task's result (its run already imported here) as the policy's outcome."""
+        if not res.get("run_id"):
+            out = self._error(trial, res.get("gpus") or [], RuntimeError(res.get("error") or "no result"))
+            out.reason, out.launched = res.get("error"), bool(res.get("launched"))
+            out.cause = "out_of_memory" if "out_of_memory" in (res.get("error") or "") else out.cause
+        else:
+            out = self.inner.read(trial, res["run_id"])
+            self.inner.judge(out, trial)
+            out.launched = True
+        n = len(trial.config.get("gpus") or [0])
         out.gpu_seconds = float(res.get("seconds") or 0.0) * n
-        t._judge(out)
+        out.gpus, out.started_at, out.ended_at = res.get("gpus") or [], res.get("started_at"), res.get("ended_at")
         return out
 
-    def measure_remote(self, item: Item) -> tuple[Outcome, bool]:
-        """One candidate as a task on the cluster (the tuner measures one at a time): its outcome, launched."""
-        res = self._batch([item])[0]
-        return self._outcome(item, res), bool(res.get("launched"))
-
-    # -- a stage ------------------------------------------------------------------------------------
-    def prefetch(self, items: Sequence[Item]) -> None:
-        """Measure, side by side, the items the tuner would launch (not known, within the budget); their outcomes
-        wait in ``tuner.prefetched`` (by key) until the tuner's own order asks for them."""
-        t = self.t
-        t._check_cancelled()
-        todo, keys = [], set()
-        for name, stage, config, floor in items:
-            key = t.key(config)
-            if key in t.replay or key in t.prefetched or key in keys or _reusable(t, key):
-                continue
-            if t.launches + len(todo) >= t.req.max_launches:
-                break
-            todo.append((name, stage, config, floor))
-            keys.add(key)
-        sizes = sorted(len(c.get("gpus") or [0]) for _, _, c, _ in todo)
-        if len(todo) < 2 or (not self.ray and sizes[0] + sizes[1] > self.gpus()):
-            return  # no two fit side by side: nothing to gain, the tuner measures them itself
-        results = self._batch(todo)
-        places = self._placements(len(todo))
-        outs = [self._outcome(item, res) for item, res in zip(todo, results, strict=True)]
-        self._decide_alone(todo, outs, places)
-        for item, out in zip(todo, outs, strict=True):
-            t.prefetched[t.key(item[2])] = out
-
-    def _decide_alone(self, items: list[Item], outs: list[Outcome], places: list[Placement]) -> None:
-        """Re-measure alone the finalists that ran beside another trial; their alone figures replace the
-        side-by-side ones. A finalist that happened to run alone already needs no second launch."""
-        t = self.t
-        eligible = [k for k, o in enumerate(outs) if o.p50_s and t.accept(o, items[k][3] or "lossless")]
-        scores = [(outs[k].p50_s, outs[k].p50_se_s) if k in eligible else None for k in range(len(outs))]
-        chosen = finalists(scores, keep=1)  # type: ignore[arg-type]
-        done = {k for k in range(len(outs)) if places[k].alone}
-        factor, differs, again_n = 1.0, False, 0
-        for _round in range(2):
-            chosen = [k for k in chosen if k not in done][:max(0, t.req.max_launches - t.launches)]
-            if not chosen:
-                break
-            alone = self._batch([items[k] for k in chosen], alone=True)
-            for k, res in zip(chosen, alone, strict=True):
-                done.add(k)
-                again_n += 1
-                again = self._outcome(items[k], res)
-                side = outs[k]
-                if not again.p50_s or not side.p50_s:
-                    continue
-                same = agree((side.p50_s, side.p50_se_s), (again.p50_s, again.p50_se_s))
-                factor, differs = max(factor, side.p50_s / again.p50_s), differs or not same
-                again.reason = (f"screened beside {', '.join(places[k].beside)}: p50 {side.p50_s:.4f} s (run "
-                                f"{side.run_id}); re-measured alone: {again.p50_s:.4f} s, "
-                                f"{'within' if same else 'beyond'} the noise of it")
-                again.gpu_seconds += side.gpu_seconds
-                outs[k] = again
-            best = min((p for k in done if k in eligible and (p := outs[k].p50_s)), default=None)
-            if not best or not differs or factor <= 1.0:
-                break  # side-by-side figures agree with alone ones: the others stay out
-            # interference seen: a candidate screened slower by up to that factor may still win alone
-            chosen = [k for k in eligible if k not in done and outs[k].p50_s and
-                      outs[k].p50_s / factor < best * 1.02]  # type: ignore[operator]
-        beside = sum(not p.alone for p in places)
-        t.notes.append(f"{len(items)} candidates screened, {beside} of them side by side ({self._where(places)}); "
-                       f"{again_n} finalist(s) re-measured alone before deciding")
-
-    def _placements(self, n: int) -> list[Placement]:
-        """The last batch's placements; on a cluster, alone = no other trial on its node at the same time."""
-        if not self.ray:
-            return self.runner.timeline[-n:]
+    def _ray_places(self, n: int) -> list[Placement]:
+        """The last batch on the cluster; alone = no other trial on its node at the same time."""
+        assert self.ray is not None
         ran = self.ray.timeline
         for p in ran[-n:]:
-            p.beside = [q.trial for q in ran if q is not p and q.node == p.node and q.started_at and q.ended_at and
-                        p.started_at and p.ended_at and q.started_at < p.ended_at and p.started_at < q.ended_at]
+            p.beside = [q.trial for q in ran if q is not p and q.node == p.node and q.started_at and q.ended_at
+                        and p.started_at and p.ended_at and q.started_at < p.ended_at and p.started_at < q.ended_at]
             p.alone = not p.beside and p.status == "done"
         return ran[-n:]
 
-    @staticmethod
-    def _where(ran: list[Placement]) -> str:
-        return ", ".join(f"{p.trial} on {'GPU' if len(p.gpus) == 1 else 'GPUs'} {','.join(map(str, p.gpus))}"
-                         for p in ran[:8]) + (" ..." if len(ran) > 8 else "")
+    def _again(self, items: list[tuple[Trial, list[int]]]) -> list[Outcome]:
+        if self.ray:  # one task at a time
+            return [o for item in items for o in self.run_many([item])]
+        return self.runner.remeasure_alone([(t, len(g)) for t, g in items])
+
+    def _alone(self, batch: list[tuple[Trial, list[int]]], outs: list[Outcome], places: list[Placement]) -> None:
+        """Finalists that ran beside another trial, re-measured alone (unless trust was shown by measurement)."""
+        scores = [(o.p50_s, o.p50_se_s) if o.p50_s and o.status == "measured" else None for o in outs]
+        chosen = [k for k in finalists(scores, keep=1) if not places[k].alone]  # type: ignore[arg-type]
+        if not chosen:
+            return
+        if self.agreed >= TRUST_AFTER:
+            for k in chosen:
+                outs[k].reason = ((outs[k].reason or "") + "; measured beside " + ", ".join(places[k].beside) +
+                                  f" (side-by-side figures agreed with alone ones {self.agreed}x before)").lstrip("; ")
+            return
+        budget = self.ledger.budget_left() if self.ledger else len(chosen)
+        factor, again_n = 1.0, 0
+        for _round in range(2):
+            chosen = chosen[:budget - again_n]
+            if not chosen:
+                break
+            for k, alone in zip(chosen, self._again([batch[k] for k in chosen]), strict=True):
+                side = outs[k]
+                again_n += 1
+                if self.ledger:  # the side-by-side launch is spent too; the alone outcome carries its own
+                    self.ledger.spend(int(side.launched), side.gpu_seconds)
+                if not (alone.p50_s and side.p50_s):
+                    continue
+                same = agree((side.p50_s, side.p50_se_s), (alone.p50_s, alone.p50_se_s))
+                self.agreed = self.agreed + 1 if same else 0
+                factor = max(factor, side.p50_s / alone.p50_s)
+                alone.reason = ((alone.reason or "") + f"; screened beside {', '.join(places[k].beside)}: p50 "
+                                f"{side.p50_s:.4f} s (run {side.run_id}), re-measured alone: {alone.p50_s:.4f} s, "
+                                f"{'within' if same else 'beyond'} the noise of it").lstrip("; ")
+                outs[k] = alone
+            if self.agreed or factor <= 1.0:
+                break
+            best = min((o.p50_s for o in outs if o.p50_s), default=0.0)
+            chosen = [k for k, o in enumerate(outs) if k not in chosen and o.p50_s and not places[k].alone
+                      and o.status == "measured" and o.p50_s / factor < best * 1.02]
+        self.notes.append(f"{len(batch)} trials screened side by side; {again_n} finalist(s) re-measured alone")
 
 
-def _reusable(t: Tuner, key: str) -> bool:
-    """Another tune measured this key: the tuner reuses that run, nothing to launch."""
-    return t.ws.store.query_one("SELECT 1 FROM tune_candidates WHERE status IN ('measured', 'reused') AND run_id IS "
-                                "NOT NULL AND json_extract(data, '$.key') = ? LIMIT 1", (key,)) is not None
-
-
-def screen_for(tuner: Tuner) -> Screen | None:
-    """A screen when the request allows more than one trial at a time (or a Ray cluster is set), else None."""
-    limit: Any = getattr(tuner.req, "max_parallel_trials", 1)
-    address = tuner.launcher.settings.ray_address
+def runner_for(inner: LaunchTrials, ledger: Any, cancelled: Callable[[], bool]) -> LaunchTrials | ParallelTrials:
+    """The concurrent runner when the request allows more than one trial at a time on a host with more than one
+    GPU (or a Ray cluster is set); the sequential one otherwise."""
+    limit = inner.req.max_parallel_trials
+    address = inner.launcher.settings.ray_address
     if limit == 1 and not address:
-        return None
-    screen = Screen(tuner, limit, address)
-    return screen if address or screen.gpus() > 1 else None
+        return inner
+    runner = ParallelTrials(inner, ledger, limit, cancelled, address)
+    return runner if address or len(runner.runner.report.gpus) > 1 else inner
