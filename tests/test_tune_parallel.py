@@ -278,5 +278,5 @@ async def test_tune_start_screens_layouts_side_by_side_and_decides_on_figures_me
     alone = {p["trial"] for p in r["timeline"] if p["alone"]}
     assert r["winner"]["name"] in alone
     assert any("side by side" in n for n in r["notes"]) and "| ran beside |" in open(r["report"]).read()
-    assert r["launches"] == sum(1 for p in r["timeline"] if p["status"] == "done") + 2  # + baseline, compile+fp8
+    assert r["launches"] == sum(1 for p in r["timeline"] if p["started_at"])  # every launch is in the timeline
 

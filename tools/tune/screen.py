@@ -68,8 +68,8 @@ class ParallelTrials:
                 [(t.name, t.config, len(g)) for t, g in batch], self.inner.req.model, self.inner.workload,
                 labels={"tune_job": self.inner.job_id}), strict=True)]
             places = self._ray_places(len(batch))
-        elif len(batch) < 2 or self.width(min(len(g) for _, g in batch)) < 2:
-            return self.inner.run_many(batch)  # nothing would run side by side
+        elif len(batch) < 2 or self.width(min(len(g) for _, g in batch)) < 2:  # one at a time, in the timeline
+            return self.runner.run_many([(t, len(g)) for t, g in batch], alone=True)
         else:
             outs = self.runner.run_many([(t, len(g)) for t, g in batch])
             places = self.runner.timeline[-len(batch):]
