@@ -280,3 +280,27 @@ async def test_tune_start_screens_layouts_side_by_side_and_decides_on_figures_me
     assert any("side by side" in n for n in r["notes"]) and "| ran beside |" in open(r["report"]).read()
     assert r["launches"] == sum(1 for p in r["timeline"] if p["started_at"])  # every launch is in the timeline
 
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_tune_while_trials_run_side_by_side_stops_them_all(emulator, tmp_path):
+    import anyio
+    from mcp import Client
+
+    from omnitune.server.main import build_server
+    from tests.test_tune import IMAGE, SRC
+    emulator.write("cfg4_qwen_image", cost={"startup_s": 1.0})  # a launch long enough to be caught in
+    settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
+    async with Client(build_server(settings)) as client:
+        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
+        job_id = job.structured_content["id"]
+        with anyio.fail_after(240):
+            while len(emulator_processes(emulator)) < 2 * 2:  # two 2-GPU servers (a leader and a worker each)
+                await anyio.sleep(0.02)
+        await client.call_tool("job_cancel", {"job_id": job_id})
+        final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 120})).structured_content
+        servers = (await client.call_tool("list_servers", {})).structured_content["servers"]
+    assert final["status"] == "cancelled", final
+    assert emulator_processes(emulator) == []
+    assert all(s["state"] in ("stopped", "failed") for s in servers)
+    assert sum(1 for s in servers if len(s["server"]["gpus"]) == 2) >= 2  # it was cancelled mid side-by-side batch

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from omnitune.tools.tune.models import Outcome
-from omnitune.tools.tune.parallel import ParallelRunner, Placement, ServerSweeper, agree, finalists
+from omnitune.tools.tune.parallel import ParallelRunner, Placement, ServerSweeper, TrialsCancelled, agree, finalists
 from omnitune.tools.tune.trial import LaunchTrials, Trial
 
 TRUST_AFTER = 1  # finalists whose alone figure agreed before side-by-side figures are trusted
@@ -63,6 +63,13 @@ class ParallelTrials:
         return self.inner.reuse(trial, run_id)
 
     def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]:
+        from omnitune.tools.tune.decide import Cancelled
+        try:
+            return self._run_many(batch)
+        except TrialsCancelled:  # every server already stopped; the policy's own cancellation from here
+            raise Cancelled() from None
+
+    def _run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]:
         if self.ray:
             outs = [self._remote(t, res) for (t, _), res in zip(batch, self.ray.run_many(
                 [(t.name, t.config, len(g)) for t, g in batch], self.inner.req.model, self.inner.workload,
@@ -112,7 +119,7 @@ class ParallelTrials:
 
     def _again(self, items: list[tuple[Trial, list[int]]]) -> list[Outcome]:
         if self.ray:  # one task at a time
-            return [o for item in items for o in self.run_many([item])]
+            return [o for item in items for o in self._run_many([item])]
         return self.runner.remeasure_alone([(t, len(g)) for t, g in items])
 
     def _alone(self, batch: list[tuple[Trial, list[int]]], outs: list[Outcome], places: list[Placement]) -> None:
@@ -135,10 +142,14 @@ class ParallelTrials:
             for k, alone in zip(chosen, self._again([batch[k] for k in chosen]), strict=True):
                 side = outs[k]
                 again_n += 1
-                if self.ledger:  # the side-by-side launch is spent too; the alone outcome carries its own
-                    self.ledger.spend(int(side.launched), side.gpu_seconds)
-                if not (alone.p50_s and side.p50_s):
+                if not (alone.p50_s and side.p50_s):  # the re-measure failed: the screened figure stands, noted
+                    if self.ledger:
+                        self.ledger.spend(int(alone.launched), alone.gpu_seconds)
+                    side.reason = ((side.reason or "") + f"; re-measuring it alone failed: {alone.reason}").lstrip("; ")
                     continue
+                if self.ledger:  # the side-by-side launch counts too (its GPU time rides on the recorded outcome)
+                    self.ledger.spend(int(side.launched), 0.0)
+                alone.gpu_seconds += side.gpu_seconds
                 same = agree((side.p50_s, side.p50_se_s), (alone.p50_s, alone.p50_se_s))
                 self.agreed = self.agreed + 1 if same else 0
                 factor = max(factor, side.p50_s / alone.p50_s)
