@@ -55,6 +55,8 @@ def verdict_of(std: float) -> tuple[str, float | None]:
 class WorldTrials:
     """``TrialRunner`` over a world dict; ``launched`` lists every (name, config) a server was started for."""
 
+    concurrency = 1
+
     def __init__(self, world: dict, request: TuneRequest, fail_after: int | None = None) -> None:
         self.world, self.req = world, request
         self.launched: list[tuple[str, dict]] = []

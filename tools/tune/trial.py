@@ -57,6 +57,12 @@ class Session(Protocol):
 
 
 class TrialRunner(Protocol):
+    """``gpus``: the GPUs a trial would use alone (0..n-1); a concurrent runner may place the members of one
+    ``run_many`` batch on other, disjoint sets (``Outcome.gpus`` says where each ran). ``concurrency``: how many
+    trials a batch runs at once (the policy screens at least that many together)."""
+
+    concurrency: int
+
     def run(self, trial: Trial, gpus: list[int]) -> Outcome: ...
 
     def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]: ...
@@ -108,7 +114,9 @@ def request_settings(request: dict[str, Any], steps: int | None) -> dict[str, An
 
 
 class LaunchTrials:
-    """The real runner: each trial on its own launched server, benchmarked with the tune's workload."""
+    """The real runner: each trial on its own launched server, benchmarked with the tune's workload, one at a time."""
+
+    concurrency = 1
 
     def __init__(self, workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str) -> None:
         self.ws, self.launcher, self.req, self.job_id = workspace, launcher, request, job_id
