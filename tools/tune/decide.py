@@ -160,13 +160,3 @@ class Decisions:
         """Out of memory at load or on the requests, or over the goal's limit: offload, FP8 or sharding may help."""
         return out.status in ("over_memory", "skipped_memory") or out.cause in ("out_of_memory",
                                                                                "out_of_memory_request")
-
-    def prune(self, name: str, stage: str, kind: Any, config: dict, why: str) -> Outcome:
-        """A candidate the evidence says is not worth a launch: recorded, never launched."""
-        key = self.ledger.key(config)
-        replayed = self.ledger.replayed(key)
-        if replayed is not None:
-            self.outcomes.append(replayed)
-            return replayed
-        return self._skip(Trial(name=name, stage=stage, kind=kind, config=config), key, "pruned",
-                          "no_gain_expected", why)

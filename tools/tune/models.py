@@ -25,7 +25,6 @@ Status = Literal[
     "skipped_budget",
     "not_needed",
     "skipped_memory",
-    "pruned",
 ]
 # Why a candidate failed or was not launched (typed: decisions never read the human-readable reason).
 Cause = Literal[
@@ -38,7 +37,6 @@ Cause = Literal[
     "launch_gate",
     "predicted_out_of_memory",
     "budget",
-    "no_gain_expected",
 ]
 
 
