@@ -87,6 +87,7 @@ class Decisions:
         """This job's own record (resume), else a run another tune measured with the same key."""
         out = self.ledger.replayed(key)
         if out is not None:
+            self._learn(out)
             self.outcomes.append(out)
             self._tell(out)
             return out
@@ -103,15 +104,19 @@ class Decisions:
     def _recorded(self, out: Outcome, key: str) -> Outcome:
         if out.p50_s and self.baseline and self.baseline.p50_s:
             out.speedup_vs_baseline = self.baseline.p50_s / out.p50_s
-        if self.memory and out.peak_memory_mib and out.status in ("measured", "reused"):
-            self.memory.learn(out.config, out.peak_memory_mib)
-        elif self.memory and out.cause == "out_of_memory_request":
-            self.memory.learn_oom(out.config)
+        self._learn(out)
         self.ledger.spend(int(out.launched), out.gpu_seconds)
         self.ledger.record(out, key, out.launched)
         self.outcomes.append(out)
         self._tell(out)
         return out
+
+    def _learn(self, out: Outcome) -> None:
+        """The memory model learns from every peak measured (and every out-of-memory on the requests)."""
+        if self.memory and out.peak_memory_mib and out.status in ("measured", "reused"):
+            self.memory.learn(out.config, out.peak_memory_mib)
+        elif self.memory and out.cause == "out_of_memory_request":
+            self.memory.learn_oom(out.config)
 
     def _tell(self, out: Outcome) -> None:
         if self.progress:
