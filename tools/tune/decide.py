@@ -50,7 +50,8 @@ class Decisions:
         near = best.p50_s if best and best.p50_s and stage != "baseline" else None
         band = max(NOISE - 1, 2.83 * (best.p50_se_s or 0) / best.p50_s) if best and best.p50_s else NOISE - 1
         return Trial(name=name, stage=stage, kind=kind, config=config, request=request or {}, floor=floor,
-                     compare_to=self.baseline.run_id if self.baseline else None, repeat_near=near, repeat_band=band,
+                     compare_to=self.baseline.run_id if self.baseline and self.baseline.p50_s else None,
+                     repeat_near=near, repeat_band=band,
                      estimate_mib=self.memory.estimate(config) if self.memory else None)
 
     def measure(self, trial: Trial) -> Outcome:
