@@ -138,7 +138,7 @@ class Tuner(Decisions):
         width = max(SCREEN, getattr(self.runner, "concurrency", 1))
         self._screen(first[:width], ref)
         target = self._gain(ref)  # the rest of the narrowest layouts: unless the priors leave them a chance
-        self._screen([p for p in first[width:] if self.cost.gain(p[1]) * PRIOR_SLACK > target], ref)
+        self._screen([p for p in first[width:] if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH], ref)
         rest = [p for p in pool if gpus_of(p[1]) > narrow]
         for _ in range(WIDER_ROUNDS):
             target = self._gain(ref)
