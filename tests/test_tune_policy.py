@@ -165,6 +165,7 @@ def test_a_resumed_tune_replays_its_records_and_launches_nothing_twice(ws):
         dying.run()
     done = len(dying.outcomes)
     again = policy(ws, world, goal={"quality": "lossy"})
+    fake(again).runs.update(fake(dying).runs)  # the runs the dead tune measured are still in the workspace
     best = again.run()
     assert best is not None and best.name == "cache_dit 0.24"
     assert [o.resumed for o in again.outcomes[:done]] == [True] * done
@@ -275,3 +276,17 @@ def test_videos_are_timed_through_the_sync_endpoint_not_the_polling_step():
     from omnitune.tools.tune.trial import tune_workload
     assert tune_workload(Workload.model_validate(VIDEO)).video_mode == "sync"
     assert tune_workload(Workload.model_validate(IMAGE)) == Workload.model_validate(IMAGE)
+
+
+def test_a_stage_screens_its_layouts_in_one_batch_as_wide_as_the_runner_runs_at_once(ws):
+    world = load_world("cfg4_qwen_image")
+    t = policy(ws, world)
+    t.run()
+    assert ["cfg_parallel_size=2 (2 GPUs)", "usp=2 (2 GPUs)"] in fake(t).batches  # sequential runner: two
+    probe = policy(ws, world, job_id="probe")
+    wide = WorldTrials(world, probe.req)
+    wide.concurrency = 4  # a concurrent runner: the whole 2-GPU stage in one batch
+    t4 = policy(ws, world, job_id="tune-4", runner=wide)
+    t4.ledger.reusable_run = lambda key: None  # measure afresh, not reuse tune-test's runs
+    t4.run()
+    assert any(len(b) == 4 and all("(2 GPUs)" in n for n in b) for b in wide.batches)

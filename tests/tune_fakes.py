@@ -55,6 +55,8 @@ def verdict_of(std: float) -> tuple[str, float | None]:
 class WorldTrials:
     """``TrialRunner`` over a world dict; ``launched`` lists every (name, config) a server was started for."""
 
+    concurrency = 1
+
     def __init__(self, world: dict, request: TuneRequest, fail_after: int | None = None) -> None:
         self.world, self.req = world, request
         self.launched: list[tuple[str, dict]] = []
@@ -105,6 +107,8 @@ class WorldTrials:
         out.server_warnings = list(self.warnings)
         out.gpu_seconds = ((self.world["cost"]["startup_s"] if launched else 0) + n_req * p50) * len(gpus)
         if trial.compare_to:  # deviations the baseline shares (same tag and key) cancel, as in the emulator
+            # as compare_runs: the reference must be a run with measured outputs
+            assert trial.compare_to in self.runs, f"run {trial.compare_to} has no saved measured outputs to compare"
             mine = {*w.request_deviations(self.world, steps, req.get("guidance_scale"), req.get("true_cfg_scale")),
                     (w.pixel_noise(self.world, cfg), cfg.lossless_key, steps)}
             base = {*w.request_deviations(self.world, self.steps, None, None),

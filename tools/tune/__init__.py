@@ -1,7 +1,7 @@
 """Automatic tuning: measure the plan's candidates, gate them on quality, return the best command.
 
-policy (``tuner.py``) -> trials (``trial.py``, the only part that launches) and books (``ledger.py``);
-``job.py`` wires them for a tune job.
+policy (``tuner.py`` stages on ``decide.py`` mechanics) -> trials (``trial.py``, the only part that launches)
+and books (``ledger.py``), ranked by ``costmodel.py`` and screened by ``memory.py``; ``job.py`` wires them.
 """
 
 from omnitune.tools.tune.job import tune_job

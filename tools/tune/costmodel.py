@@ -33,6 +33,11 @@ class CostModel:
             g *= self.cfg_gain if k == "cfg_parallel_size" else v * self.eff[k] ** math.log2(v)
         return g
 
+    def optimistic(self, config: dict, slack: float) -> float:
+        """The predicted gain, with ``slack`` where a dimension is still on its prior (never measured)."""
+        unmeasured = set(layout_of(config)) - self.learned - self.inert
+        return self.gain(config) * (slack if unmeasured else 1.0)
+
     def learn(self, config: dict, observed: float) -> None:
         """``observed``: measured speed-up over the one-GPU reference. Sets the one dimension it varies."""
         layout = {k: v for k, v in layout_of(config).items() if k not in self.inert}

@@ -50,7 +50,8 @@ class Decisions:
         near = best.p50_s if best and best.p50_s and stage != "baseline" else None
         band = max(NOISE - 1, 2.83 * (best.p50_se_s or 0) / best.p50_s) if best and best.p50_s else NOISE - 1
         return Trial(name=name, stage=stage, kind=kind, config=config, request=request or {}, floor=floor,
-                     compare_to=self.baseline.run_id if self.baseline else None, repeat_near=near, repeat_band=band,
+                     compare_to=self.baseline.run_id if self.baseline and self.baseline.p50_s else None,
+                     repeat_near=near, repeat_band=band,
                      estimate_mib=self.memory.estimate(config) if self.memory else None)
 
     def measure(self, trial: Trial) -> Outcome:
@@ -87,6 +88,7 @@ class Decisions:
         """This job's own record (resume), else a run another tune measured with the same key."""
         out = self.ledger.replayed(key)
         if out is not None:
+            self._learn(out)
             self.outcomes.append(out)
             self._tell(out)
             return out
@@ -103,15 +105,19 @@ class Decisions:
     def _recorded(self, out: Outcome, key: str) -> Outcome:
         if out.p50_s and self.baseline and self.baseline.p50_s:
             out.speedup_vs_baseline = self.baseline.p50_s / out.p50_s
-        if self.memory and out.peak_memory_mib and out.status in ("measured", "reused"):
-            self.memory.learn(out.config, out.peak_memory_mib)
-        elif self.memory and out.cause == "out_of_memory_request":
-            self.memory.learn_oom(out.config)
+        self._learn(out)
         self.ledger.spend(int(out.launched), out.gpu_seconds)
         self.ledger.record(out, key, out.launched)
         self.outcomes.append(out)
         self._tell(out)
         return out
+
+    def _learn(self, out: Outcome) -> None:
+        """The memory model learns from every peak measured (and every out-of-memory on the requests)."""
+        if self.memory and out.peak_memory_mib and out.status in ("measured", "reused"):
+            self.memory.learn(out.config, out.peak_memory_mib)
+        elif self.memory and out.cause == "out_of_memory_request":
+            self.memory.learn_oom(out.config)
 
     def _tell(self, out: Outcome) -> None:
         if self.progress:
@@ -160,13 +166,3 @@ class Decisions:
         """Out of memory at load or on the requests, or over the goal's limit: offload, FP8 or sharding may help."""
         return out.status in ("over_memory", "skipped_memory") or out.cause in ("out_of_memory",
                                                                                "out_of_memory_request")
-
-    def prune(self, name: str, stage: str, kind: Any, config: dict, why: str) -> Outcome:
-        """A candidate the evidence says is not worth a launch: recorded, never launched."""
-        key = self.ledger.key(config)
-        replayed = self.ledger.replayed(key)
-        if replayed is not None:
-            self.outcomes.append(replayed)
-            return replayed
-        return self._skip(Trial(name=name, stage=stage, kind=kind, config=config), key, "pruned",
-                          "no_gain_expected", why)

@@ -26,7 +26,6 @@ Status = Literal[
     "skipped_budget",
     "not_needed",
     "skipped_memory",
-    "pruned",
 ]
 # Why a candidate failed or was not launched (typed: decisions never read the human-readable reason).
 Cause = Literal[
@@ -39,7 +38,6 @@ Cause = Literal[
     "launch_gate",
     "predicted_out_of_memory",
     "budget",
-    "no_gain_expected",
 ]
 
 

@@ -43,6 +43,11 @@ class ParallelTrials:
     def timeline(self) -> list[Placement]:
         return [*self.runner.timeline, *(self.ray.timeline if self.ray else [])]
 
+    @property
+    def concurrency(self) -> int:
+        """Trials of the narrowest multi-GPU layout (2 GPUs) a batch runs at once (TrialRunner.concurrency)."""
+        return self.width(2)
+
     def width(self, gpus: int) -> int:
         """How many trials of ``gpus`` GPUs run at once (the policy screens that many together)."""
         if self.ray:

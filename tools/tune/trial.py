@@ -57,6 +57,12 @@ class Session(Protocol):
 
 
 class TrialRunner(Protocol):
+    """``gpus``: the GPUs a trial would use alone (0..n-1); a concurrent runner may place the members of one
+    ``run_many`` batch on other, disjoint sets (``Outcome.gpus`` says where each ran). ``concurrency``: how many
+    trials a batch runs at once (the policy screens at least that many together)."""
+
+    concurrency: int
+
     def run(self, trial: Trial, gpus: list[int]) -> Outcome: ...
 
     def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]: ...
@@ -108,7 +114,9 @@ def request_settings(request: dict[str, Any], steps: int | None) -> dict[str, An
 
 
 class LaunchTrials:
-    """The real runner: each trial on its own launched server, benchmarked with the tune's workload."""
+    """The real runner: each trial on its own launched server, benchmarked with the tune's workload, one at a time."""
+
+    concurrency = 1
 
     def __init__(self, workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str) -> None:
         self.ws, self.launcher, self.req, self.job_id = workspace, launcher, request, job_id
@@ -187,13 +195,13 @@ class LaunchTrials:
 
         if out.run_id and trial.compare_to and out.run_id != trial.compare_to and out.p50_s:
             settings = trial.request
-            cmp = compare_runs(
-                self.ws,
-                trial.compare_to,
-                out.run_id,
-                across_steps="num_inference_steps" in settings,
-                allow_differences=[k for k in settings if k != "num_inference_steps"] or None,
-            )
+            try:
+                cmp = compare_runs(self.ws, trial.compare_to, out.run_id,
+                                   across_steps="num_inference_steps" in settings,
+                                   allow_differences=[k for k in settings if k != "num_inference_steps"] or None)
+            except OmnituneError as exc:  # a comparison that cannot be made leaves the candidate unjudged
+                out.reason = "; ".join(x for x in (out.reason, f"not compared: {exc.problem}") if x)
+                return
             out.verdict, out.psnr_db_mean = cmp.verdict, cmp.psnr_db_mean
 
     def worth_repeating(self, out: Outcome, trial: Trial) -> bool:
@@ -269,7 +277,16 @@ class _Session(AbstractContextManager):
         t0 = time.monotonic()
         target = BenchmarkTarget.model_validate({"server_id": self.server.id})
         workload = workload_with(self.r.workload, trial.request)
-        result = run_benchmark(self.r.ws, target, workload)
+        try:
+            result = run_benchmark(self.r.ws, target, workload)
+        except OmnituneError as exc:  # the server died or stopped answering: a failed candidate, not a failed tune
+            n = len(self.gpus)
+            first, self.measured = self.measured == 0, self.measured + 1
+            return Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="failed", cause="crashed",
+                           config=trial.config, reason=f"benchmark failed: {exc.problem}", launched=first,
+                           request_settings=dict(trial.request), estimate_mib=trial.estimate_mib, gpus=self.gpus,
+                           gpu_seconds=(time.monotonic() - t0) * n + (self.launch_s * n if first else 0.0),
+                           started_at=started, ended_at=time.time())
         reason = ("request-level, measured inside one server: " + json.dumps(trial.request)) if trial.request else None
         out = self.r.read(trial, result.run_id or "", "measured", reason)
         self.r.judge(out, trial)

@@ -135,10 +135,10 @@ class Tuner(Decisions):
             pool = [(c, cfg) for c, cfg in pool if gpus_of(cfg) >= gpus_of(ref.config)]
         narrow = min((gpus_of(cfg) for _, cfg in pool), default=0)
         first = sorted([p for p in pool if gpus_of(p[1]) == narrow], key=lambda p: -self.cost.gain(p[1]))
-        screen = max(SCREEN, self._width(narrow))  # as many as run side by side at once (parallel trials)
-        self._screen(first[:screen], ref)
+        width = max(SCREEN, getattr(self.runner, "concurrency", 1))
+        self._screen(first[:width], ref)
         target = self._gain(ref)  # the rest of the narrowest layouts: unless the priors leave them a chance
-        self._screen([p for p in first[screen:] if self.cost.gain(p[1]) * PRIOR_SLACK > target], ref)
+        self._screen([p for p in first[width:] if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH], ref)
         rest = [p for p in pool if gpus_of(p[1]) > narrow]
         for _ in range(WIDER_ROUNDS):
             target = self._gain(ref)
