@@ -19,7 +19,11 @@ from omnitune.tools.tune.models import Outcome
 from omnitune.tools.tune.parallel import ParallelRunner, Placement, ServerSweeper, TrialsCancelled, agree, finalists
 from omnitune.tools.tune.trial import LaunchTrials, Trial
 
-TRUST_AFTER = 1  # finalists whose alone figure agreed before side-by-side figures are trusted
+TRUST_AFTER = 3  # finalists in a row whose alone figure agreed before side-by-side figures are trusted
+# Finalists: every screened result within this factor of the batch's best (and within the noise, if wider).
+# Interference between side-by-side trials is not symmetric (up to ~30% seen on a loaded 2-core host with the
+# emulator): a candidate slowed by its neighbour must still get its alone measurement.
+FINALIST_BAND = 1.25
 
 
 class ParallelTrials:
@@ -130,7 +134,10 @@ class ParallelTrials:
     def _alone(self, batch: list[tuple[Trial, list[int]]], outs: list[Outcome], places: list[Placement]) -> None:
         """Finalists that ran beside another trial, re-measured alone (unless trust was shown by measurement)."""
         scores = [(o.p50_s, o.p50_se_s) if o.p50_s and o.status == "measured" else None for o in outs]
-        chosen = [k for k in finalists(scores, keep=1) if not places[k].alone]  # type: ignore[arg-type]
+        best = min((sc[0] for sc in scores if sc), default=None)
+        near = [k for k, sc in enumerate(scores) if sc and best and sc[0] <= best * FINALIST_BAND]
+        ranked = list(dict.fromkeys([*finalists(scores, keep=1), *sorted(near, key=lambda k: scores[k][0])]))  # type: ignore[arg-type,index]
+        chosen = [k for k in ranked if not places[k].alone]
         if not chosen:
             return
         if self.agreed >= TRUST_AFTER:
