@@ -262,7 +262,8 @@ async def test_tune_start_screens_layouts_side_by_side_and_decides_on_figures_me
     settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
     with SharedGpuWatch(emulator.state_dir) as watch:
         async with Client(build_server(settings)) as client:
-            job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
+            job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE,
+                                                                "max_parallel_trials": None}})
             final = (await client.call_tool("job_wait", {"job_id": job.structured_content["id"],
                                                          "timeout_s": 300})).structured_content
             servers = (await client.call_tool("list_servers", {})).structured_content["servers"]
@@ -271,9 +272,10 @@ async def test_tune_start_screens_layouts_side_by_side_and_decides_on_figures_me
     r = final["result"]
     assert r["winner"]["name"] == "cfg_parallel_size=2xusp=2 (4 GPUs)"
     assert all(s["state"] == "stopped" for s in servers) and emulator_processes(emulator) == []
-    side = [p for p in r["timeline"] if p["beside"]]
-    assert side and all(set(p["gpus"]).isdisjoint(q["gpus"]) for p in side for q in r["timeline"]
-                        if q["trial"] in p["beside"])
+    ran = [p for p in r["timeline"] if p["started_at"] and p["ended_at"]]
+    together = [(p, q) for i, p in enumerate(ran) for q in ran[i + 1:]
+                if p["started_at"] < q["ended_at"] and q["started_at"] < p["ended_at"]]
+    assert together and all(set(p["gpus"]).isdisjoint(q["gpus"]) for p, q in together)
     # the winner's figure was measured with nothing beside it (alone from the start, or re-measured alone)
     alone = {p["trial"] for p in r["timeline"] if p["alone"]}
     assert r["winner"]["name"] in alone
@@ -292,7 +294,8 @@ async def test_cancelling_a_tune_while_trials_run_side_by_side_stops_them_all(em
     emulator.write("cfg4_qwen_image", cost={"startup_s": 1.0})  # a launch long enough to be caught in
     settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
     async with Client(build_server(settings)) as client:
-        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
+        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE,
+                                                                "max_parallel_trials": None}})
         job_id = job.structured_content["id"]
         with anyio.fail_after(240):
             while len(emulator_processes(emulator)) < 2 * 2:  # two 2-GPU servers (a leader and a worker each)

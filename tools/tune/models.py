@@ -52,9 +52,11 @@ class TuneRequest(BaseModel):
         default=None, gt=0, description="Budget: GPU-seconds (launch + benchmark x GPUs)."
     )
     max_parallel_trials: int | None = Field(
-        default=None, ge=1, le=64, description="Trials measured side by side on disjoint GPU sets (never two on one "
-        "GPU; finalists re-measured alone before any decision). None: as many as the free GPUs allow; 1: one at a "
-        "time. With OMNITUNE_RAY_ADDRESS set, trials run as Ray tasks on the cluster's nodes.")
+        default=1, ge=1, le=64, description="Trials measured side by side on disjoint GPU sets (never two on one "
+        "GPU; finalists re-measured alone before any decision). 1 (default): one at a time, which measured as fast "
+        "on the emulated 4- and 8-GPU worlds (few candidates per stage; the re-measures cost what overlap saves); "
+        "None: as many as the free GPUs allow. With OMNITUNE_RAY_ADDRESS set, trials run as Ray tasks on the "
+        "cluster's nodes whatever this says.")
 
 
 class Outcome(BaseModel):
