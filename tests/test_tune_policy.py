@@ -290,3 +290,20 @@ def test_a_stage_screens_its_layouts_in_one_batch_as_wide_as_the_runner_runs_at_
     t4.ledger.reusable_run = lambda key: None  # measure afresh, not reuse tune-test's runs
     t4.run()
     assert any(len(b) == 4 and all("(2 GPUs)" in n for n in b) for b in wide.batches)
+
+
+def test_fewer_steps_rejected_on_quality_stop_the_steps_sweep_even_when_the_clock_says_no_gain(ws):
+    class Stalled(WorldTrials):  # the 75%-steps run hit a loaded host: no faster than the best on the clock
+        def _measure(self, cfg, trial, gpus, launched):
+            out = super()._measure(cfg, trial, gpus, launched)
+            if trial.request.get("num_inference_steps") == 15 and out.p50_s:
+                out.p50_s *= 1.6
+            return out
+
+    world = load_world("lossy_cliff")
+    probe = policy(ws, world, job_id="probe", goal={"quality": "lossy"})
+    t = policy(ws, world, goal={"quality": "lossy"}, runner=Stalled(world, probe.req))
+    t.run()
+    steps = [o for o in t.outcomes if "num_inference_steps" in o.request_settings]
+    assert [o.request_settings for o in steps] == [{"num_inference_steps": 15}]  # 10 steps never tried
+    assert steps[0].status == "rejected_quality" and "stopped at the quality cliff" in (steps[0].reason or "")

@@ -44,10 +44,13 @@ class CostModel:
         if len(layout) != 1:
             return
         (k, v), = layout.items()
+        # the best observation of a dimension holds: variants with offload or HSDP add costs of their own, and
+        # one noisy figure must not hide a dimension that scales
         if k == "cfg_parallel_size":
-            self.cfg_gain = observed
+            self.cfg_gain = max(observed, self.cfg_gain) if k in self.learned else observed
         else:
-            self.eff[k] = min(1.0, max(0.05, (max(observed, 1e-6) / v) ** (1 / math.log2(v))))
+            eff = min(1.0, max(0.05, (max(observed, 1e-6) / v) ** (1 / math.log2(v))))
+            self.eff[k] = max(eff, self.eff[k]) if k in self.learned else eff
         self.learned.add(k)
 
     def mark_inert(self, dimensions: tuple[str, ...]) -> None:

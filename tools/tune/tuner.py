@@ -288,16 +288,15 @@ class Tuner(Decisions):
                 elif out is None:
                     opened = True
                     out = self._recorded(session.measure(t), key)
-                if out.status in ("measured", "reused") and out.p50_s and best.p50_s and \
-                        out.p50_s > best.p50_s / INERT:
-                    out.status = "inert" if same_pixels(out, best) else "within_noise"
-                    out.reason = "no speed-up over the same configuration with default request settings" + \
-                        (": this setting does nothing here" if out.status == "inert" else "; pictures change")
-                    continue
-                if not self.accept(out, floor):
+                if not self.accept(out, floor):  # quality first: pixels are not subject to the clock's noise
                     if out.status == "rejected_quality" and is_steps:
                         out.reason = (out.reason or "") + "; fewer steps stopped at the quality cliff"
                         stop_steps = True
+                    continue
+                if out.p50_s and best.p50_s and out.p50_s > best.p50_s / INERT:
+                    out.status = "inert" if same_pixels(out, best) else "within_noise"
+                    out.reason = "no speed-up over the same configuration with default request settings" + \
+                        (": this setting does nothing here" if out.status == "inert" else "; pictures change")
                     continue
                 if self.better(out, self.best):
                     self.best = out
