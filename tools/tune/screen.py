@@ -40,17 +40,13 @@ class ParallelTrials:
             inner.run, name_of=lambda t: t.name, on_error=self._error, workspace_root=inner.ws.root,
             sweeper=ServerSweeper(inner.launcher), max_parallel=max_parallel, cancelled=cancelled)
         self.max_parallel = max_parallel
-        self.agreed = 0  # finalists whose alone figure agreed with the side-by-side one
+        self.agreed = 0  # finalists in a row whose alone figure agreed with the side-by-side one
         self.notes: list[str] = []
+        self.concurrency = self.width(2)  # TrialRunner.concurrency: 2-GPU trials a batch runs at once
 
     @property
     def timeline(self) -> list[Placement]:
         return [*self.runner.timeline, *(self.ray.timeline if self.ray else [])]
-
-    @property
-    def concurrency(self) -> int:
-        """Trials of the narrowest multi-GPU layout (2 GPUs) a batch runs at once (TrialRunner.concurrency)."""
-        return self.width(2)
 
     def width(self, gpus: int) -> int:
         """How many trials of ``gpus`` GPUs run at once (the policy screens that many together)."""
