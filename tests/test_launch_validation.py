@@ -27,7 +27,8 @@ async def launch(emulator, tmp_path, config, gpus=2, scenario=None, dry_run=Fals
     ({"model": QWEN, "usp": 2, "gpus": [1]}, "needs 2 GPUs but 1 were given"),
     ({"model": QWEN, "use_hsdp": True, "tensor_parallel_size": 2}, "HSDP cannot be combined with TP"),
     ({"model": WAN, "enable_cpu_offload": True, "enable_layerwise_offload": True}, "are both set"),
-    ({"model": WAN, "enable_layerwise_offload": True, "usp": 2}, "CPU offload is a single-GPU feature"),
+    ({"model": WAN, "enable_cpu_offload": True, "usp": 2}, "CPU offload is a single-GPU feature"),
+    ({"model": WAN, "enable_layerwise_offload": True, "tensor_parallel_size": 2}, "cannot combine with tensor"),
     ({"model": QWEN, "cache_config": {"rel_l1_thresh": 0.2}}, "cache_config is set without cache_backend"),
     ({"model": QWEN, "cache_backend": "cache_dit", "cache_config": {"rel_l1_thresh": 0.2}},
      "do not belong to cache_dit"),
@@ -106,3 +107,11 @@ async def test_malformed_fields_are_rejected_by_the_schema(emulator, tmp_path, b
 async def test_the_fixture_folder_passes_validation_as_a_local_model(emulator, tmp_path):
     result, _ = await launch(emulator, tmp_path, {"model": str(FIXTURE_MODELS / "tiny-wan")}, dry_run=True)
     assert result.is_error is False and result.structured_content["argv"][2] == str(FIXTURE_MODELS / "tiny-wan")
+
+
+async def test_layerwise_offload_with_sequence_parallel_passes_the_gate(emulator, tmp_path):
+    # vLLM-Omni 0.30.0 shards layerwise offload over the SP group (diffusion/offloader/base.py), so tune may try it
+    result, servers = await launch(emulator, tmp_path, {"model": WAN, "enable_layerwise_offload": True, "usp": 2},
+                                   dry_run=True)
+    assert result.is_error is False, result.content
+    assert "--enable-layerwise-offload" in result.structured_content["argv"] and servers == []

@@ -17,7 +17,7 @@ from mcp import Client
 
 from omnitune.server.main import build_server
 from tests.conftest import FAKE_NVML_DIR
-from tests.launch_helpers import QWEN, WAN, ZIMAGE, emulator_processes, emulator_settings
+from tests.launch_helpers import QWEN, ZIMAGE, emulator_processes, emulator_settings
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[1]
@@ -47,83 +47,30 @@ def by_name(result: dict) -> dict:
     return {c["name"]: c for c in result["candidates"]}
 
 
-async def test_single_gpu_image_model_fp8_and_compile_win(emulator, tmp_path):
-    r = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
-    assert r["winner"]["name"] == "compile+fp8" and r["winner"]["speedup_vs_baseline"] > 1.5
-    assert "--quantization fp8" in r["command"] and "--enforce-eager" not in r["command"]
-    assert r["launches"] == 2  # baseline, then the guide's stacked recipe, which won: compile alone not launched
-    assert by_name(r)["compile"]["status"] == "not_needed"
-    assert any("multi-GPU" in p["name"] for p in r["pruned"])
-    report = open(r["report"]).read()
-    assert "compile+fp8" in report and r["command"] in report
-    assert open(r["pareto_png"], "rb").read(4) == b"\x89PNG"
-
-
-async def test_one_stalled_request_per_candidate_does_not_hide_real_gains_in_the_noise(emulator, tmp_path):
-    stall = {"faults": {"hang_on": [3], "hang_s": 1.5}}  # every server's 2nd measured request stalls 1.5 s
-    r = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE, world=stall)
-    assert r["winner"]["name"] == "compile+fp8" and r["winner"]["speedup_vs_baseline"] > 1.5
-    assert r["winner"]["p50_se_s"] < 0.05 * r["winner"]["p50_s"]  # the median's error ignores the stall
-
-
-async def test_without_native_fp8_methods_are_added_one_at_a_time_and_kept_only_when_they_help(emulator, tmp_path):
-    a100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "compute_capability": [8, 0]}
-    r = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE, world={"gpus": [a100]})
-    c = by_name(r)
-    assert c["compile"]["status"] == "measured" and c["compile"]["speedup_vs_baseline"] > 1.1
-    assert c["compile+fp8"]["status"] == "within_noise"  # weight-only fallback: no faster than compile
-    assert r["winner"]["name"] == "compile" and "--quantization" not in r["command"] and r["launches"] == 3
-
-
-async def test_four_gpu_cfg_model_cfg_parallel_times_ulysses_beats_pure_ulysses(emulator, tmp_path):
-    r = await tune(emulator, tmp_path, "cfg4_qwen_image", QWEN, {}, IMAGE)
-    c = by_name(r)
-    assert r["winner"]["name"] == "cfg_parallel_size=2xusp=2 (4 GPUs)"
-    assert c["cfg_parallel_size=2xusp=2 (4 GPUs)"]["p50_s"] < c["usp=4 (4 GPUs)"]["p50_s"]
-    assert "--cfg-parallel-size 2" in r["command"] and "--usp 2" in r["command"]
-    assert {p["name"] for p in r["pruned"]} >= {"tensor_parallel_size=2", "tensor_parallel_size=4"}  # 3 heads
-
-
-async def test_a_video_model_that_only_fits_with_offload(emulator, tmp_path):
-    video = {"task": "text-to-video", "sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 4,
-             "num_frames": 5, "fps": 8}
-    r = await tune(emulator, tmp_path, "video_offload", WAN, {}, video)
-    c = by_name(r)
-    assert c["baseline"]["status"] == "failed" and "out_of_memory" in c["baseline"]["reason"]
-    assert c["baseline + layerwise offload"]["status"] == "measured"
-    assert "--enable-layerwise-offload" in r["command"]
-
-
-async def test_lossy_sweep_detects_an_inert_threshold_and_stops_at_the_cliff(emulator, tmp_path):
-    r = await tune(emulator, tmp_path, "lossy_cliff", QWEN, {"quality": "lossy"}, IMAGE)
-    c = by_name(r)
-    assert c["tea_cache 0.05"]["status"] == "inert"
-    assert c["tea_cache 0.4"]["status"] == "rejected_quality" and c["tea_cache 0.4"]["verdict"] == "degraded"
-    assert "tea_cache 0.6" not in c  # the sweep stopped at the cliff
-    assert r["winner"]["name"] == "tea_cache 0.3" and r["winner"]["verdict"] == "acceptable"
-    request_level = [c for c in r["candidates"] if c["request_settings"]]  # measured inside one server
-    assert [c["request_settings"] for c in request_level] == [{"num_inference_steps": 15},
-                                                               {"guidance_scale": 1.0, "true_cfg_scale": 1.0}]
-    steps, guidance = request_level
-    assert steps["status"] == "rejected_quality" and "stopped at the quality cliff" in steps["reason"]
-    assert "tea_cache 0.3 + fewer steps (50%)" not in c  # 10 steps not tried after 15 failed
-    assert guidance["status"] == "rejected_quality" and guidance["speedup_vs_baseline"] > 1.8 * 2.4 * 0.8
-    assert steps["config"] == guidance["config"] == r["winner"]["config"]
-    assert r["launches"] == 8  # baseline, compile+fp8, five thresholds, one server for steps and guidance
-
-
-async def test_a_second_tune_reuses_measured_configurations_instead_of_launching(emulator, tmp_path):
+async def test_a_second_tune_reuses_measured_configurations_and_a_finished_job_cannot_be_resumed(emulator, tmp_path):
     first = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
+    assert first["winner"]["name"] == "compile+fp8" and first["winner"]["speedup_vs_baseline"] > 1.5
+    assert "--quantization fp8" in first["command"] and "--enforce-eager" not in first["command"]
+    assert first["launches"] == 2 and by_name(first)["compile"]["status"] == "not_needed"
+    assert any("multi-GPU" in p["name"] for p in first["pruned"])
+    report = open(first["report"]).read()
+    assert "compile+fp8" in report and first["command"] in report
+    assert open(first["pareto_png"], "rb").read(4) == b"\x89PNG"
     second = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
-    assert first["launches"] == 2 and second["launches"] == 0
+    assert second["launches"] == 0
     assert {c["status"] for c in second["candidates"]} == {"reused", "not_needed"}
     assert second["winner"]["name"] == first["winner"]["name"]
-
-
-async def test_the_launch_budget_is_respected(emulator, tmp_path):
-    r = await tune(emulator, tmp_path, "cfg4_qwen_image", QWEN, {}, IMAGE, max_launches=2)
-    assert r["launches"] == 2
-    assert sum(c["status"] == "skipped_budget" for c in r["candidates"]) >= 1
+    job_id = first["folder"].rsplit("/", 1)[-1]
+    async with Client(build_server(emulator_settings(emulator, tmp_path, vllm_omni_source=SRC))) as client:
+        both = await client.call_tool("tune_start", {"resume": job_id, "request": {"model": ZIMAGE}})
+        neither = await client.call_tool("tune_start", {})
+        completed = await client.call_tool("tune_start", {"resume": job_id})
+        unknown = await client.call_tool("tune_start", {"resume": "tune-nope"})
+    assert both.is_error and "not both or neither" in both.content[0].text
+    assert neither.is_error and "not both or neither" in neither.content[0].text
+    assert completed.is_error and "is completed" in completed.content[0].text
+    assert "job_status" in completed.content[0].text
+    assert unknown.is_error and "no job 'tune-nope'" in unknown.content[0].text and job_id in unknown.content[0].text
 
 
 async def test_plan_lists_candidates_with_evidence_and_pruned_ones(emulator, tmp_path):
@@ -146,7 +93,7 @@ def test_guidance_is_pruned_for_a_pipeline_without_cfg_and_steps_need_a_step_cou
     from types import SimpleNamespace
 
     from omnitune.tools.plan import request_candidates
-    from omnitune.tools.tune.request_level import request_settings
+    from omnitune.tools.tune.trial import request_settings
     pruned = []
     names = [c.name for c in request_candidates(SimpleNamespace(uses_cfg=False), pruned)]
     assert "guidance off" not in names and [p.name for p in pruned] == ["guidance off"]
@@ -188,62 +135,14 @@ async def test_a_tune_whose_omnitune_is_sigkilled_resumes_under_its_own_id(emula
     assert len(names) == len(set(names))  # nothing measured twice
     assert [c["resumed"] for c in r["candidates"][:done]] == [True] * done
     assert not any(c["resumed"] for c in r["candidates"][done:])
-    assert r["winner"]["name"] == "tea_cache 0.3" and any(n.startswith("resumed:") for n in r["notes"])
+    assert r["winner"]["name"] == "cache_dit 0.24", [(c["name"], c["status"], c["p50_s"], c["reason"])
+                                                     for c in r["candidates"]]
+    assert any(n.startswith("resumed:") for n in r["notes"])
     assert all(s["state"] in ("stopped", "failed", "exited") for s in servers)  # exited: killed mid-launch or mid-stop
     assert emulator_processes(emulator) == []  # what the dead omnitune left running was stopped
 
 
-async def test_resume_refuses_what_cannot_be_resumed(emulator, tmp_path):
-    done = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {}, IMAGE)
-    job_id = done["folder"].rsplit("/", 1)[-1]
-    async with Client(build_server(emulator_settings(emulator, tmp_path, vllm_omni_source=SRC))) as client:
-        both = await client.call_tool("tune_start", {"resume": job_id, "request": {"model": ZIMAGE}})
-        neither = await client.call_tool("tune_start", {})
-        completed = await client.call_tool("tune_start", {"resume": job_id})
-        unknown = await client.call_tool("tune_start", {"resume": "tune-nope"})
-    assert both.is_error and "not both or neither" in both.content[0].text
-    assert neither.is_error and "not both or neither" in neither.content[0].text
-    assert completed.is_error and "is completed" in completed.content[0].text
-    assert "job_status" in completed.content[0].text
-    assert unknown.is_error and "no job 'tune-nope'" in unknown.content[0].text and job_id in unknown.content[0].text
-
-
-async def test_a_memory_limit_rejects_what_peaks_over_it_and_fp8_can_drop_the_offload(emulator, tmp_path):
-    r = await tune(emulator, tmp_path, "image_fp8_compile", ZIMAGE, {"vram_limit_mib": 17000}, IMAGE)
-    c = by_name(r)
-    assert c["baseline"]["status"] == "over_memory" and c["baseline"]["peak_memory_mib"] > 17000
-    assert "over the limit 17000 MiB" in c["baseline"]["reason"]
-    offloaded = c["baseline + layerwise offload"]
-    assert offloaded["status"] == "measured" and offloaded["peak_memory_mib"] < 17000
-    assert r["baseline"]["name"] == "baseline + layerwise offload"  # speed-ups are against what fits
-    assert r["winner"]["name"] == "compile+fp8 without offload" and r["winner"]["peak_memory_mib"] < 17000
-    assert "--quantization fp8" in r["command"] and "offload" not in r["command"]
-    assert all(o["peak_memory_mib"] is None or o["peak_memory_mib"] <= 17000 or o["status"] == "over_memory"
-               for o in r["candidates"])
-
-
-async def test_a_model_too_big_for_one_gpu_even_offloaded_gets_the_fewest_gpus_that_fit(emulator, tmp_path):
-    l4 = {"name": "NVIDIA L4", "memory_mib": 23034, "compute_capability": [8, 9]}
-    video = {"task": "text-to-video", "sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 4,
-             "num_frames": 5, "fps": 8}
-    world = {"gpus": [l4] * 2, "model": {"rejects": ["layerwise_offload", "cpu_offload"], "dit_gib": 16.0},
-             "cost": {"tp_efficiency": 0.5}}  # TP 2 gives nothing: fitting is its only use
-    r = await tune(emulator, tmp_path, "video_offload", WAN, {}, video, world=world)
-    c = by_name(r)
-    assert "out_of_memory" in c["baseline"]["reason"]
-    assert {c[f"baseline + {k} offload"]["status"] for k in ("layerwise", "model-level")} == {"failed"}
-    assert r["baseline"]["name"] == "baseline (TP 2)" and r["baseline"]["config"]["gpus"] == [0, 1]
-    one = c["compile+fp8 on one GPU"]  # FP8 halves the DiT: one GPU is enough again, and faster than TP 2
-    assert one["status"] == "measured" and one["config"]["gpus"] == [0]
-    assert one["speedup_vs_baseline"] > 1.2
-    # ... which opens the replicated layouts again: one over both GPUs, with FP8, wins (CFG parallel 1.9x and
-    # Ulysses 1.8x are within the noise of each other in this world)
-    assert r["winner"]["name"] in ("cfg_parallel_size=2 (2 GPUs)", "usp=2 (2 GPUs)")
-    assert r["winner"]["config"]["quantization"] == "fp8" and r["winner"]["speedup_vs_baseline"] > 1.5
-    assert "--tensor-parallel-size" not in r["command"] and r["command"].startswith("CUDA_VISIBLE_DEVICES=0,1 ")
-
-
-async def test_a_cancelled_tune_stops_its_server_and_can_be_resumed(emulator, tmp_path):
+async def test_a_lossy_tune_cancelled_mid_search_resumes_to_the_cliff_and_the_inert_threshold(emulator, tmp_path):
     emulator.write("lossy_cliff")
     async with Client(build_server(emulator_settings(emulator, tmp_path, vllm_omni_source=SRC))) as client:
         job = await client.call_tool("tune_start", {"request": {"model": QWEN, "goal": {"quality": "lossy"},
@@ -262,5 +161,20 @@ async def test_a_cancelled_tune_stops_its_server_and_can_be_resumed(emulator, tm
         final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 300})).structured_content
     assert again.structured_content["id"] == job_id and final["status"] == "completed", final["error"]
     r = final["result"]
-    assert sum(c["resumed"] for c in r["candidates"]) >= 3 and r["winner"]["name"] == "tea_cache 0.3"
+    assert sum(c["resumed"] for c in r["candidates"]) >= 3 and r["winner"]["name"] == "cache_dit 0.24"
     assert emulator_processes(emulator) == []
+    c = by_name(r)
+    assert c["tea_cache 0.05"]["status"] == "inert" and r["winner"]["verdict"] == "acceptable"
+    assert c["tea_cache 0.4"]["status"] == "rejected_quality" and c["tea_cache 0.4"]["verdict"] == "degraded"
+    assert "tea_cache 0.6" not in c and "cache_dit 0.6" not in c  # each backend's sweep stopped at its cliff
+    assert c["cache_dit 0.32 (bisection)"]["status"] == "rejected_quality"  # refined between 0.24 and 0.4
+    request_level = [c for c in r["candidates"] if c["request_settings"]]  # measured inside one server
+    assert [c["request_settings"] for c in request_level] == [{"num_inference_steps": 15},
+                                                               {"guidance_scale": 1.0, "true_cfg_scale": 1.0}]
+    steps, guidance = request_level
+    assert steps["status"] == "rejected_quality" and "stopped at the quality cliff" in steps["reason"]
+    # guidance off halves the emulated DiT work: faster than the winner, and rejected on quality all the same
+    assert guidance["status"] == "rejected_quality" and guidance["p50_s"] < r["winner"]["p50_s"]
+    assert steps["config"] == guidance["config"] == r["winner"]["config"]
+    # baseline, compile+fp8, 5 + 4 thresholds, 2 bisections, one server for requests
+    assert r["launches"] == 14, [(c["name"], c["status"], c["launched"], c["reason"]) for c in r["candidates"]]

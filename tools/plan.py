@@ -7,20 +7,26 @@ Nothing here is measured: ``tune`` measures.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from omnitune.tools.errors import InvalidRequestError, OmnituneError, UnregisteredPipeline
 from omnitune.tools.gpus import GpuReport, detect_gpus
+from omnitune.tools.search_space import METHOD_KEYS, label, layouts, nvlinked
 from omnitune.tools.settings import Settings
 from omnitune.tools.strict import StrictModel
 
 Stage = Literal["baseline", "lossless", "lossy"]
+# What a candidate changes, so the tuner decides on types, never on names.
+Kind = Literal["baseline", "single_gpu", "layout", "offload", "sharded", "vae_patch", "cache", "request"]
 STEP_FRACTIONS = [0.75, 0.5]
 TEA_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8]
 CACHE_DIT_THRESHOLDS = [0.08, 0.12, 0.24, 0.4]
+CACHE_LADDERS = [("tea_cache", "rel_l1_thresh", TEA_THRESHOLDS),
+                 ("cache_dit", "residual_diff_threshold", CACHE_DIT_THRESHOLDS)]
+CACHE_GAINS = {"tea_cache": "~1.5x at 0.1-0.2, ~2x at 0.4-0.8", "cache_dit": "~1.5x at 0.08, ~2x at 0.24"}
 
 
 class Goal(StrictModel):
@@ -37,10 +43,14 @@ class Goal(StrictModel):
 class Candidate(BaseModel):
     name: str
     stage: Stage
+    kind: Kind = "single_gpu"
     config: dict[str, Any] = Field(description="ServeConfig fields (model excluded).")
-    request: dict[str, Any] = Field(default_factory=dict, description="Request-level settings, measured inside one "
-                                    "server on top of the best configuration (steps_fraction scales the workload's "
-                                    "num_inference_steps).")
+    request: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Request-level settings, measured inside one "
+        "server on top of the best configuration (steps_fraction scales the workload's "
+        "num_inference_steps).",
+    )
     reason: str
     evidence: list[str] = Field(default_factory=list)
     expected_gain: str | None = None
@@ -56,6 +66,9 @@ class Plan(BaseModel):
     model: str
     gpus: int
     fp8_native: bool | None
+    uses_cfg: bool = Field(default=True, description="The pipeline runs classifier-free guidance (or it is unknown).")
+    nvlink: bool | None = Field(default=None, description="The GPUs used reach each other over NVLink (None: unknown).")
+    gpu_memory_mib: int | None = Field(default=None, description="The smallest used GPU's memory.")
     capability_report: bool = Field(description="False: the capability report was unavailable; support unchecked.")
     candidates: list[Candidate]
     pruned: list[Pruned]
@@ -76,16 +89,35 @@ def _heads(report: Any) -> int | None:
     return None
 
 
-def layouts(n: int, uses_cfg: bool) -> list[dict[str, int]]:
-    """Parallel layouts of world size n, CFG-parallel variants first for CFG models (the guide's tip)."""
-    out = []
-    if uses_cfg and n >= 2:
-        out.append({"cfg_parallel_size": 2, "usp": n // 2} if n > 2 else {"cfg_parallel_size": 2})
-    out.append({"usp": n})
-    if n >= 4:
-        out.append({"usp": n // 2, "ring": 2})
-    out.append({"ring": n})
-    out.append({"tensor_parallel_size": n})
+def _memory_candidates(n_gpus: int, uses_cfg: bool, allowed: Callable[[str, str], bool],
+                       capability: Any) -> list[Candidate]:
+    """What tune tries when one GPU is not enough memory: layerwise offload sharded over the SP group
+    (vLLM-Omni 0.30.0's distributed layerwise offload), HSDP-sharded DiT weights, and VAE patch parallel
+    (decodes in tiles over the layout's GPUs)."""
+    out: list[Candidate] = []
+    for n in range(2, n_gpus + 1):
+        sp = [lay for lay in layouts(n, uses_cfg) if "tensor_parallel_size" not in lay and "usp" in lay]
+        for lay in sp:
+            if not all(allowed(METHOD_KEYS[k], label(lay)) for k in lay) or (capability is not None and any(
+                    _status(capability, METHOD_KEYS[k])[0] == "unknown" for k in lay)):
+                continue
+            if allowed("layerwise_offload", "layerwise offload"):
+                out.append(Candidate(name=f"{label(lay)} + layerwise offload ({n} GPUs)", stage="lossless",
+                                     kind="offload", config={**lay, "enable_layerwise_offload": True,
+                                                             "gpus": list(range(n))},
+                                     reason="distributed layerwise offload shards the weights over the SP group: "
+                                            "fits where one GPU cannot, and the layout still divides the work",
+                                     evidence=_status(capability, "layerwise_offload")[1], expected_gain="fits"))
+            if allowed("hsdp", "HSDP"):
+                out.append(Candidate(name=f"{label(lay)} + HSDP ({n} GPUs)", stage="lossless", kind="sharded",
+                                     config={**lay, "use_hsdp": True, "gpus": list(range(n))},
+                                     reason="HSDP shards the DiT weights over the layout's GPUs",
+                                     evidence=_status(capability, "hsdp")[1], expected_gain="fits"))
+    if allowed("vae_patch_parallel", "VAE patch parallel"):
+        out.append(Candidate(name="VAE patch parallel", stage="lossless", kind="vae_patch", config={},
+                             reason="decodes the VAE in patches over the best layout's GPUs (tried on top of it)",
+                             evidence=_status(capability, "vae_patch_parallel")[1],
+                             expected_gain="less VAE time and memory on large outputs"))
     return out
 
 
@@ -95,19 +127,38 @@ def request_candidates(capability: Any, pruned: list[Pruned]) -> list[Candidate]
     Guidance changes compute only by switching classifier-free guidance off (a scale <= 1 skips the
     unconditional pass), so that is the one guidance setting worth timing; other scales only move the pixels.
     """
-    out = [Candidate(name=f"fewer steps ({fraction:.0%})", stage="lossy", config={},
-                     request={"steps_fraction": fraction}, expected_gain=f"~{1 / fraction:.2f}x on the DiT",
-                     reason="request-level, swept gentle to aggressive, stops at the quality cliff")
-           for fraction in STEP_FRACTIONS]
+    out = [
+        Candidate(
+            name=f"fewer steps ({fraction:.0%})",
+            stage="lossy",
+            kind="request",
+            config={},
+            request={"steps_fraction": fraction},
+            expected_gain=f"~{1 / fraction:.2f}x on the DiT",
+            reason="request-level, swept gentle to aggressive, stops at the quality cliff",
+        )
+        for fraction in STEP_FRACTIONS
+    ]
     uses_cfg = getattr(capability, "uses_cfg", None)
     if uses_cfg is False:
-        pruned.append(Pruned(name="guidance off", why="the pipeline runs no classifier-free guidance: guidance "
-                                                      "changes no compute"))
+        pruned.append(
+            Pruned(
+                name="guidance off", why="the pipeline runs no classifier-free guidance: guidance changes no compute"
+            )
+        )
     else:
-        out.append(Candidate(name="guidance off", stage="lossy", config={},
-                             request={"guidance_scale": 1.0, "true_cfg_scale": 1.0}, expected_gain="~2x on the DiT",
-                             reason="a scale <= 1 skips CFG's unconditional pass; pictures change, so the quality "
-                                    "gate decides" + ("" if uses_cfg else " (CFG use unknown: measured)")))
+        out.append(
+            Candidate(
+                name="guidance off",
+                stage="lossy",
+                kind="request",
+                config={},
+                request={"guidance_scale": 1.0, "true_cfg_scale": 1.0},
+                expected_gain="~2x on the DiT",
+                reason="a scale <= 1 skips CFG's unconditional pass; pictures change, so the quality "
+                "gate decides" + ("" if uses_cfg else " (CFG use unknown: measured)"),
+            )
+        )
     return out
 
 
@@ -133,89 +184,137 @@ def model_capability(settings: Settings, model: str, serve: bool = False) -> tup
     return report, error
 
 
-def make_plan(settings: Settings, model: str, goal: Goal, gpu_report: GpuReport | None = None,
-              capability: Any = None, capability_error: str | None = None) -> Plan:
+def make_plan(
+    settings: Settings,
+    model: str,
+    goal: Goal,
+    gpu_report: GpuReport | None = None,
+    capability: Any = None,
+    capability_error: str | None = None,
+) -> Plan:
     if capability is None and capability_error is None:
         capability, capability_error = model_capability(settings, model)
     report = gpu_report or detect_gpus(settings.workspace)
     gpus = list(report.gpus)
     n_gpus = min(len(gpus), goal.max_gpus or len(gpus))
-    fp8_native = all(g.fp8_native for g in gpus[:max(n_gpus, 1)]) if gpus else None
-    uses_cfg = bool(getattr(capability, "uses_cfg", True))
+    fp8_native = all(g.fp8_native for g in gpus[: max(n_gpus, 1)]) if gpus else None
+    uses_cfg = getattr(capability, "uses_cfg", None) is not False  # unknown: CFG layouts are measured
     heads = _heads(capability)
-    cands: list[Candidate] = [Candidate(name="baseline", stage="baseline", config={"enforce_eager": True, "gpus": [0]},
-                                        reason="the guide's baseline: eager, one GPU, no cache")]
+    cands: list[Candidate] = [
+        Candidate(
+            name="baseline",
+            stage="baseline",
+            kind="baseline",
+            config={"enforce_eager": True, "gpus": [0]},
+            reason="the guide's baseline: eager, one GPU, no cache",
+        )
+    ]
     pruned: list[Pruned] = []
     notes = [f"capability report unavailable ({capability_error}): support not checked"] if capability_error else []
     if goal.vram_limit_mib:
-        notes.append(f"memory limit {goal.vram_limit_mib} MiB per GPU: tune rejects a candidate whose measured peak "
-                     "is over it (over_memory), and a baseline over it is retried with offload")
+        notes.append(
+            f"memory limit {goal.vram_limit_mib} MiB per GPU: tune rejects a candidate whose measured peak "
+            "is over it (over_memory), and a baseline over it is retried with offload"
+        )
 
     def allowed(key: str, label: str) -> bool:
         status, ev, why = _status(capability, key)
         if status in ("unsupported", "rejected"):
+            if any(p.name == label for p in pruned):
+                return False
             pruned.append(Pruned(name=label, why=f"{key} is {status}: {why}", evidence=ev))
             return False
         return True
 
     single = {"gpus": [0]}
-    cands.append(Candidate(name="compile", stage="lossless", config=dict(single),
-                           reason="torch.compile (regional) is on by default; the first request per shape compiles",
-                           evidence=_status(capability, "regional_compile")[1], expected_gain="1.1-1.3x"))
+    cands.append(
+        Candidate(
+            name="compile",
+            stage="lossless",
+            config=dict(single),
+            reason="torch.compile (regional) is on by default; the first request per shape compiles",
+            evidence=_status(capability, "regional_compile")[1],
+            expected_gain="1.1-1.3x",
+        )
+    )
     best_single = dict(single)
     if allowed("fp8", "fp8"):
-        gain = "1.3-1.5x, half the DiT weight memory" if fp8_native else \
-            "memory only (weight-only fallback below SM 8.9)"
-        cands.append(Candidate(name="compile+fp8", stage="lossless", config={**single, "quantization": "fp8"},
-                               reason="FP8 DiT weights", evidence=_status(capability, "fp8")[1], expected_gain=gain))
+        gain = (
+            "1.3-1.5x, half the DiT weight memory" if fp8_native else "memory only (weight-only fallback below SM 8.9)"
+        )
+        cands.append(
+            Candidate(
+                name="compile+fp8",
+                stage="lossless",
+                config={**single, "quantization": "fp8"},
+                reason="FP8 DiT weights",
+                evidence=_status(capability, "fp8")[1],
+                expected_gain=gain,
+            )
+        )
         best_single = {**single, "quantization": "fp8"}
-    n = 2
-    while n <= n_gpus:
+    nvlink = nvlinked(report, n_gpus) if n_gpus > 1 else None
+    for n in range(2, n_gpus + 1):
         for layout in layouts(n, uses_cfg):
-            label = "x".join(f"{k}={v}" for k, v in layout.items())
-            keys = {"usp": "ulysses_sp", "ring": "ring_sp", "cfg_parallel_size": "cfg_parallel",
-                    "tensor_parallel_size": "tensor_parallel"}
-            if not all(allowed(keys[k], label) for k in layout):
+            name = label(layout)
+            tp = layout.get("tensor_parallel_size", 1)
+            if not all(allowed(METHOD_KEYS[k], name) for k in layout):
                 continue
-            if heads and (layout.get("tensor_parallel_size", 1) > 1 and heads % layout["tensor_parallel_size"]):
-                pruned.append(Pruned(name=label, why=f"tensor_parallel_size does not divide {heads} heads"))
+            unknown = [k for k in layout if capability is not None
+                       and _status(capability, METHOD_KEYS[k])[0] == "unknown"]
+            if unknown:
+                pruned.append(Pruned(name=f"{name} ({n} GPUs)", why=f"the capability report cannot vouch for "
+                                     f"{', '.join(METHOD_KEYS[k] for k in unknown)} with this model"))
                 continue
-            cands.append(Candidate(name=f"{label} ({n} GPUs)", stage="lossless",
-                                   config={**best_single, **layout, "gpus": list(range(n))},
-                                   reason="CFG parallel x Ulysses beats pure Ulysses for CFG models" if
-                                   "cfg_parallel_size" in layout else f"sequence/tensor parallel over {n} GPUs",
-                                   evidence=[e for k in layout for e in _status(capability, keys[k])[1]][:4],
-                                   expected_gain=f"up to ~{0.8 * n:.1f}x on the DiT"))
-        n *= 2
-    if len(gpus) > n_gpus or (n_gpus and 2 ** int(math.log2(n_gpus)) != n_gpus):
-        notes.append("layouts use power-of-two GPU counts only")
+            if heads and tp > 1 and heads % tp:
+                why = f"tensor_parallel_size does not divide {heads} heads"
+                pruned.append(Pruned(name=f"{name} ({n} GPUs)", why=why))
+                continue
+            if tp > 1 and nvlink is False:
+                pruned.append(Pruned(name=f"{name} ({n} GPUs)", why="tensor parallelism all-reduces every layer: "
+                                     "across PCIe (no NVLink between these GPUs) it costs more than it gives"))
+                continue
+            cands.append(Candidate(
+                name=f"{name} ({n} GPUs)", stage="lossless", kind="layout",
+                config={**best_single, **layout, "gpus": list(range(n))},
+                reason="CFG parallel x Ulysses beats pure Ulysses for CFG models" if "cfg_parallel_size" in layout
+                else f"sequence/tensor parallel over {n} GPUs",
+                evidence=[e for k in layout for e in _status(capability, METHOD_KEYS[k])[1]][:4],
+                expected_gain=f"up to ~{0.8 * n:.1f}x on the DiT"))
     if n_gpus < 2:
         pruned.append(Pruned(name="multi-GPU layouts", why=f"{len(gpus)} GPU(s) available"))
-    for key, label, cfg in (("layerwise_offload", "layerwise offload", {"enable_layerwise_offload": True}),
-                            ("cpu_offload", "model-level offload", {"enable_cpu_offload": True})):
-        if allowed(key, label):
-            cands.append(Candidate(name=label, stage="lossless", config={**single, **cfg, "vae_use_slicing": True,
-                                                                        "vae_use_tiling": True},
+    else:
+        cands += _memory_candidates(n_gpus, uses_cfg, allowed, capability)
+    vae = {"vae_use_slicing": True, "vae_use_tiling": True}
+    for key, name, cfg in (("layerwise_offload", "layerwise offload", {"enable_layerwise_offload": True}),
+                           ("cpu_offload", "model-level offload", {"enable_cpu_offload": True})):
+        if allowed(key, name):
+            cands.append(Candidate(name=name, stage="lossless", kind="offload", config={**single, **cfg, **vae},
                                    reason="only when the model does not fit (tune tries it after an out-of-memory)",
                                    evidence=_status(capability, key)[1], expected_gain="fits; layerwise nearly free"))
     if goal.quality == "lossy":
-        if allowed("tea_cache", "tea_cache"):
-            backend, key, values = "tea_cache", "rel_l1_thresh", TEA_THRESHOLDS
-        elif allowed("cache_dit", "cache_dit"):
-            backend, key, values = "cache_dit", "residual_diff_threshold", CACHE_DIT_THRESHOLDS
-        else:
-            backend, key, values = None, "", []
+        backends = [(b, k, v) for b, k, v in CACHE_LADDERS if allowed(b, b)]
+        if not backends:
             notes.append("no cache backend is supported for this model: no lossy stage")
-        if backend:
-            for v in values:
-                cands.append(Candidate(name=f"{backend} {v}", stage="lossy",
-                                       config={"cache_backend": backend, "cache_config": {key: v}},
-                                       reason="swept gentle to aggressive on top of the best lossless configuration; "
-                                              "stops at the quality cliff",
-                                       evidence=_status(capability, backend)[1],
-                                       expected_gain="~1.5x at 0.1-0.2, ~2x at 0.4-0.8 (TeaCache)"))
+        for backend, key, values in backends:
+            cands += [Candidate(name=f"{backend} {v}", stage="lossy", kind="cache",
+                                config={"cache_backend": backend, "cache_config": {key: v}},
+                                reason="swept gentle to aggressive on top of the best lossless configuration; stops "
+                                       "at the quality cliff, then bisects between the last pass and the first fail",
+                                evidence=_status(capability, backend)[1], expected_gain=CACHE_GAINS[backend])
+                      for v in values]
         cands += request_candidates(capability, pruned)
     else:
         pruned.append(Pruned(name="lossy methods", why="quality policy is lossless"))
-    return Plan(model=model, gpus=n_gpus, fp8_native=fp8_native, capability_report=capability is not None,
-                candidates=cands, pruned=pruned, notes=notes)
+    return Plan(
+        model=model,
+        gpus=n_gpus,
+        fp8_native=fp8_native,
+        uses_cfg=uses_cfg,
+        nvlink=nvlink,
+        gpu_memory_mib=min((g.memory_total_mib for g in gpus[: max(n_gpus, 1)] if g.memory_total_mib), default=None),
+        capability_report=capability is not None,
+        candidates=cands,
+        pruned=pruned,
+        notes=notes,
+    )

@@ -57,8 +57,10 @@ class Settings(BaseModel):
                                     description="Folders local model paths must lie in (empty: home, HF cache, cwd; "
                                                 "never / or a top-level system folder).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    http_token: SecretStr | None = Field(default=None, description="Bearer token the HTTP transport requires (default: "
-                                                           "generated for a non-loopback bind, none on loopback).")
+    http_token: SecretStr | None = Field(default=None, description="Bearer token the HTTP transport requires "
+                                         "(default: generated for a non-loopback bind, none on loopback).")
+    ray_address: str | None = Field(default=None, description="Ray cluster (GCS host:port, or 'auto') whose nodes run "
+                                    "tune trials (pip install 'omnitune[ray]'); unset: this host only.")
 
     @field_validator("workspace", "vllm_omni_source", mode="after")
     @classmethod
@@ -114,6 +116,7 @@ ENV_FIELDS: dict[str, str] = {
     "MODEL_ROOTS": "model_roots",
     "LOG_LEVEL": "log_level",
     "HTTP_TOKEN": "http_token",
+    "RAY_ADDRESS": "ray_address",
 }
 
 

@@ -41,6 +41,8 @@ DEFAULTS: dict = {
         "cpu_offload_slowdown": 1.6, "layerwise_offload_slowdown": 1.05,
         "vae_slicing_slowdown": 1.02, "vae_tiling_slowdown": 1.03, "hsdp_slowdown": 1.05,
         "jitter": 0.0, "jitter_seed": 0,
+        "pcie_efficiency_factor": 1.0,   # topology "pcie": usp/ring/tp efficiencies times this (communication)
+        "layerwise_sp_split": True,      # layerwise offload over an SP group: each rank moves 1/sp of the weights
         # threshold -> (speed-up, pixel noise std); linear between points, flat outside
         "tea_cache": [[0.0, 1.0, 0.0], [0.1, 1.4, 0.6], [0.2, 1.5, 1.2], [0.4, 1.8, 4.0], [0.8, 2.25, 20.0]],
         "cache_dit": [[0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.2, 3.5], [0.5, 2.6, 20.0]],
@@ -241,15 +243,18 @@ def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int,
         speed *= cost["compile_speedup"]
     if cfg.fp8:
         speed *= cost["fp8_speedup"] if tuple(sm) >= (8, 9) else cost["fp8_fallback_speedup"]
+    comm = cost["pcie_efficiency_factor"] if world.get("topology") == "pcie" else 1.0
     if model["sp_plan"]:
-        speed *= parallel_speedup(cfg.usp, cost["usp_efficiency"]) * parallel_speedup(cfg.ring, cost["ring_efficiency"])
-    speed *= parallel_speedup(cfg.tp, cost["tp_efficiency"])
+        speed *= parallel_speedup(cfg.usp, cost["usp_efficiency"] * comm) * \
+            parallel_speedup(cfg.ring, cost["ring_efficiency"] * comm)
+    speed *= parallel_speedup(cfg.tp, cost["tp_efficiency"] * comm)
     if cfg.cfg >= 2 and cfg_runs:  # a third CFG rank idles (two branches)
         speed *= cost["cfg_parallel_speedup"]
     speed *= cache_speedup(world, cfg)
     slow = 1.0
-    if cfg.layerwise:
-        slow *= cost["layerwise_offload_slowdown"]
+    if cfg.layerwise:  # distributed layerwise offload: each SP rank moves its share of the weights
+        split = cfg.usp * cfg.ring if cost["layerwise_sp_split"] else 1
+        slow *= 1 + (cost["layerwise_offload_slowdown"] - 1) / split
     elif cfg.cpu_offload:
         slow *= cost["cpu_offload_slowdown"]
     slow *= cost["vae_slicing_slowdown"] if cfg.slicing else 1.0

@@ -112,8 +112,13 @@ def _combinations(r: ValidationResult, config: ServeConfig, ws: int) -> None:
     if config.enable_cpu_offload and config.enable_layerwise_offload:
         r.error("enable_cpu_offload and enable_layerwise_offload are both set (vLLM-Omni silently keeps one)",
                 "choose one: layerwise offload is nearly free for large video DiTs, model-level offload saves most")
-    if (config.enable_cpu_offload or config.enable_layerwise_offload) and ws > 1:
-        r.error(f"CPU offload is a single-GPU feature but world size is {ws}", "use offload with one GPU only")
+    if config.enable_cpu_offload and ws > 1:
+        r.error(f"model-level CPU offload is a single-GPU feature but world size is {ws}",
+                "use enable_layerwise_offload, which vLLM-Omni shards over the sequence-parallel group")
+    if config.enable_layerwise_offload and ws > 1 and (config.tensor_parallel_size > 1 or config.use_hsdp):
+        r.error("layerwise offload on several GPUs shards the weights over the sequence-parallel group "
+                "(vLLM-Omni 0.30.0 distributed layerwise offload); it cannot combine with tensor parallelism or HSDP",
+                "use Ulysses/Ring (and CFG parallel) with layerwise offload, or TP/HSDP without it")
     if config.vae_patch_parallel_size > ws:
         r.warnings.append(f"vae_patch_parallel_size {config.vae_patch_parallel_size} exceeds the world size {ws}: "
                           f"vLLM-Omni clamps it to {ws} (diffusion/distributed/vae_patch_parallel.py)")

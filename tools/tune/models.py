@@ -7,24 +7,57 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from omnitune.tools.benchmark import Workload
-from omnitune.tools.plan import Goal, Pruned
+from omnitune.tools.plan import Goal, Kind, Pruned
 from omnitune.tools.strict import StrictModel
+from omnitune.tools.tune.parallel import Placement
 
-ACCEPT = {"lossless": ("identical", "lossless-equivalent"),
-          "lossless-equivalent": ("identical", "lossless-equivalent"),
-          "acceptable": ("identical", "lossless-equivalent", "acceptable")}
-Status = Literal["measured", "reused", "failed", "rejected_quality", "over_memory", "inert", "within_noise",
-                 "skipped_budget", "not_needed"]
+ACCEPT = {
+    "lossless": ("identical", "lossless-equivalent"),
+    "lossless-equivalent": ("identical", "lossless-equivalent"),
+    "acceptable": ("identical", "lossless-equivalent", "acceptable"),
+}
+Status = Literal[
+    "measured",
+    "reused",
+    "failed",
+    "rejected_quality",
+    "over_memory",
+    "inert",
+    "within_noise",
+    "skipped_budget",
+    "not_needed",
+    "skipped_memory",
+]
+# Why a candidate failed or was not launched (typed: decisions never read the human-readable reason).
+Cause = Literal[
+    "refused",
+    "out_of_memory",
+    "out_of_memory_request",
+    "crashed",
+    "timeout",
+    "no_measurement",
+    "launch_gate",
+    "predicted_out_of_memory",
+    "budget",
+]
 
 
 class TuneRequest(StrictModel):
     model: str
-    workload: Workload = Field(default_factory=lambda: Workload.model_validate(
-        {"sizes": ["1024x1024"], "measured": 4, "warmup": 1}))
+    workload: Workload = Field(
+        default_factory=lambda: Workload.model_validate({"sizes": ["1024x1024"], "measured": 4, "warmup": 1})
+    )
     goal: Goal = Field(default_factory=lambda: Goal.model_validate({}))
-    max_launches: int = Field(20, ge=1, le=200, description="Budget: server launches (reused runs are free).")
-    max_gpu_seconds: float | None = Field(None, gt=0, le=1e9,
-                                          description="Budget: GPU-seconds (launch + benchmark x GPUs).")
+    max_launches: int = Field(default=20, ge=1, le=200, description="Budget: server launches (reused runs are free).")
+    max_gpu_seconds: float | None = Field(
+        default=None, gt=0, le=1e9, description="Budget: GPU-seconds (launch + benchmark x GPUs)."
+    )
+    max_parallel_trials: int | None = Field(
+        default=1, ge=1, le=64, description="Trials measured side by side on disjoint GPU sets (never two on one "
+        "GPU; finalists re-measured alone before any decision). 1 (default): one at a time, which measured as fast "
+        "on the emulated 4- and 8-GPU worlds (few candidates per stage; the re-measures cost what overlap saves); "
+        "None: as many as the free GPUs allow. With OMNITUNE_RAY_ADDRESS set, trials run as Ray tasks on the "
+        "cluster's nodes whatever this says.")
 
 
 class Outcome(BaseModel):
@@ -32,24 +65,49 @@ class Outcome(BaseModel):
     stage: str
     status: Status
     config: dict[str, Any]
+    kind: Kind = "single_gpu"
+    cause: Cause | None = Field(default=None, description="Why it failed or was not launched (None: it was measured).")
     reason: str | None = None
     run_id: str | None = None
     p50_s: float | None = None
     throughput: float | None = None
-    peak_memory_mib: float | None = Field(None, description="Most GPU memory the server used on any of its GPUs "
-                                                            "(NVML, above the level before its launch, warm-up too).")
+    peak_memory_mib: float | None = Field(
+        default=None,
+        description="Most GPU memory the server used on any of its GPUs "
+        "(NVML, above the level before its launch, warm-up too).",
+    )
     verdict: str | None = None
     psnr_db_mean: float | None = None
     speedup_vs_baseline: float | None = None
     gpu_seconds: float = 0.0
     std_s: float | None = None
-    p50_se_s: float | None = Field(None, description="Standard error of p50 (1.25 x 1.48 MAD / sqrt(n), robust to "
-                                                     "a stalled request); decides what is within the noise.")
-    repeat_run_id: str | None = Field(None, description="Second measurement, taken when the first was within the "
-                                                        "spread of the best so far (p50 is then pooled).")
-    request_settings: dict[str, Any] = Field(default_factory=dict, description="Request-level settings (steps, "
-                                                                               "guidance) measured inside one server.")
-    resumed: bool = Field(False, description="Taken from this job's own records when it was resumed.")
+    p50_se_s: float | None = Field(
+        default=None,
+        description="Standard error of p50 (1.25 x 1.48 MAD / sqrt(n), robust to "
+        "a stalled request); decides what is within the noise.",
+    )
+    repeat_run_id: str | None = Field(
+        default=None,
+        description="Second measurement, taken when the first was within the "
+        "spread of the best so far (p50 is then pooled).",
+    )
+    request_settings: dict[str, Any] = Field(
+        default_factory=dict, description="Request-level settings (steps, guidance) measured inside one server."
+    )
+    resumed: bool = Field(default=False, description="Taken from this job's own records when it was resumed.")
+    estimate_mib: float | None = Field(
+        default=None,
+        description="Per-GPU memory estimated before launching (weights from "
+        "the model's safetensors headers + activations).",
+    )
+    gpus: list[int] = Field(default_factory=list, description="Physical GPUs the trial ran on.")
+    launched: bool = Field(
+        default=False, description="This outcome's trial started a server process (counts in the budget)."
+    )
+    started_at: float | None = Field(default=None, description="Wall-clock start of the trial (epoch seconds).")
+    ended_at: float | None = None
+    vae_share: float | None = Field(default=None, description="Share of the server-reported time in VAE decode.")
+    server_warnings: list[str] = Field(default_factory=list, description="What the server log said it ignored.")
 
 
 class TuneResult(BaseModel):
@@ -63,6 +121,12 @@ class TuneResult(BaseModel):
     launches: int
     gpu_seconds: float
     notes: list[str] = Field(default_factory=list)
-    report: str | None = Field(None, description="Markdown report path.")
+    report: str | None = Field(default=None, description="Markdown report path.")
     pareto_png: str | None = None
     folder: str
+    timeline: list[Placement] = Field(default_factory=list, description="Where (node, GPUs) and when each trial "
+                                      "launched side by side or on a cluster ran.")
+
+
+class Cancelled(Exception):
+    """Raised between trials when the job is cancelled (the caller maps it to its job state)."""

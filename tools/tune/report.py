@@ -28,6 +28,10 @@ def markdown(r: TuneResult) -> str:
                    f"{f'{o.peak_memory_mib:.0f}' if o.peak_memory_mib else ''}") if o.p50_s else " | | "
         lines.append(f"| {name} | {o.stage} | {o.status} | {figures} | {o.verdict or ''} | {o.reason or ''} |")
     lines += ["", "Pruned before launching:", ""] + [f"- {p.name}: {p.why}" for p in r.pruned]
+    if r.timeline:  # trials side by side or on a cluster: where and when each ran
+        from omnitune.tools.tune.parallel import timeline_markdown
+        lines += ["", "Where and when each trial ran (side-by-side figures are re-measured alone before deciding):",
+                  "", timeline_markdown(r.timeline)]
     return "\n".join(lines) + "\n"
 
 

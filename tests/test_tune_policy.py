@@ -1,0 +1,309 @@
+"""The tune's search policy in memory: a fake trial runner over the emulator's world model, a real ledger.
+
+No process and no clock: every figure a decision reads comes from the world's cost model, so each test
+states the world and asserts the decisions (what was launched, what won, why the rest did not).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from omnitune.tools.plan import Goal, make_plan
+from omnitune.tools.settings import Settings
+from omnitune.tools.tune.stats import p50_se
+from omnitune.tools.workspace import Workspace
+from tests.tune_fakes import Capability, WorldTrials, fake, gpu_report, load_world, policy
+
+IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 20}
+VIDEO = {"task": "text-to-video", "sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 4,
+         "num_frames": 5, "fps": 8}
+L4 = {"name": "NVIDIA L4", "memory_mib": 23034, "compute_capability": [8, 9]}
+A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "compute_capability": [8, 0]}
+
+
+@pytest.fixture
+def ws(tmp_path):
+    workspace = Workspace.open(Settings.model_validate({"workspace": tmp_path / "ws"}))
+    yield workspace
+    workspace.close()
+
+
+def names(tuner) -> dict:
+    return {o.name: o for o in tuner.outcomes}
+
+
+def launched(tuner) -> list[str]:
+    return [name for name, _ in fake(tuner).launched]
+
+
+def test_native_fp8_stacked_recipe_first_and_compile_alone_not_needed(ws):
+    t = policy(ws, load_world("image_fp8_compile"))
+    best = t.run()
+    assert best is not None and best.name == "compile+fp8"
+    assert launched(t) == ["baseline", "compile+fp8"]
+    assert names(t)["compile"].status == "not_needed" and t.ledger.launches == 2
+
+
+def test_without_native_fp8_methods_are_added_one_at_a_time_within_noise_is_not_kept(ws):
+    t = policy(ws, load_world("image_fp8_compile", gpus=[A100]))
+    best = t.run()
+    c = names(t)
+    assert best is not None and best.name == "compile" and t.ledger.launches == 3
+    assert c["compile+fp8"].status == "within_noise"  # weight-only fallback: no faster than compile
+
+
+def test_cfg_parallel_times_ulysses_wins_on_four_gpus_and_tp_is_pruned_by_heads(ws):
+    t = policy(ws, load_world("cfg4_qwen_image", model={"tp_divides": 3}))
+    best = t.run()
+    assert best is not None and best.name == "cfg_parallel_size=2xusp=2 (4 GPUs)"
+    assert {p.name for p in t.plan.pruned} >= {"tensor_parallel_size=2 (2 GPUs)", "tensor_parallel_size=4 (4 GPUs)"}
+
+
+def test_the_launch_budget_is_respected(ws):
+    t = policy(ws, load_world("cfg4_qwen_image"), max_launches=2)
+    t.run()
+    assert t.ledger.launches == 2 and len(fake(t).launched) == 2
+    assert any(o.status == "skipped_budget" and o.cause == "budget" for o in t.outcomes)
+
+
+def test_a_video_model_that_only_fits_with_offload(ws):
+    t = policy(ws, load_world("video_offload"), workload=VIDEO)
+    best = t.run()
+    c = names(t)
+    assert c["baseline"].status == "failed" and c["baseline"].cause == "out_of_memory"
+    assert c["baseline + layerwise offload"].status == "measured"
+    assert t.baseline is c["baseline + layerwise offload"]
+    assert best is not None and best.config.get("enable_layerwise_offload")
+
+
+def test_a_memory_limit_rejects_what_peaks_over_it_and_fp8_can_drop_the_offload(ws):
+    t = policy(ws, load_world("image_fp8_compile"), goal={"vram_limit_mib": 17000})
+    best = t.run()
+    c = names(t)
+    assert c["baseline"].status == "over_memory" and "over the limit 17000 MiB" in (c["baseline"].reason or "")
+    assert t.baseline is c["baseline + layerwise offload"]
+    assert best is not None and best.name == "compile+fp8 without offload"
+    assert best.peak_memory_mib and best.peak_memory_mib < 17000 and "enable_layerwise_offload" not in best.config
+    assert all(o.peak_memory_mib is None or o.peak_memory_mib <= 17000 or o.status == "over_memory"
+               for o in t.outcomes)
+
+
+def test_a_model_too_big_for_one_gpu_even_offloaded_gets_the_fewest_gpus_that_fit(ws):
+    # was an end-to-end test asserting a speed ratio read off a loaded clock (flaky); now decisions only
+    world = load_world("video_offload", gpus=[L4, L4], topology="nvswitch", cost={"tp_efficiency": 0.5},
+                       model={"rejects": ["layerwise_offload", "cpu_offload", "hsdp"], "dit_gib": 16.0})
+    t = policy(ws, world, workload=VIDEO)
+    best = t.run()
+    c = names(t)
+    assert c["baseline"].cause == "out_of_memory"
+    assert not any(o.kind == "offload" for o in t.outcomes)  # the capability report says it refuses offload
+    assert {"layerwise offload", "model-level offload"} <= {p.name for p in t.plan.pruned}
+    assert t.baseline is c["baseline (TP 2)"] and c["baseline (TP 2)"].config["gpus"] == [0, 1]
+    one = c["compile+fp8 on one GPU"]  # FP8 halves the DiT: one GPU is enough again, and beats TP 2
+    assert one.status == "measured" and one.config["gpus"] == [0] and t.better(one, c["baseline (TP 2)"])
+    assert best is not None and best.kind == "layout" and best.config["quantization"] == "fp8"
+    assert best.config.get("tensor_parallel_size", 1) == 1 and best.config["gpus"] == [0, 1]
+
+
+def test_lossy_sweep_flags_an_inert_threshold_stops_at_each_cliff_and_bisects_the_winner(ws):
+    t = policy(ws, load_world("lossy_cliff"), goal={"quality": "lossy"})
+    best = t.run()
+    c = names(t)
+    assert c["tea_cache 0.05"].status == "inert"
+    assert c["tea_cache 0.4"].status == "rejected_quality" and c["tea_cache 0.4"].verdict == "degraded"
+    assert "tea_cache 0.6" not in c  # the sweep stopped at the cliff
+    assert c["cache_dit 0.4"].status == "rejected_quality" and "cache_dit 0.6" not in c  # a second backend, too
+    # the winning backend's threshold is bisected between its last pass (0.24) and first fail (0.4)
+    assert [o.name for o in t.outcomes if "bisection" in o.name] == ["cache_dit 0.32 (bisection)",
+                                                                     "cache_dit 0.28 (bisection)"]
+    assert best is not None and best.name == "cache_dit 0.24" and best.verdict == "acceptable"
+    steps, guidance = [o for o in t.outcomes if o.request_settings]
+    assert steps.request_settings == {"num_inference_steps": 15} and steps.status == "rejected_quality"
+    assert "stopped at the quality cliff" in (steps.reason or "")
+    assert guidance.request_settings == {"guidance_scale": 1.0, "true_cfg_scale": 1.0}
+    assert guidance.status == "rejected_quality" and steps.config == guidance.config == best.config
+    # baseline, compile+fp8, five TeaCache rungs, four Cache-DiT rungs, two bisections, one server for requests
+    assert t.ledger.launches == 14
+
+
+def test_bisection_finds_a_threshold_between_two_rungs(ws):
+    # Cache-DiT passes up to ~0.3 here: the ladder's 0.24 is the last pass, 0.4 the first fail
+    curve = [[0.0, 1.0, 0.0], [0.24, 2.0, 2.0], [0.3, 2.6, 3.0], [0.4, 2.8, 40.0]]
+    t = policy(ws, load_world("lossy_cliff", cost={"cache_dit": curve}), goal={"quality": "lossy"},
+               workload={**IMAGE, "num_inference_steps": None})
+    best = t.run()
+    assert best is not None and best.name == "cache_dit 0.28 (bisection)"
+    assert names(t)["cache_dit 0.32 (bisection)"].status == "rejected_quality"
+
+
+def test_steps_and_guidance_keep_a_launch_of_the_budget(ws):
+    t = policy(ws, load_world("lossy_cliff"), goal={"quality": "lossy"}, max_launches=5)
+    t.run()
+    request_level = [o for o in t.outcomes if o.request_settings]
+    assert t.ledger.launches == 5 and request_level and request_level[0].launched
+    assert all(o.status != "skipped_budget" for o in request_level)
+
+
+def test_a_second_tune_reuses_measured_configurations_instead_of_launching(ws):
+    world = load_world("image_fp8_compile")
+    first = policy(ws, world, job_id="tune-1")
+    runner = fake(first)
+    first.run()
+    second = policy(ws, world, job_id="tune-2", runner=runner)
+    assert second.run() is not None
+    assert second.ledger.launches == 0 and len(runner.launched) == 2
+    assert {o.status for o in second.outcomes} == {"reused", "not_needed"}
+
+
+def test_a_resumed_tune_replays_its_records_and_launches_nothing_twice(ws):
+    world = load_world("lossy_cliff")
+    probe = policy(ws, world, job_id="probe", goal={"quality": "lossy"})
+    dying = policy(ws, world, goal={"quality": "lossy"}, runner=WorldTrials(world, probe.req, fail_after=3))
+    with pytest.raises(KeyboardInterrupt):
+        dying.run()
+    done = len(dying.outcomes)
+    again = policy(ws, world, goal={"quality": "lossy"})
+    fake(again).runs.update(fake(dying).runs)  # the runs the dead tune measured are still in the workspace
+    best = again.run()
+    assert best is not None and best.name == "cache_dit 0.24"
+    assert [o.resumed for o in again.outcomes[:done]] == [True] * done
+    assert not any(o.resumed for o in again.outcomes[done:])
+    assert not set(launched(again)) & set(launched(dying))  # nothing measured twice
+    assert again.ledger.launches == 14 and any(n.startswith("resumed:") for n in again.notes)
+
+
+def test_the_median_error_shrugs_off_one_stalled_request():
+    se = p50_se([0.50, 2.0, 0.51])  # one request stalled 1.5 s
+    assert se is not None and se < 0.05 * 0.51
+    assert p50_se([0.5]) is None
+
+
+# -- issue 21: the whole space, pruned by evidence; no launch bound to fail ---------------------------------
+def test_offload_combines_with_sequence_parallel_on_several_gpus(ws):
+    t = policy(ws, load_world("video_offload", gpus=[L4] * 4), workload=VIDEO, weights=True)
+    best = t.run()
+    assert best is not None and best.config.get("enable_layerwise_offload") and best.config["gpus"] == [0, 1, 2, 3]
+    assert best.config.get("usp", 1) * best.config.get("ring", 1) * best.config.get("cfg_parallel_size", 1) == 4
+    single = names(t)["baseline + layerwise offload"]
+    assert single.p50_s and best.p50_s and single.p50_s / best.p50_s > 3  # the issue's world: 2.8x lost before
+
+
+def test_the_memory_estimate_skips_launches_bound_to_fail_and_is_reported_against_the_measurement(ws):
+    t = policy(ws, load_world("video_offload", gpus=[L4] * 2), workload=VIDEO, weights=True)
+    t.run()
+    c = names(t)
+    assert c["baseline"].status == "skipped_memory" and c["baseline"].cause == "predicted_out_of_memory"
+    assert not c["baseline"].launched and t.baseline is c["baseline + layerwise offload"]
+    assert not any(o.cause == "out_of_memory" for o in t.outcomes)  # no launch ran out of memory at load
+    assert all(o.estimate_mib for o in t.outcomes if o.launched)
+    assert any(n.startswith("memory estimate vs measured peak") for n in t.notes)
+
+
+def test_out_of_memory_on_every_request_is_memory_pressure_and_a_failed_candidate_never_fails_the_tune(ws):
+    world = load_world("lossy_cliff", gpus=[L4] * 2, topology="pcie", model={"dit_gib": 8, "text_encoder_gib": 4},
+                       memory={"activation_gib_per_megapixel": 12})
+    t = policy(ws, world, workload={**IMAGE, "sizes": ["1024x1024"]})
+    best = t.run()
+    c = names(t)
+    assert c["baseline"].status == "failed" and c["baseline"].cause == "out_of_memory_request"
+    assert t.baseline is c["baseline + layerwise offload"]
+    assert c["compile+fp8 without offload"].cause == "out_of_memory_request"  # recorded, and the tune goes on
+    assert best is not None and best.config["gpus"] == [0, 1] and best.status == "measured"
+
+
+def test_no_wider_layout_is_launched_when_two_gpus_gave_nothing(ws):
+    world = load_world("cfg4_qwen_image", model={"uses_cfg": False}, cost={"usp_efficiency": 0.5,
+                       "ring_efficiency": 0.45, "tp_efficiency": 0.4})
+    t = policy(ws, world)
+    best = t.run()
+    assert best is not None and best.name == "compile+fp8"
+    assert all(len(cfg.get("gpus") or [0]) <= 2 for _, cfg in fake(t).launched)
+    assert any("wider layout(s) not launched: the cost model" in n for n in t.notes)
+    assert not any("cfg_parallel_size" in c.config for c in t.plan.candidates)  # no CFG: no CFG parallel
+
+
+def test_two_gpu_scaling_predicts_which_wider_layouts_are_worth_a_launch(ws):
+    t = policy(ws, load_world("cfg4_qwen_image"))
+    best = t.run()
+    wide_planned = [c for c in t.plan.candidates if c.kind == "layout" and len(c.config["gpus"]) > 2]
+    wide_launched = [cfg for _, cfg in fake(t).launched if len(cfg.get("gpus") or [0]) > 2]
+    assert best is not None and best.name == "cfg_parallel_size=2xusp=2 (4 GPUs)"
+    assert 0 < len(wide_launched) <= 4 < len(wide_planned)  # the model fitted at 2 GPUs picks the few worth it
+    assert t.cost.learned >= {"usp", "cfg_parallel_size"}  # fitted on the 2-GPU layouts it measured
+
+
+def test_tensor_parallel_across_pcie_is_pruned_and_layouts_are_every_product(ws):
+    t = policy(ws, load_world("cfg4_qwen_image", topology="pcie", gpus=[L4] * 4))
+    why = {p.name: p.why for p in t.plan.pruned}
+    assert "PCIe" in why["tensor_parallel_size=2 (2 GPUs)"] and "PCIe" in why["usp=2xtensor_parallel_size=2 (4 GPUs)"]
+    layouts = {c.name for c in t.plan.candidates if c.kind == "layout"}
+    assert {"usp=3 (3 GPUs)", "cfg_parallel_size=2xring=2 (4 GPUs)", "usp=2xring=2 (4 GPUs)"} <= layouts
+
+
+def test_a_flag_the_server_log_says_it_ignored_is_inert_without_another_launch(ws):
+    t = policy(ws, load_world("cfg4_qwen_image", model={"sp_plan": False, "uses_cfg": False}))
+    t.run()
+    sp = [o for o in t.outcomes if o.kind == "layout" and ("usp" in o.config or "ring" in o.config)]
+    assert sp and all(o.status == "inert" for o in sp if o.launched)
+    assert not [cfg for _, cfg in fake(t).launched if len(cfg.get("gpus") or [0]) > 2 and
+                ("usp" in cfg or "ring" in cfg)]  # no wider SP layout launched once the log said SP is off
+
+
+def test_a_refused_layout_is_a_recorded_outcome(ws):
+    t = policy(ws, load_world("cfg4_qwen_image", model={"rejects": ["cfg_parallel"]},
+                              capability_unaware=["cfg_parallel"]))
+    best = t.run()
+    assert names(t)["cfg_parallel_size=2 (2 GPUs)"].cause == "refused"
+    assert best is not None and best.name == "usp=4 (4 GPUs)"
+
+
+def test_layouts_the_capability_report_cannot_vouch_for_are_not_planned(ws):
+    world = load_world("cfg4_qwen_image")
+    knows_all = policy(ws, world).plan
+    cap = Capability(world)
+    cap.methods["ring_sp"] = SimpleNamespace(status="unknown", evidence=[], notes="not analysed")
+    plan = make_plan(Settings.model_validate({"workspace": ws.root}), "/models/fake", Goal(),
+                     gpu_report=gpu_report(world), capability=cap)
+    assert any("ring" in c.config for c in knows_all.candidates)
+    assert not any("ring" in c.config for c in plan.candidates)
+    assert any("cannot vouch for ring_sp" in p.why for p in plan.pruned)
+
+
+def test_videos_are_timed_through_the_sync_endpoint_not_the_polling_step():
+    from omnitune.tools.benchmark import Workload
+    from omnitune.tools.tune.trial import tune_workload
+    assert tune_workload(Workload.model_validate(VIDEO)).video_mode == "sync"
+    assert tune_workload(Workload.model_validate(IMAGE)) == Workload.model_validate(IMAGE)
+
+
+def test_a_stage_screens_its_layouts_in_one_batch_as_wide_as_the_runner_runs_at_once(ws):
+    world = load_world("cfg4_qwen_image")
+    t = policy(ws, world)
+    t.run()
+    assert ["cfg_parallel_size=2 (2 GPUs)", "usp=2 (2 GPUs)"] in fake(t).batches  # sequential runner: two
+    probe = policy(ws, world, job_id="probe")
+    wide = WorldTrials(world, probe.req)
+    wide.concurrency = 4  # a concurrent runner: the whole 2-GPU stage in one batch
+    t4 = policy(ws, world, job_id="tune-4", runner=wide)
+    t4.ledger.reusable_run = lambda key: None  # measure afresh, not reuse tune-test's runs
+    t4.run()
+    assert any(len(b) == 4 and all("(2 GPUs)" in n for n in b) for b in wide.batches)
+
+
+def test_fewer_steps_rejected_on_quality_stop_the_steps_sweep_even_when_the_clock_says_no_gain(ws):
+    class Stalled(WorldTrials):  # the 75%-steps run hit a loaded host: no faster than the best on the clock
+        def _measure(self, cfg, trial, gpus, launched):
+            out = super()._measure(cfg, trial, gpus, launched)
+            if trial.request.get("num_inference_steps") == 15 and out.p50_s:
+                out.p50_s *= 1.6
+            return out
+
+    world = load_world("lossy_cliff")
+    probe = policy(ws, world, job_id="probe", goal={"quality": "lossy"})
+    t = policy(ws, world, goal={"quality": "lossy"}, runner=Stalled(world, probe.req))
+    t.run()
+    steps = [o for o in t.outcomes if "num_inference_steps" in o.request_settings]
+    assert [o.request_settings for o in steps] == [{"num_inference_steps": 15}]  # 10 steps never tried
+    assert steps[0].status == "rejected_quality" and "stopped at the quality cliff" in (steps[0].reason or "")

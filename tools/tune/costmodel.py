@@ -1,0 +1,66 @@
+"""The tune's cost model: a layout's predicted speed-up over the best one-GPU configuration, learned as it goes.
+
+Each parallel dimension keeps a fraction of the ideal gain per doubling (n GPUs give n x eff^log2(n)), CFG
+parallel a fixed factor. Priors are the guide's; PCIe lowers them (no NVLink: every exchange crosses the host).
+Each measured layout with one dimension sets that dimension's efficiency, so 2-GPU scaling predicts 4 and 8;
+a dimension the server said it ignored (SP without ``_sp_plan``) gains nothing, without another launch.
+"""
+
+from __future__ import annotations
+
+import math
+
+PRIOR = {"usp": 0.85, "ring": 0.75, "tensor_parallel_size": 0.7}
+PCIE_FACTOR = 0.8
+CFG_PRIOR = 1.85
+SP_DIMENSIONS = ("usp", "ring")
+
+
+class CostModel:
+    def __init__(self, uses_cfg: bool, nvlink: bool | None) -> None:
+        factor = PCIE_FACTOR if nvlink is False else 1.0
+        self.eff = {k: v * factor for k, v in PRIOR.items()}
+        self.cfg_gain = CFG_PRIOR if uses_cfg else 1.0
+        self.inert: set[str] = set()
+        self.learned: set[str] = set()
+
+    def gain(self, config: dict) -> float:
+        """Predicted speed-up of ``config``'s layout over the same settings on one GPU."""
+        g = 1.0
+        for k, v in layout_of(config).items():
+            if k in self.inert:
+                continue
+            g *= self.cfg_gain if k == "cfg_parallel_size" else v * self.eff[k] ** math.log2(v)
+        return g
+
+    def optimistic(self, config: dict, slack: float) -> float:
+        """The predicted gain, with ``slack`` where a dimension is still on its prior (never measured)."""
+        unmeasured = set(layout_of(config)) - self.learned - self.inert
+        return self.gain(config) * (slack if unmeasured else 1.0)
+
+    def learn(self, config: dict, observed: float) -> None:
+        """``observed``: measured speed-up over the one-GPU reference. Sets the one dimension it varies."""
+        layout = {k: v for k, v in layout_of(config).items() if k not in self.inert}
+        if len(layout) != 1:
+            return
+        (k, v), = layout.items()
+        # the best observation of a dimension holds: variants with offload or HSDP add costs of their own, and
+        # one noisy figure must not hide a dimension that scales
+        if k == "cfg_parallel_size":
+            self.cfg_gain = max(observed, self.cfg_gain) if k in self.learned else observed
+        else:
+            eff = min(1.0, max(0.05, (max(observed, 1e-6) / v) ** (1 / math.log2(v))))
+            self.eff[k] = max(eff, self.eff[k]) if k in self.learned else eff
+        self.learned.add(k)
+
+    def mark_inert(self, dimensions: tuple[str, ...]) -> None:
+        self.inert.update(dimensions)
+
+
+def layout_of(config: dict) -> dict[str, int]:
+    return {k: int(config[k]) for k in ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size")
+            if int(config.get(k, 1) or 1) > 1}
+
+
+def gpus_of(config: dict) -> int:
+    return len(config.get("gpus") or [0])

@@ -1,0 +1,84 @@
+"""A tune job: the policy wired to the real trial runner and the ledger, and its result written to the run folder."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from omnitune.tools.gpus import detect_gpus
+from omnitune.tools.launch import ServeConfig
+from omnitune.tools.launch.config import build_argv
+from omnitune.tools.launch.launcher import Launcher, quote
+from omnitune.tools.plan import Plan, make_plan
+from omnitune.tools.tune.ledger import Ledger
+from omnitune.tools.tune.memory import MemoryModel, model_weights_mib
+from omnitune.tools.tune.models import Outcome, TuneRequest, TuneResult
+from omnitune.tools.tune.report import markdown, pareto
+from omnitune.tools.tune.trial import LaunchTrials
+from omnitune.tools.tune.tuner import Cancelled, Progress, Tuner
+from omnitune.tools.workspace import Workspace
+
+Cancel = Callable[[], bool] | threading.Event
+
+
+def make_tuner(workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str,
+               progress: Progress | None = None, cancelled: Cancel = lambda: False, notes: list[str] | None = None,
+               plan: Plan | None = None) -> Tuner:
+    # An Event (the job's) also stops a benchmark in flight at a shutdown or job_cancel, not only between trials.
+    event = cancelled if isinstance(cancelled, threading.Event) else None
+    is_cancelled: Callable[[], bool] = cancelled.is_set if isinstance(cancelled, threading.Event) else cancelled
+    gpus = detect_gpus(workspace.root)
+    plan = plan or make_plan(launcher.settings, request.model, request.goal, gpu_report=gpus)
+    ledger = Ledger(workspace, job_id, request, launcher.settings.vllm, [g.name for g in gpus.gpus])
+    memory = memory_model(request, plan)
+    from omnitune.tools.tune.screen import runner_for  # side by side / on a Ray cluster, where the request allows
+    runner = runner_for(LaunchTrials(workspace, launcher, request, job_id, event), ledger, is_cancelled)
+    return Tuner(request, plan, runner, ledger, memory=memory, progress=progress, cancelled=is_cancelled,
+                 notes=notes)
+
+
+def memory_model(request: TuneRequest, plan: Plan) -> MemoryModel:
+    """Weights from the model folder's safetensors headers (none for a hub id or a folder without weights)."""
+    wl = request.workload
+    width, height = (int(v) for v in (wl.sizes or ["1024x1024"])[0].split("x"))
+    frames = (wl.num_frames or 1) if wl.is_video else 1
+    return MemoryModel(model_weights_mib(request.model), plan.gpu_memory_mib, width * height / 1e6, frames,
+                       plan.uses_cfg)
+
+
+def tune_job(workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str,
+             progress: Progress | None = None, cancelled: Cancel = lambda: False,
+             notes: list[str] | None = None) -> TuneResult:
+    tuner = make_tuner(workspace, launcher, request, job_id, progress, cancelled, notes)
+    try:
+        best = tuner.run()
+    except Cancelled:
+        from omnitune.tools.jobs import JobCancelled
+        raise JobCancelled() from None
+    return finish(workspace, launcher, tuner, job_id, best)
+
+
+def command_for(launcher: Launcher, model: str, best: Outcome) -> str:
+    """The winner as one line to paste (CUDA_VISIBLE_DEVICES first when it runs on chosen GPUs)."""
+    argv = build_argv(launcher.settings.vllm, ServeConfig(model=model, **best.config), model,
+                      launcher.settings.serve_host, 8000)
+    command = quote(["vllm", *argv[1:]])
+    gpus = best.config.get("gpus")
+    return f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))} {command}" if gpus else command
+
+
+def finish(workspace: Workspace, launcher: Launcher, tuner: Tuner, job_id: str, best: Outcome | None) -> TuneResult:
+    folder = workspace.runs_dir / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    req = tuner.req
+    result = TuneResult(model=req.model, winner=best, command=command_for(launcher, req.model, best) if best else None,
+                        baseline=tuner.baseline, request_settings=best.request_settings if best else {},
+                        candidates=tuner.outcomes, pruned=tuner.plan.pruned, launches=tuner.ledger.launches,
+                        gpu_seconds=tuner.ledger.gpu_seconds, notes=[*tuner.notes, *getattr(tuner.runner, "notes", [])],
+                        folder=str(folder), timeline=getattr(tuner.runner, "timeline", []))
+    result.pareto_png = str(pareto(tuner.outcomes, folder / "pareto.png"))
+    report = folder / "report.md"
+    report.write_text(markdown(result))
+    result.report = str(report)
+    (folder / "result.json").write_text(result.model_dump_json(indent=1))
+    return result

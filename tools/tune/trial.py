@@ -1,0 +1,333 @@
+"""Trials: one candidate (or the request-level variants of one) measured on its own server.
+
+The policy (``tuner.py``) sees only the small typed interface :class:`TrialRunner`: ``run(trial, gpus)``,
+``run_many([(trial, gpus), ...])`` for a stage's screening (sequential here; a concurrent runner on disjoint
+GPU sets plugs in without touching the policy), ``session(trial, gpus)`` for request-level variants inside one
+server, and ``reuse(trial, run_id)`` for a run measured before. Every result is an :class:`Outcome` with a typed
+``cause``; a failed launch or a server that runs out of memory on every request is an outcome, never an error.
+This module never imports the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from omnitune.tools.benchmark import BenchmarkTarget, Workload, run_benchmark
+from omnitune.tools.benchmark.summary import RunSummary
+from omnitune.tools.errors import LaunchError, OmnituneError
+from omnitune.tools.launch import ServeConfig
+from omnitune.tools.launch.launcher import Launcher
+from omnitune.tools.plan import Kind
+from omnitune.tools.servers import ServerRecord, get_server
+from omnitune.tools.tune.models import ACCEPT, Cancelled, Cause, Outcome, TuneRequest
+from omnitune.tools.tune.stats import p50_se, pooled
+from omnitune.tools.workspace import Workspace
+
+# Log lines where vLLM-Omni says it carries on without a flag (the flag is then inert: no other launch needed).
+IGNORED_MARKERS = ("SP hooks not applied", "ignored", "ignoring", "has no effect", "falling back")
+
+
+class Trial(BaseModel):
+    """What the policy asks to measure. ``config``: ServeConfig fields without model and GPUs."""
+
+    name: str
+    stage: str
+    kind: Kind
+    config: dict[str, Any]
+    request: dict[str, Any] = Field(default_factory=dict, description="Request-level settings (session only).")
+    compare_to: str | None = Field(default=None, description="Run id of the baseline: outputs are judged against it.")
+    repeat_near: float | None = Field(
+        default=None,
+        description="p50 of the best so far: a result within repeat_band of "
+        "it is measured again on the same server and pooled.",
+    )
+    repeat_band: float = 0.02
+    floor: str | None = Field(default=None, description="Quality floor: a result below it is not worth repeating.")
+    estimate_mib: float | None = None
+
+
+class Session(Protocol):
+    def measure(self, trial: Trial) -> Outcome: ...
+
+
+class TrialRunner(Protocol):
+    """``gpus``: the GPUs a trial would use alone (0..n-1); a concurrent runner may place the members of one
+    ``run_many`` batch on other, disjoint sets (``Outcome.gpus`` says where each ran). ``concurrency``: how many
+    trials a batch runs at once (the policy screens at least that many together)."""
+
+    concurrency: int
+
+    def run(self, trial: Trial, gpus: list[int]) -> Outcome: ...
+
+    def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]: ...
+
+    def session(self, trial: Trial, gpus: list[int]) -> AbstractContextManager[Session]: ...
+
+    def reuse(self, trial: Trial, run_id: str) -> Outcome: ...
+
+
+@contextmanager
+def serving(launcher: Launcher, config: ServeConfig, labels: dict[str, str]) -> Iterator[ServerRecord]:
+    """A launched, healthy server for the ``with`` block; stopped (its whole group) however the block ends."""
+    launched = launcher.launch(config, labels=labels)
+    assert launched.server is not None
+    try:
+        yield launched.server
+    finally:
+        launcher.stop(launched.server.id)
+
+
+LAUNCH_CAUSES: dict[str, Cause] = {"out_of_memory": "out_of_memory", "timeout": "timeout", "crashed": "crashed"}
+
+
+def launch_cause(exc: LaunchError) -> Cause:
+    """The launcher's classification of a failed start, typed (anything else: the engine refused it)."""
+    return LAUNCH_CAUSES.get(exc.cause, "refused")
+
+
+def tune_workload(workload: Workload) -> Workload:
+    """Videos through the sync endpoint: latency to the millisecond, not to the polling step."""
+    return workload.model_copy(update={"video_mode": "sync"}) if workload.is_video else workload
+
+
+def workload_with(workload: Workload, settings: dict[str, Any]) -> Workload:
+    """The workload with request-level settings applied (fields it has typed, the rest in extra_body)."""
+    typed = {k: v for k, v in settings.items() if k in Workload.model_fields and k != "extra_body"}
+    extra = {**workload.extra_body, **{k: v for k, v in settings.items() if k not in typed}}
+    return workload.model_copy(update={**typed, "extra_body": extra})
+
+
+def request_settings(request: dict[str, Any], steps: int | None) -> dict[str, Any] | None:
+    """A plan's request-level candidate as concrete request fields (None: cannot be applied)."""
+    if "steps_fraction" in request:
+        if not steps:
+            return None
+        fewer = max(1, int(steps * request["steps_fraction"]))
+        return {"num_inference_steps": fewer} if fewer < steps else None
+    return dict(request)
+
+
+class LaunchTrials:
+    """The real runner: each trial on its own launched server, benchmarked with the tune's workload, one at a time."""
+
+    concurrency = 1
+
+    def __init__(self, workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str,
+                 cancel: threading.Event | None = None) -> None:
+        self.ws, self.launcher, self.req, self.job_id = workspace, launcher, request, job_id
+        self.workload = tune_workload(request.workload)
+        self.cancel = cancel  # the job's: set at a shutdown or job_cancel, it also stops a benchmark in flight
+
+    def stopped(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    # -- the interface ----------------------------------------------------------------------------
+    def run(self, trial: Trial, gpus: list[int]) -> Outcome:
+        with self.session(trial, gpus) as session:
+            return session.measure(trial)
+
+    def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]:
+        return [self.run(trial, gpus) for trial, gpus in batch]
+
+    def session(self, trial: Trial, gpus: list[int]) -> AbstractContextManager[_Session]:
+        return _Session(self, trial, gpus)
+
+    def reuse(self, trial: Trial, run_id: str) -> Outcome:
+        out = self.read(trial, run_id, "reused", "measured before with the same model, settings, GPUs and workload")
+        self.judge(out, trial)
+        return out
+
+    # -- reading and judging ----------------------------------------------------------------------
+    def read(self, trial: Trial, run_id: str, status: str = "measured", reason: str | None = None) -> Outcome:
+        """An outcome from a stored run, read typed (``RunSummary.model_validate``)."""
+        row = self.ws.store.query_one(
+            "SELECT r.summary, s.data FROM runs r LEFT JOIN servers s ON s.id = r.server_id WHERE r.id = ?", (run_id,)
+        )
+        summary = RunSummary.model_validate(json.loads(row["summary"])) if row and row["summary"] else None
+        before = json.loads(row["data"] or "{}").get("memory_before_mib", {}) if row else {}
+        out = Outcome(
+            name=trial.name,
+            stage=trial.stage,
+            kind=trial.kind,
+            status=status,  # type: ignore[arg-type]
+            config=trial.config,
+            reason=reason,
+            run_id=run_id,
+            request_settings=dict(trial.request),
+            estimate_mib=trial.estimate_mib,
+        )
+        if summary is None:
+            return out
+        lat = [
+            r["latency_s"]
+            for r in self.ws.store.query(
+                "SELECT latency_s FROM requests WHERE run_id = ? AND phase = 'measured' AND ok = 1 "
+                "AND latency_s IS NOT NULL",
+                (run_id,),
+            )
+        ]
+        if summary.latency:
+            out.p50_s, out.std_s, out.p50_se_s = summary.latency.p50_s, summary.latency.std_s, p50_se(lat)
+        out.throughput = summary.throughput_images_per_s or summary.throughput_video_s_per_s
+        peaks = [
+            (g.memory_peak_all_mib or g.memory_peak_mib or 0) - before.get(str(g.index), 0)
+            for g in (summary.gpus.gpus if summary.gpus else [])
+            if g.memory_peak_all_mib or g.memory_peak_mib
+        ]
+        out.peak_memory_mib = max(peaks) if peaks else None
+        stages = summary.server.stage_durations_mean_s
+        if stages and sum(stages.values()) > 0:
+            out.vae_share = stages.get("vae_decode", 0.0) / sum(stages.values())
+        if not out.p50_s:
+            oom = any("out of memory" in str(e.get("error", "")).lower() for e in summary.failures.examples)
+            out.status, out.cause = "failed", "out_of_memory_request" if oom else "no_measurement"
+            out.reason = (
+                "the server loaded but ran out of GPU memory on the requests"
+                if oom
+                else "no successful measured request"
+            )
+        return out
+
+    def judge(self, out: Outcome, trial: Trial) -> None:
+        """Quality against the baseline run (request-level differences allowed where the trial sets them)."""
+        from omnitune.tools.compare import compare_runs
+
+        if out.run_id and trial.compare_to and out.run_id != trial.compare_to and out.p50_s:
+            settings = trial.request
+            try:
+                cmp = compare_runs(self.ws, trial.compare_to, out.run_id,
+                                   across_steps="num_inference_steps" in settings,
+                                   allow_differences=[k for k in settings if k != "num_inference_steps"] or None)
+            except OmnituneError as exc:  # a comparison that cannot be made leaves the candidate unjudged
+                out.reason = "; ".join(x for x in (out.reason, f"not compared: {exc.problem}") if x)
+                return
+            out.verdict, out.psnr_db_mean = cmp.verdict, cmp.psnr_db_mean
+
+    def worth_repeating(self, out: Outcome, trial: Trial) -> bool:
+        if not (trial.repeat_near and out.p50_s):
+            return False
+        if trial.floor and out.verdict and out.verdict not in ACCEPT[trial.floor]:
+            return False  # rejected on quality whatever its speed
+        return abs(out.p50_s / trial.repeat_near - 1) < trial.repeat_band
+
+
+class _Session(AbstractContextManager):
+    """One server for a trial and any request-level variants of it; launched on the first measurement."""
+
+    def __init__(self, runner: LaunchTrials, trial: Trial, gpus: list[int]) -> None:
+        self.r, self.trial, self.gpus = runner, trial, gpus
+        self.server: ServerRecord | None = None
+        self.failed: Outcome | None = None
+        self.launch_s, self.measured = 0.0, 0
+        self._cm: AbstractContextManager[ServerRecord] | None = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cm is not None:
+            self._cm.__exit__(None, None, None)
+            self._cm = None
+
+    def _launch(self) -> None:
+        t0 = time.monotonic()
+        config = ServeConfig(model=self.r.req.model, **{**self.trial.config, "gpus": self.gpus})
+        self._cm = serving(self.r.launcher, config, {"tune_job": self.r.job_id})
+        try:
+            self.server = self._cm.__enter__()
+        except LaunchError as exc:
+            self._cm = None
+            if self.r.stopped():  # stopped under us by a shutdown or cancel: not this candidate's failure
+                raise Cancelled() from exc
+            spent = (time.monotonic() - t0) * len(self.gpus)
+            self.failed = Outcome(
+                name="",
+                stage="",
+                status="failed",
+                config={},
+                cause=launch_cause(exc),
+                reason=f"{exc.cause}: {exc.problem}",
+                gpu_seconds=spent,
+                launched=True,
+            )
+        except OmnituneError as exc:  # refused before anything started (the launch gate): costs nothing
+            self._cm = None
+            self.failed = Outcome(name="", stage="", status="failed", config={}, cause="launch_gate", reason=str(exc))
+        self.launch_s = time.monotonic() - t0
+
+    def measure(self, trial: Trial) -> Outcome:
+        started = time.time()
+        if self.server is None and self.failed is None:
+            self._launch()
+        if self.failed is not None:
+            first = self.measured == 0
+            self.measured += 1
+            return self.failed.model_copy(
+                update={
+                    "name": trial.name,
+                    "stage": trial.stage,
+                    "kind": trial.kind,
+                    "config": trial.config,
+                    "request_settings": dict(trial.request),
+                    "estimate_mib": trial.estimate_mib,
+                    "gpus": self.gpus,
+                    "gpu_seconds": self.failed.gpu_seconds if first else 0.0,
+                    "launched": self.failed.launched and first,
+                    "started_at": started,
+                    "ended_at": time.time(),
+                }
+            )
+        assert self.server is not None
+        t0 = time.monotonic()
+        target = BenchmarkTarget.model_validate({"server_id": self.server.id})
+        workload = workload_with(self.r.workload, trial.request)
+        try:
+            result = run_benchmark(self.r.ws, target, workload, cancel=self.r.cancel)
+        except OmnituneError as exc:  # the server died or stopped answering: a failed candidate, not a failed tune
+            n = len(self.gpus)
+            first, self.measured = self.measured == 0, self.measured + 1
+            return Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="failed", cause="crashed",
+                           config=trial.config, reason=f"benchmark failed: {exc.problem}", launched=first,
+                           request_settings=dict(trial.request), estimate_mib=trial.estimate_mib, gpus=self.gpus,
+                           gpu_seconds=(time.monotonic() - t0) * n + (self.launch_s * n if first else 0.0),
+                           started_at=started, ended_at=time.time())
+        if result.status != "completed":  # cancelled or ended early: a truncated run is never a measurement
+            if self.r.stopped() or result.status == "cancelled":
+                raise Cancelled()
+            first, self.measured = self.measured == 0, self.measured + 1
+            why = result.summary.aborted_reason if result.summary else None
+            return Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="failed",
+                           cause="no_measurement", config=trial.config, run_id=result.run_id,
+                           reason=f"benchmark run {result.run_id} {result.status}: {why or 'see the run'}",
+                           launched=first, request_settings=dict(trial.request), estimate_mib=trial.estimate_mib,
+                           gpus=self.gpus, gpu_seconds=(time.monotonic() - t0) * len(self.gpus),
+                           started_at=started, ended_at=time.time())
+        reason = ("request-level, measured inside one server: " + json.dumps(trial.request)) if trial.request else None
+        out = self.r.read(trial, result.run_id or "", "measured", reason)
+        self.r.judge(out, trial)
+        if self.r.worth_repeating(out, trial):  # too close to call: measure again here and pool
+            again = self.r.read(trial, run_benchmark(self.r.ws, target, workload, cancel=self.r.cancel).run_id or "")
+            pooled(out, again)
+        n = len(self.gpus)
+        out.gpu_seconds = (time.monotonic() - t0) * n + (self.launch_s * n if self.measured == 0 else 0.0)
+        out.launched = self.measured == 0
+        out.gpus, out.started_at, out.ended_at = list(self.gpus), started, time.time()
+        out.server_warnings = ignored_flags(get_server(self.r.ws.store, self.server.id))
+        self.measured += 1
+        return out
+
+
+def ignored_flags(server: ServerRecord) -> list[str]:
+    """Launch warnings in which the server says it carries on without a setting (e.g. SP without _sp_plan)."""
+    from pathlib import Path
+
+    lines: list[str] = []
+    log_path = getattr(server, "log_path", None)
+    if log_path and Path(log_path).is_file():
+        with open(log_path, errors="replace") as f:
+            lines = [ln.strip() for ln in f.read(200_000).splitlines()]
+    return [ln[-300:] for ln in lines if "warn" in ln.lower() and any(m in ln for m in IGNORED_MARKERS)][:5]
