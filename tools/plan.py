@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from omnitune.tools.errors import InvalidRequestError, OmnituneError, UnregisteredPipeline
 from omnitune.tools.gpus import GpuReport, detect_gpus
+from omnitune.tools.launch.validate import constraint_violations
 from omnitune.tools.search_space import METHOD_KEYS, label, layouts, nvlinked
 from omnitune.tools.settings import Settings
 from omnitune.tools.strict import StrictModel
@@ -99,7 +100,8 @@ def _memory_candidates(n_gpus: int, uses_cfg: bool, allowed: Callable[[str, str]
         sp = [lay for lay in layouts(n, uses_cfg) if "tensor_parallel_size" not in lay and "usp" in lay]
         for lay in sp:
             if not all(allowed(METHOD_KEYS[k], label(lay)) for k in lay) or (capability is not None and any(
-                    _status(capability, METHOD_KEYS[k])[0] == "unknown" for k in lay)):
+                    _status(capability, METHOD_KEYS[k])[0] == "unknown" for k in lay)) \
+                    or constraint_violations(capability, lay):
                 continue
             if allowed("layerwise_offload", "layerwise offload"):
                 out.append(Candidate(name=f"{label(lay)} + layerwise offload ({n} GPUs)", stage="lossless",
@@ -269,6 +271,10 @@ def make_plan(
             if heads and tp > 1 and heads % tp:
                 why = f"tensor_parallel_size does not divide {heads} heads"
                 pruned.append(Pruned(name=f"{name} ({n} GPUs)", why=why))
+                continue
+            broken = constraint_violations(capability, layout)
+            if broken:  # the launch gate would refuse it: never proposed
+                pruned.append(Pruned(name=f"{name} ({n} GPUs)", why=broken[0][0]))
                 continue
             if tp > 1 and nvlink is False:
                 pruned.append(Pruned(name=f"{name} ({n} GPUs)", why="tensor parallelism all-reduces every layer: "

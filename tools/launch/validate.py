@@ -67,6 +67,25 @@ def resolve_model(settings: Settings, model: str, result: ValidationResult) -> R
     return resolved
 
 
+def constraint_violations(capability: Any, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """The capability report's size constraints (``divides``, ``one_of``) that ``settings`` (ServeConfig field
+    names) break: the one reading of them, for the launch gate and for the plan that must not propose them."""
+    out: list[tuple[str, str]] = []
+    for c in getattr(capability, "constraints", None) or []:
+        field = CONSTRAINED.get(str(getattr(c, "parameter", None)))
+        setting = settings.get(field, 1) if field else None
+        if not isinstance(setting, int) or setting <= 1:
+            continue
+        value, values = getattr(c, "value", None), getattr(c, "values", None)
+        text = f"{getattr(c, 'description', '')} ({', '.join(list(getattr(c, 'evidence', None) or [])[:2])})"
+        if getattr(c, "kind", None) == "divides" and isinstance(value, int) and value % setting:
+            out.append((f"{field} {setting} must divide {value} for this model: {text}", f"use a divisor of {value}"))
+        elif getattr(c, "kind", None) == "one_of" and values and setting not in values:
+            out.append((f"{field} {setting} is not one of the sizes this model allows {values}: {text}",
+                        f"use one of {values}"))
+    return out
+
+
 def _method_status(report: Any, key: str) -> tuple[str | None, str]:
     methods = getattr(report, "methods", None) or {}
     m = methods.get(key) if isinstance(methods, dict) else None
@@ -155,19 +174,8 @@ def _model_rules(r: ValidationResult, config: ServeConfig, resolved: ResolvedMod
                               "costs GPUs or time for nothing")
         elif status == "unknown":
             r.warnings.append(f"support for {key} could not be established ({why})")
-    for c in getattr(capability, "constraints", None) or []:
-        field = CONSTRAINED.get(str(getattr(c, "parameter", None)))
-        if field is None:
-            continue
-        setting = getattr(config, field)
-        value, values = getattr(c, "value", None), getattr(c, "values", None)
-        text = f"{getattr(c, 'description', '')} ({', '.join(list(getattr(c, 'evidence', None) or [])[:2])})"
-        if getattr(c, "kind", None) == "divides" and isinstance(value, int) and setting > 1 and value % setting:
-            r.error(f"{field} {setting} must divide {value} for this model: {text}",
-                    f"use a divisor of {value}")
-        elif getattr(c, "kind", None) == "one_of" and values and setting > 1 and setting not in values:
-            r.error(f"{field} {setting} is not one of the sizes this model allows {values}: {text}",
-                    f"use one of {values}")
+    for problem, fix in constraint_violations(capability, config.model_dump()):
+        r.error(problem, fix)
     backends = getattr(capability, "cache_backends", None)
     if config.cache_backend and backends and config.cache_backend not in backends:
         r.error(f"cache backend {config.cache_backend} is not offered by the installed vLLM-Omni ({backends})",
