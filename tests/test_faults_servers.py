@@ -152,3 +152,30 @@ async def test_plan_says_which_gpus_omnitune_holds_and_a_tune_beside_a_running_s
     assert any(sid in note and "held by omnitune server" in note for note in plan["notes"]), plan["notes"]
     assert final["status"] == "failed" and sid in final["error"] and "not be alone" in final["error"]
     assert list(listed) == [sid]  # nothing launched beside it
+
+
+async def test_a_server_frozen_while_loading_fails_its_launch_at_once_and_leaves_no_process(emulator, tmp_path):
+    emulator.write(world(1, cost={"startup_s": 3.0}))
+    settings = emulator_settings(emulator, tmp_path)
+    frozen: list[int] = []
+
+    async def freeze() -> None:
+        for _ in range(400):  # bounded: until the launcher has recorded the pid
+            rows = db_rows(settings.db_path, "SELECT pid FROM servers WHERE pid IS NOT NULL") \
+                if settings.db_path.exists() else []
+            if rows:
+                os.kill(rows[0]["pid"], signal.SIGSTOP)
+                frozen.append(rows[0]["pid"])
+                return
+            await anyio.sleep(0.02)
+
+    async with Client(build_server(settings)) as client:
+        t0 = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(freeze)
+            result = await client.call_tool("launch_server", {"config": {"model": ZIMAGE, "health_timeout_s": 600}})
+        spent = time.monotonic() - t0
+        listed = await servers(client)
+    assert frozen and result.is_error and "frozen (SIGSTOP) while loading" in result.content[0].text
+    assert spent < 30 and [s["server"]["cause"] for s in listed.values()] == ["unresponsive"]
+    assert emulator_processes(emulator) == []

@@ -105,6 +105,15 @@ def gpu_lock(workspace: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _continue_if_stopped(pgid: int, since: float | None) -> None:
+    """A frozen (SIGSTOP) server cannot act on SIGTERM: SIGCONT its group so a stop ends it cleanly."""
+    if owner.stopped(pgid, since):
+        try:
+            os.killpg(pgid, signal.SIGCONT)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def quote(argv: list[str]) -> str:
     import shlex
     return " ".join(shlex.quote(a) for a in argv)
@@ -260,6 +269,8 @@ class Launcher:
                 code = popen.poll()
                 if code is not None:
                     self._fail(server_id, popen, code, None)
+                if owner.stopped(popen.pid, None):  # frozen while loading (SIGSTOP): it would never answer
+                    self._fail(server_id, popen, None, "unresponsive")
                 try:
                     if client.get(url).status_code == 200:
                         return
@@ -274,6 +285,7 @@ class Launcher:
 
     def _fail(self, server_id: str, popen: subprocess.Popen, code: int | None, cause: str | None) -> None:
         record = get_server(self.store, server_id)
+        _continue_if_stopped(popen.pid, record.proc_start_time)
         process.kill_group(popen.pid, record.proc_start_time, grace_s=5, popen=popen)
         found, line, tail = process.failure(Path(record.log_path), code)  # the root cause first, ANSI stripped
         if server_id in self._stopping:  # omnitune stopped it (shutdown, cancel): not the server's failure
@@ -282,6 +294,7 @@ class Launcher:
         self.store.update("servers", {"id": server_id}, {"status": "failed", "cause": cause, "exit_code": code,
                                                          "stopped_at": now()})
         what = "was stopped by omnitune while starting" if cause == "stopped" else \
+            "was frozen (SIGSTOP) while loading; its process group was killed" if cause == "unresponsive" else \
             f"exited with code {code}" if code is not None else \
             f"did not answer /health within {record.config.get('health_timeout_s')} s; its process group was killed"
         raise LaunchError(f"server {server_id} {what} ({cause}). Cause in the log: {line}.", process.FIXES.get(cause),
@@ -296,11 +309,7 @@ class Launcher:
             raise InvalidRequestError(f"server {server_id} never started a process.", "nothing to stop")
         popen = self._popens.get(server_id)
         self._stopping.add(server_id)
-        if owner.stopped(record.pid, record.proc_start_time):
-            try:  # a frozen (SIGSTOP) server cannot act on SIGTERM: let it run so it can end cleanly
-                os.killpg(record.pgid, signal.SIGCONT)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _continue_if_stopped(record.pgid, record.proc_start_time)
         gone, forced = process.kill_group(record.pgid, record.proc_start_time, grace_s, popen)
         leftover = process.group_members(record.pgid, record.proc_start_time)
         released, used = self._memory_released(record)
