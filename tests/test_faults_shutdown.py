@@ -63,7 +63,7 @@ async def test_closing_the_client_mid_tune_cancels_it_first_and_resume_finds_the
     assert final["status"] == "completed", final["error"]
     truthful_candidates(db)
     r = final["result"]
-    assert r["winner"]["name"] == "tea_cache 0.3"  # the undisturbed tune's winner (tests/test_tune.py)
+    assert r["winner"]["name"] == "cache_dit 0.24"  # the undisturbed tune's winner (tests/test_tune.py)
     assert sum(c["resumed"] for c in r["candidates"]) == len(before)
     assert r["launches"] == len(db_rows(db, "SELECT id FROM servers WHERE pid IS NOT NULL"))
     assert emulator_processes(emulator) == []

@@ -78,7 +78,10 @@ async def test_plan_lists_candidates_with_evidence_and_pruned_ones(emulator, tmp
     async with Client(build_server(emulator_settings(emulator, tmp_path, vllm_omni_source=SRC))) as client:
         plan = (await client.call_tool("plan", {"model": QWEN, "goal": {"quality": "lossy"}})).structured_content
     names = [c["name"] for c in plan["candidates"]]
-    assert names[0] == "baseline" and names.index("cfg_parallel_size=2xusp=2 (4 GPUs)") < names.index("usp=4 (4 GPUs)")
+    assert names[0] == "baseline" and names.index("cfg_parallel_size=2xring=2 (4 GPUs)") < names.index("ring=4 (4 GPUs)")
+    # the fixture's DiT has 3 heads: strict Ulysses (the engine's default) refuses usp 2 or 4 at load, so never proposed
+    assert not [n for n in names if "usp=2" in n or "usp=4" in n] and "usp=3 (3 GPUs)" in names
+    assert any("usp=2" in p["name"] and "must divide 3" in p["why"] for p in plan["pruned"])
     assert plan["capability_report"] is True and plan["gpus"] == 4
     fp8 = next(c for c in plan["candidates"] if c["name"] == "compile+fp8")
     assert fp8["evidence"] and ":" in fp8["evidence"][0]
@@ -159,6 +162,7 @@ async def test_a_lossy_tune_cancelled_mid_search_resumes_to_the_cliff_and_the_in
         assert cancelled["status"] == "cancelled" and emulator_processes(emulator) == []
         again = await client.call_tool("tune_start", {"resume": job_id})
         final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 300})).structured_content
+        launched = (await client.call_tool("list_servers", {})).structured_content["servers"]
     assert again.structured_content["id"] == job_id and final["status"] == "completed", final["error"]
     r = final["result"]
     assert sum(c["resumed"] for c in r["candidates"]) >= 3 and r["winner"]["name"] == "cache_dit 0.24"
@@ -176,5 +180,8 @@ async def test_a_lossy_tune_cancelled_mid_search_resumes_to_the_cliff_and_the_in
     # guidance off halves the emulated DiT work: faster than the winner, and rejected on quality all the same
     assert guidance["status"] == "rejected_quality" and guidance["p50_s"] < r["winner"]["p50_s"]
     assert steps["config"] == guidance["config"] == r["winner"]["config"]
-    # baseline, compile+fp8, 5 + 4 thresholds, 2 bisections, one server for requests
-    assert r["launches"] == 14, [(c["name"], c["status"], c["launched"], c["reason"]) for c in r["candidates"]]
+    # baseline, compile+fp8, 5 + 4 thresholds, 2 bisections, one server for requests: 14 decided launches, plus
+    # the one the cancel may have cut short (never decided, counted all the same: every launch is a server record)
+    decided = sum(c["launched"] for c in r["candidates"])
+    assert decided == 14, [(c["name"], c["status"], c["launched"], c["reason"]) for c in r["candidates"]]
+    assert r["launches"] == len(launched) in (14, 15)
