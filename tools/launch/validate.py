@@ -180,8 +180,8 @@ def _model_rules(r: ValidationResult, config: ServeConfig, folder: Path | None, 
             r.warnings.append(f"support for {key} could not be established ({why})")
     for c in getattr(capability, "constraints", None) or []:
         field = CONSTRAINED.get(str(getattr(c, "parameter", None)))
-        if field is None:
-            continue
+        if field is None or (field == "usp" and config.extra_flags.get("--ulysses-mode") == "advanced_uaa"):
+            continue  # advanced_uaa pads uneven heads: the strict-mode divisibility rule does not apply
         setting = getattr(config, field)
         value, values = getattr(c, "value", None), getattr(c, "values", None)
         text = f"{getattr(c, 'description', '')} ({', '.join(list(getattr(c, 'evidence', None) or [])[:2])})"
