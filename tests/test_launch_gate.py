@@ -11,6 +11,7 @@ from mcp import Client
 from mcp.types import TextContent, TextResourceContents
 
 from omnitune.server.main import build_server
+from omnitune.tools.capabilities.flags import shipped
 from omnitune.tools.gpus import GpuReport
 from omnitune.tools.launch.config import ServeConfig
 from omnitune.tools.launch.validate import validate
@@ -171,7 +172,7 @@ def _validate(config: dict, report) -> tuple[list[str], list[str]]:
         "cpu_cores_logical": 2, "cpu_cores_physical": 2, "ram_total_mib": 1, "ram_available_mib": 1, "workspace": "/w",
         "workspace_disk_free_mib": 1}, "gpus": [
         {"index": i, "name": "H200", "memory_total_mib": 143771, "memory_used_mib": 0} for i in range(4)]})
-    r = validate(Settings(model_roots=[FIXTURE_MODELS]), ServeConfig(**config), gpus, report, None)
+    r = validate(Settings(model_roots=[FIXTURE_MODELS]), ServeConfig(**config), gpus, report, shipped(None))
     return r.errors, r.warnings
 
 
@@ -191,6 +192,13 @@ def test_capability_constraints_and_the_zimage_head_key_are_honoured():
     report.constraints = [one_of]
     errors, _ = _validate({"model": WAN, "tensor_parallel_size": 4}, report)
     assert any("not one of the sizes this model allows [1, 2]" in e for e in errors)
+    strict = SimpleNamespace(kind="divides", parameter="ulysses_degree", value=3, values=None,
+                             description="ulysses_degree must divide the heads in strict mode", evidence=["u.py:516"])
+    report.constraints = [strict]
+    errors, _ = _validate({"model": QWEN, "usp": 2}, report)
+    assert any("usp 2 must divide 3" in e for e in errors)
+    errors, _ = _validate({"model": QWEN, "usp": 2, "extra_flags": {"--ulysses-mode": "advanced_uaa"}}, report)
+    assert errors == []
 
 
 async def test_a_cold_serving_environment_never_holds_the_launch_past_its_bound(emulator, tmp_path, monkeypatch):

@@ -73,6 +73,8 @@ def constraint_violations(capability: Any, settings: dict[str, Any]) -> list[tup
     out: list[tuple[str, str]] = []
     for c in getattr(capability, "constraints", None) or []:
         field = CONSTRAINED.get(str(getattr(c, "parameter", None)))
+        if field == "usp" and (settings.get("extra_flags") or {}).get("--ulysses-mode") == "advanced_uaa":
+            continue  # advanced_uaa pads uneven heads: the strict-mode divisibility rule does not apply
         setting = settings.get(field, 1) if field else None
         if not isinstance(setting, int) or setting <= 1:
             continue
