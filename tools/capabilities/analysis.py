@@ -329,8 +329,12 @@ def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
 def _helpers(index: SourceIndex, mod: Module, fn: ast.AST) -> list[tuple[Module, ast.AST]]:
     """Validation helpers of other model modules that ``fn`` calls (``validate_x_parallel_config(cfg)``)."""
     out = []
-    local = index.local_imports(mod)
-    if not any(n in mod.imports or n in local for n in facts_of(fn).names):
+    wanted = mod.memo.get("model_imports")
+    if wanted is None:
+        wanted = mod.memo["model_imports"] = {
+            name for table in (mod.imports, index.local_imports(mod)) for name, (src, attr) in table.items()
+            if attr and src.startswith("vllm_omni.diffusion.models.")}
+    if not wanted & facts_of(fn).names.keys():
         return out
     for node in ast.walk(fn):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
