@@ -222,9 +222,10 @@ def _tp_in_module(index: SourceIndex, mod: Module, depth: int) -> str | None:
     helpers = []
     for name, (src, attr) in mod.imports.items():
         if attr and name[:1].isupper() and src.startswith("vllm_omni") and src != mod.name and name in mod.text:
-            other = index.module(src)
-            if other is not None and any(n in other.text for n in TP_LAYERS):
-                helpers.append(other)
+            if any(n in index.text_of(src) for n in TP_LAYERS):   # parse only modules that name TP layers
+                other = index.module(src)
+                if other is not None:
+                    helpers.append(other)
     return tp_use(index, helpers, depth + 1) if helpers else None
 
 
