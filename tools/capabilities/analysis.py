@@ -320,8 +320,9 @@ def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
         head, _, last = name.rpartition(".")
         cls = head if last in FACTORY_SUFFIXES else name
         head = cls.split(".")[0]
-        target = (mod.imports.get(head) or index.local_imports(mod).get(head)) if cls and cls[:1].isupper() else None
-        if target and not target[0].startswith("vllm_omni"):
+        target = (mod.imports.get(head) or index.local_imports(mod).get(head)) if cls else None
+        # a class (or a loader function) from another package cannot be vllm-omni's DistributedVaeMixin
+        if target and not target[0].startswith("vllm_omni") and target[0].split(".")[0] not in ("torch", "builtins"):
             return True
     return False
 
