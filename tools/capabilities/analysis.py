@@ -102,7 +102,9 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     dit_mro = mc.dit_mro
     own_classes = [c for c in [*mc.pipeline_mro, *dit_mro] if own(c)]
     own_mods = list({c.module.name: c.module for c in own_classes}.values())
-    for mod in list(own_mods):
+    base_mods = own_mods + _folder_imports(index, pipe.module, own_mods)   # where refusals are looked for
+    own_mods = list(base_mods)
+    for mod in list(own_mods):                                             # where code paths are looked for
         own_mods += _folder_imports(index, mod, own_mods)
     dit_mods = list({c.module.name: c.module for c in dit_mro if own(c)}.values())
     m: dict[str, MethodSupport] = {}
@@ -216,7 +218,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
             put("fp8", "unsupported", [init[0].at(init[1]) if init else dit.at()],
                 f"{dit_name}'s constructor takes no quant_config: --quantization leaves it unquantized.")
 
-    constraints = _refusals(index, m, own_classes, own_mods)
+    constraints = _refusals(index, m, own_classes, base_mods)
     uses_cfg = True if m["cfg_parallel"].status == "supported" else (
         True if _first_use([pipe.module], CFG_HINTS) else None)
     assert set(m) == set(METHOD_KEYS)
