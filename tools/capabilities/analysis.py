@@ -102,7 +102,9 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     dit_mro = mc.dit_mro
     own_classes = [c for c in [*mc.pipeline_mro, *dit_mro] if own(c)]
     own_mods = list({c.module.name: c.module for c in own_classes}.values())
-    for mod in list(own_mods):
+    base_mods = own_mods + _folder_imports(index, pipe.module, own_mods)   # where refusals are looked for
+    own_mods = list(base_mods)
+    for mod in list(own_mods):                                             # where code paths are looked for
         own_mods += _folder_imports(index, mod, own_mods)
     dit_mods = list({c.module.name: c.module for c in dit_mro if own(c)}.values())
     m: dict[str, MethodSupport] = {}
@@ -216,7 +218,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
             put("fp8", "unsupported", [init[0].at(init[1]) if init else dit.at()],
                 f"{dit_name}'s constructor takes no quant_config: --quantization leaves it unquantized.")
 
-    constraints = _refusals(index, m, own_classes, own_mods)
+    constraints = _refusals(index, m, own_classes, base_mods)
     uses_cfg = True if m["cfg_parallel"].status == "supported" else (
         True if _first_use([pipe.module], CFG_HINTS) else None)
     assert set(m) == set(METHOD_KEYS)
@@ -320,8 +322,9 @@ def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
         head, _, last = name.rpartition(".")
         cls = head if last in FACTORY_SUFFIXES else name
         head = cls.split(".")[0]
-        target = (mod.imports.get(head) or index.local_imports(mod).get(head)) if cls and cls[:1].isupper() else None
-        if target and not target[0].startswith("vllm_omni"):
+        target = (mod.imports.get(head) or index.local_imports(mod).get(head)) if cls else None
+        # a class (or a loader function) from another package cannot be vllm-omni's DistributedVaeMixin
+        if target and not target[0].startswith("vllm_omni") and target[0].split(".")[0] not in ("torch", "builtins"):
             return True
     return False
 
@@ -329,8 +332,12 @@ def _external_vae(index: SourceIndex, mc: ModelClasses) -> bool:
 def _helpers(index: SourceIndex, mod: Module, fn: ast.AST) -> list[tuple[Module, ast.AST]]:
     """Validation helpers of other model modules that ``fn`` calls (``validate_x_parallel_config(cfg)``)."""
     out = []
-    local = index.local_imports(mod)
-    if not any(n in mod.imports or n in local for n in facts_of(fn).names):
+    wanted = mod.memo.get("model_imports")
+    if wanted is None:
+        wanted = mod.memo["model_imports"] = {
+            name for table in (mod.imports, index.local_imports(mod)) for name, (src, attr) in table.items()
+            if attr and src.startswith("vllm_omni.diffusion.models.")}
+    if not wanted & facts_of(fn).names.keys():
         return out
     for node in ast.walk(fn):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):

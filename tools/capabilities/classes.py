@@ -144,7 +144,10 @@ class _Resolver:
         for arg in expr.args:
             ref = dotted_name(arg)
             if ref and ref.rpartition(".")[2] in FACTORY_SUFFIXES:
-                found = self.index.resolve_class(mod, ref.rpartition(".")[0])
+                head = ref.rpartition(".")[0]
+                found = self.index.resolve_class(mod, head) or self.index.resolve_local_import(mod, head)
+                if found is None and "." not in head:   # `vae_class = A if cond else B; helper(vae_class.from_...)`
+                    found = self._local(mod, head, func, depth)
                 if found is not None:
                     return found
         return None
@@ -326,8 +329,20 @@ def model_classes(index: SourceIndex, pipeline: ClassRef) -> ModelClasses:
     if vae_at is not None:
         out.vae_assigned = vae_at[0].at(vae_at[2])
         value = getattr(vae_at[2], "value", None)
-        while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr in SAME_MODULE:
-            value = value.func.value
+        for _ in range(4):  # follow `self.vae = self.vae_video` / `= vae_video` to the call that built it
+            while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) \
+                    and value.func.attr in SAME_MODULE:
+                value = value.func.value
+            name = dotted_name(value) if isinstance(value, (ast.Name, ast.Attribute)) else None
+            if name is None:
+                break
+            hop = next(iter(_assignments(mro, name[5:]) if name.startswith("self.") and name.count(".") == 1
+                            else []), None)
+            if hop is None and "." not in name:
+                nodes = facts_of(vae_at[1]).local_assigns.get(name, [])
+                value = getattr(nodes[0], "value", None) if nodes else None
+            else:
+                value = getattr(hop[2], "value", None) if hop else None
         if isinstance(value, ast.Call):
             out.vae_call = (vae_at[0].module, value)
         reach = _init_reach(mro)

@@ -9,6 +9,7 @@ pipeline builds them (a sibling class in the same file does not), and a layer bu
 from __future__ import annotations
 
 import ast
+import re
 
 from omnitune.tools.capabilities.classes import ModelClasses, methods
 from omnitune.tools.capabilities.report import Status
@@ -16,7 +17,6 @@ from omnitune.tools.capabilities.source import (
     ClassRef,
     Module,
     SourceIndex,
-    dotted_name,
     facts_of,
     names_of,
     self_calls,
@@ -28,12 +28,19 @@ CFG_CALLS = frozenset({"get_classifier_free_guidance_world_size", "get_cfg_group
                        "get_classifier_free_guidance_rank"})
 
 
-def class_names(node: ast.ClassDef) -> set[str]:
-    """Identifiers a class body uses, from the per-statement facts (each method is walked once overall)."""
-    out: set[str] = set()
-    for stmt in node.body:
-        out |= facts_of(stmt).names.keys()
-    return out
+CAPITALISED = re.compile(r"\b([A-Z]\w*)\s*[(.]")  # built or used: `X(...)`, `X.from_pretrained`
+
+
+def class_names(mod: Module, node: ast.ClassDef) -> set[str]:
+    """Capitalised identifiers in a class's source (classes it may build); read from the text, which is
+    far cheaper than walking the tree of every helper class."""
+    offsets: list[int] | None = mod.memo.get("line_offsets")
+    if offsets is None:
+        offsets = mod.memo["line_offsets"] = [0] + [m.end() for m in re.finditer("\n", mod.text)]
+    start = offsets[node.lineno - 1]
+    end_line = getattr(node, "end_lineno", None) or node.lineno
+    end = offsets[end_line] if end_line < len(offsets) else len(mod.text)
+    return set(CAPITALISED.findall(mod.text, start, end))
 
 
 def mentions(mod: Module, names: frozenset[str]) -> bool:
@@ -114,7 +121,7 @@ def used_classes(mc: ModelClasses, own_mods: list[Module]) -> list[ClassRef]:
     seen = {c.key for c in start}
     names: set[str] = set()
     for c in start:
-        names |= class_names(c.node)
+        names |= class_names(c.module, c.node)
     out: list[ClassRef] = []
     changed = True
     while changed:
@@ -125,7 +132,7 @@ def used_classes(mc: ModelClasses, own_mods: list[Module]) -> list[ClassRef]:
                 if ref.key not in seen and cname in names:
                     seen.add(ref.key)
                     out.append(ref)
-                    names |= class_names(node)
+                    names |= class_names(mod, node)
                     changed = True
     mc.helpers = out
     return out
@@ -141,11 +148,12 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
         known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
     aware = {name for name, (cls, fn) in table.items()
              if mentions(cls.module, known[cls.module.name]) and real_uses(fn, known[cls.module.name])}
-    changed = True
+    changed = bool(aware)
     while changed:
         changed = False
-        for name, (_, fn) in table.items():
-            if name not in aware and aware & self_calls(fn).keys():
+        for name, (cls, fn) in table.items():
+            if name not in aware and any(f"self.{a}" in cls.module.text for a in aware) \
+                    and aware & self_calls(fn).keys():
                 aware.add(name)
                 changed = True
     for cls in [*mc.pipeline_mro, *mc.dit_mro, *helpers]:
@@ -156,7 +164,7 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
         for stmt in cls.node.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 direct = real_uses(stmt, known[cls.module.name]) if here else []
-                via = [n for i, n in self_calls(stmt).items() if i in aware]
+                via = [n for i, n in self_calls(stmt).items() if i in aware] if aware else []
                 if direct or via:
                     return cls.at(min(direct + via, key=lambda n: getattr(n, "lineno", 0)))
     for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
@@ -175,38 +183,50 @@ def tp_use(index: SourceIndex, mods: list[Module], depth: int = 0) -> str | None
 
     Layers wrapped in an in-package class of another module (attention / FFN helpers) count too.
     """
-    seen: set[str] = {m.name for m in mods}
     for mod in mods:
-        if not any(n in mod.text for n in TP_LAYERS) and depth > 0:
-            continue
-        if depth == 0 and "tp_use" in mod.memo:
-            if mod.memo["tp_use"]:
-                return mod.memo["tp_use"]
-            continue
-        best: ast.Call | None = None
-        helpers: list[Module] = []
-        for node in ast.walk(mod.tree):
-            if not isinstance(node, ast.Call):
-                continue
-            name = (dotted_name(node.func) or "").rpartition(".")[2]
-            if name in TP_LAYERS:
-                off = any(k.arg == "disable_tp" and isinstance(k.value, ast.Constant) and k.value.value is True
-                          for k in node.keywords)
-                if not off and (best is None or node.lineno < best.lineno):
-                    best = node
-            elif depth < 2 and name and name[:1].isupper():
-                target = mod.imports.get(name)
-                if target and target[0].startswith("vllm_omni") and target[0] not in seen:
-                    other = index.module(target[0])
-                    if other is not None and any(n in other.text for n in TP_LAYERS):
-                        seen.add(target[0])
-                        helpers.append(other)
-        found = mod.at(best) if best is not None else (tp_use(index, helpers, depth + 1) if helpers else None)
-        if depth == 0:
-            mod.memo["tp_use"] = found
-        if found:
-            return found
+        if "tp_use" not in mod.memo:
+            mod.memo["tp_use"] = None      # guards against import cycles while this module is read
+            mod.memo["tp_use"] = _tp_in_module(index, mod, depth)
+        if mod.memo["tp_use"]:
+            return mod.memo["tp_use"]
     return None
+
+
+TP_CALL = re.compile(r"\b(" + "|".join(sorted(TP_LAYERS)) + r")\(")
+DISABLED = re.compile(r"\bdisable_tp\s*=\s*True\b")
+
+
+def _tp_call_line(mod: Module) -> int | None:
+    """Line of the first TP layer constructed without ``disable_tp=True``, read from the text (a call's
+    arguments up to its closing parenthesis) rather than by walking the module's tree."""
+    text = mod.text
+    for m in TP_CALL.finditer(text):
+        line_start = text.rfind("\n", 0, m.start()) + 1
+        if text[line_start:m.start()].lstrip().startswith("#"):
+            continue
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        if not DISABLED.search(text, m.end(), i):
+            return text.count("\n", 0, m.start()) + 1
+    return None
+
+
+def _tp_in_module(index: SourceIndex, mod: Module, depth: int) -> str | None:
+    best = _tp_call_line(mod)
+    if best is not None:
+        return f"{mod.rel}:{best}"
+    if depth >= 2:
+        return None
+    helpers = []
+    for name, (src, attr) in mod.imports.items():
+        if attr and name[:1].isupper() and src.startswith("vllm_omni") and src != mod.name and name in mod.text:
+            if any(n in index.text_of(src) for n in TP_LAYERS):   # parse only modules that name TP layers
+                other = index.module(src)
+                if other is not None:
+                    helpers.append(other)
+    return tp_use(index, helpers, depth + 1) if helpers else None
 
 
 COMPILE_CALLS = {"regionally_compile", "compile_regions", "compile_repeated_blocks"}

@@ -148,6 +148,21 @@ class SourceIndex:
         self._modules[dotted] = mod
         return mod
 
+    def text_of(self, dotted: str) -> str:
+        """A module's source text without parsing it (cheap checks before a parse is worth it)."""
+        mod = self._modules.get(dotted)
+        if mod is not None:
+            return mod.text
+        path = self.path_of(dotted)
+        if path is None:
+            return ""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            return ""
+        self.files[self.rel(path)] = path.stat().st_mtime
+        return text
+
     def module_at(self, rel: str) -> Module | None:
         dotted = PKG + "." + rel[:-3].replace("/", ".")
         return self.module(dotted[: -len(".__init__")] if dotted.endswith(".__init__") else dotted)
