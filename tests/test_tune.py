@@ -14,6 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
+from mcp.types import TextContent
 
 from omnitune.server.main import build_server
 from tests.conftest import FAKE_NVML_DIR
@@ -43,6 +44,13 @@ async def tune(emulator, tmp_path, scenario: str, model: str, goal: dict, worklo
     return final["result"]
 
 
+def text(result) -> str:
+    """The first content block of a tool result, as text (errors are text)."""
+    block = result.content[0]
+    assert isinstance(block, TextContent)
+    return block.text
+
+
 def by_name(result: dict) -> dict:
     return {c["name"]: c for c in result["candidates"]}
 
@@ -66,11 +74,11 @@ async def test_a_second_tune_reuses_measured_configurations_and_a_finished_job_c
         neither = await client.call_tool("tune_start", {})
         completed = await client.call_tool("tune_start", {"resume": job_id})
         unknown = await client.call_tool("tune_start", {"resume": "tune-nope"})
-    assert both.is_error and "not both or neither" in both.content[0].text
-    assert neither.is_error and "not both or neither" in neither.content[0].text
-    assert completed.is_error and "is completed" in completed.content[0].text
-    assert "job_status" in completed.content[0].text
-    assert unknown.is_error and "no job 'tune-nope'" in unknown.content[0].text and job_id in unknown.content[0].text
+    assert both.is_error and "not both or neither" in text(both)
+    assert neither.is_error and "not both or neither" in text(neither)
+    assert completed.is_error and "is completed" in text(completed)
+    assert "job_status" in text(completed)
+    assert unknown.is_error and "no job 'tune-nope'" in text(unknown) and job_id in text(unknown)
 
 
 async def test_plan_lists_candidates_with_evidence_and_pruned_ones(emulator, tmp_path):
@@ -113,7 +121,9 @@ async def test_a_tune_whose_omnitune_is_sigkilled_resumes_under_its_own_id(emula
                                "tune_start", json.dumps({"request": request})], cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                               env={**os.environ, "PYTHONPATH": f"{FAKE_NVML_DIR}{os.pathsep}{REPO}"})
+    done = 0
     try:
+        assert driver.stdout is not None
         job_id = json.loads(driver.stdout.readline())["id"]
         with sqlite3.connect(settings.db_path) as db:  # kill it mid-search, while a candidate server is up
             for _ in range(3000):
@@ -156,7 +166,7 @@ async def test_a_lossy_tune_cancelled_mid_search_resumes_to_the_cliff_and_the_in
                 break
             await anyio.sleep(0.05)
         running = await client.call_tool("tune_start", {"resume": job_id})  # refused, and its server untouched
-        assert running.is_error and "is working" in running.content[0].text
+        assert running.is_error and "is working" in text(running)
         await client.call_tool("job_cancel", {"job_id": job_id})
         cancelled = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 120})).structured_content
         assert cancelled["status"] == "cancelled" and emulator_processes(emulator) == []
