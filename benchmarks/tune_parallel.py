@@ -30,6 +30,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -163,6 +164,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh alone launches per winner when they differ")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
+    # SIGTERM unwinds like Ctrl-C, so every server a trial started is stopped on the way out (a killed run of
+    # this script once left an emulated server behind)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = ["| GPUs | sequential wall (s) | parallel wall (s) | parallel/sequential | sequential winner | "
             "parallel winner | same (or within noise) | launches seq/par | trials run beside another | "
             "GPUs shared (emulator) | overlapping trials disjoint (timeline) |",
