@@ -61,7 +61,8 @@ def check(report: dict, expect_gpus: int | None, expect_name: str | None) -> lis
             if not 135 * 1024 <= (gpu["memory_total_mib"] or 0) <= 145 * 1024:
                 problems.append(f"GPU {gpu['index']}: {gpu['memory_total_mib']} MiB is not about 141 GiB")
     if expect_name == "H200":
-        problems += [f"GPUs {l['a']}-{l['b']} not linked by NVLink" for l in report["links"] if not l["nvlink"]]
+        problems += [f"GPUs {link['a']}-{link['b']} not linked by NVLink"
+                     for link in report["links"] if not link["nvlink"]]
     return problems
 
 
@@ -80,7 +81,8 @@ def main() -> None:
                          f"used {gpu['memory_used_mib']} MiB mig={gpu['mig_mode']} unavailable={gpu['unavailable']}\n")
     for link in report["links"]:
         sys.stdout.write(f"link {link['a']}-{link['b']}: nvlink={link['nvlink']} count={link['nvlink_count']} "
-                         f"via_nvswitch={link['via_nvswitch']} topology={link['topology']} p2p_read={link['p2p_read']}\n")
+                         f"via_nvswitch={link['via_nvswitch']} topology={link['topology']} "
+                         f"p2p_read={link['p2p_read']}\n")
     problems = check(report, args.expect_gpus, args.expect_name)
     sys.stdout.write("CHECK: " + ("PASS" if not problems else "FAIL: " + "; ".join(problems)) + "\n")
     raise SystemExit(1 if problems else 0)

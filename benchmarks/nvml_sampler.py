@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 # The repo, not this folder, on the path: a script here named like a stdlib module must not shadow it.
-sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [p for p in sys.path[1:]]
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + list(sys.path[1:])
 
 from omnitune.tools.benchmark.telemetry import GpuSampler  # noqa: E402
 

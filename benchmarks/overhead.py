@@ -204,7 +204,6 @@ def video_delays(url: str, n: int, mode: str, initial: float, cap: float) -> dic
     for i in range(n):
         params = {"prompt": "a", "size": "16x16", "seed": i, "num_frames": 2, "fps": 8}
         if mode == "sync":
-            start = time.time()
             r = httpx.post(url + "/v1/videos/sync", files={"prompt": (None, "a")}, timeout=30)
             delays.append(time.time() - float(r.headers["x-completed-at"]))
             continue

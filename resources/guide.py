@@ -75,6 +75,7 @@ def check_recipes(installed_flags: set[str], support: dict[str, dict[str, str]] 
         unsupported = {m: statuses[m] for m in recipe["methods"] if statuses.get(m) not in (None, "supported")}
         argv = ["vllm", "serve", recipe["model"], "--omni", *recipe["args"]]
         out.append({**recipe, "argv": argv, "command": shlex.join(argv), "missing_flags": missing,
-                    "valid_flags": not missing, "method_status": {m: statuses.get(m, "unknown") for m in recipe["methods"]},
+                    "valid_flags": not missing,
+                    "method_status": {m: statuses.get(m, "unknown") for m in recipe["methods"]},
                     "not_supported": unsupported})
     return out

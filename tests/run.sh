@@ -4,15 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/python -c "import pytest, mcp, omnitune.server.main" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, mcp, omnitune.server.main, importlib.util as u; assert u.find_spec('ray')" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 fi
 bash tests/install_vllm_omni.sh
-# The real serving stack for the contract tests (tests/test_real_*.py), installed once and cached (about 5
-# minutes and 9 GB the first time). OMNITUNE_REAL_VLLM=0 skips it (those tests then report as skipped).
-if [ "${OMNITUNE_REAL_VLLM:-1}" != "0" ]; then
-  export OMNITUNE_REAL_VLLM_VENV="${OMNITUNE_REAL_VLLM_VENV:-$HOME/.cache/omnitune/real-vllm-0.30.0}"
-  bash tests/install_real_vllm.sh
-fi
-unset OMNITUNE_REAL_VLLM
+# The real serving stack, the oracle of the contract tests (tests/test_real_*.py, tests/test_emulator_real_contract.py),
+# installed once and cached (about 5 minutes and 9 GB the first time).
+export OMNITUNE_REAL_VLLM_VENV="${OMNITUNE_REAL_VLLM_VENV:-$HOME/.cache/omnitune/real-vllm-0.30.0}"
+bash tests/install_real_vllm.sh
 exec .venv/bin/python -m pytest "$@"

@@ -120,7 +120,7 @@ async def test_increasing_deviation_gives_monotonically_worse_metrics_and_the_ex
     sweep = []
     for noise in (0.0, 1.0, 5.0, 12.0, 40.0):
         cand = record_run(ws, shots(2, 2, 192, 192, noise))
-        sweep.append((await compare(settings, base, cand, images="none")).structured_content)
+        sweep.append((await compare(settings, base, cand)).structured_content)
     assert [c["verdict"] for c in sweep] == ["identical", "lossless-equivalent", "acceptable", "degraded", "degraded"]
     psnr = [c["psnr_db_min"] for c in sweep[1:]]
     ssim = [c["ssim_min"] for c in sweep]
@@ -257,7 +257,8 @@ async def test_pictures_are_linked_shown_as_image_content_and_saved(settings, ws
     row = ws.store.query_one("SELECT * FROM comparisons WHERE id = ?", (s["id"],))
     assert row["verdict"] == s["verdict"] and row["dir"] == s["folder"] and row["candidate_run"] == cand
     assert json.loads(row["summary"])["counts"] == s["counts"]
-    same = await compare(settings, base, base)
+    twin = record_run(ws, shots(3, 2, 96, 64))  # a run against itself is refused: the same pictures, recorded twice
+    same = await compare(settings, base, twin)
     assert same.structured_content["worst_picture"] is None  # nothing differs: no worst-pair preview is drawn
 
 

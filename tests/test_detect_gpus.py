@@ -91,7 +91,8 @@ async def test_memory_in_use_by_a_live_process_is_reported_per_gpu(settings, fak
     import json
     import os
     fake_gpus(gpus=[H200, H200])
-    (tmp_path / "emu" / "emu-state" / "me.json").write_text(json.dumps({"pid": os.getpid(), "memory_mib": {"1": 40000}}))
+    (tmp_path / "emu" / "emu-state" / "me.json").write_text(
+        json.dumps({"pid": os.getpid(), "memory_mib": {"1": 40000}}))
     async with Client(build_server(settings)) as client:
         report = (await client.call_tool("detect_gpus", {})).structured_content
     assert report["gpus"][0]["memory_used_mib"] == 0

@@ -49,7 +49,8 @@ async def test_a_sigkilled_omnitune_leaves_an_orphan_that_a_restart_lists_and_st
     driver = subprocess.Popen([sys.executable, str(REPO / "tests" / "orphan_driver.py"), settings.model_dump_json(),
                                "launch_server", json.dumps({"config": {"model": ZIMAGE}})], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              env={**os.environ, "PYTHONPATH": f"{FAKE_NVML_DIR}{os.pathsep}{REPO}"}, stdin=subprocess.DEVNULL)
+                              env={**os.environ, "PYTHONPATH": f"{FAKE_NVML_DIR}{os.pathsep}{REPO}"},
+                              stdin=subprocess.DEVNULL)
     try:
         line = driver.stdout.readline()  # bounded: the driver launches (emulator startup 0.1 s) then prints
         server = json.loads(line)["server"]
@@ -80,7 +81,8 @@ async def test_with_stop_on_exit_off_servers_outlive_omnitune(emulator, tmp_path
     emulator.write(world(1))
     settings = emulator_settings(emulator, tmp_path, stop_on_exit=False)
     async with Client(build_server(settings)) as client:
-        sid = (await client.call_tool("launch_server", {"config": {"model": ZIMAGE}})).structured_content["server"]["id"]
+        launched = await client.call_tool("launch_server", {"config": {"model": ZIMAGE}})
+        sid = launched.structured_content["server"]["id"]
     assert len(emulator_processes(emulator)) == 1
     async with Client(build_server(settings)) as client:
         stopped = (await client.call_tool("stop_server", {"server_id": sid})).structured_content

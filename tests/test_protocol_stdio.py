@@ -83,7 +83,8 @@ async def test_streamable_http_transport_serves_on_loopback(tmp_path):
     import anyio
     import httpx
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "omnitune.server.main", "--transport", "streamable-http", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "omnitune.server.main", "--transport", "streamable-http",
+                             "--port", str(port)],
                             cwd=REPO, env=server_env(tmp_path, [H200]), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:

@@ -62,8 +62,8 @@ def test_a_bad_value_names_the_setting(env, needle):
 def run_omnitune(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
     full = {k: v for k, v in os.environ.items() if not k.startswith("OMNITUNE_")} | (env or {})
-    return subprocess.run([sys.executable, "-m", "omnitune.server.main", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env=full, stdin=subprocess.DEVNULL)
+    return subprocess.run([sys.executable, "-m", "omnitune.server.main", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=full, stdin=subprocess.DEVNULL)
 
 
 def test_the_command_exits_2_on_an_unknown_variable_and_writes_nothing_to_stdout(tmp_path):

@@ -52,10 +52,10 @@ class Gpu(BaseModel):
     memory_total_mib: int | None = None
     memory_used_mib: int | None = None
     memory_free_mib: int | None = None
-    compute_capability: str | None = Field(None, description="SM version, e.g. '9.0'.")
+    compute_capability: str | None = Field(default=None, description="SM version, e.g. '9.0'.")
     architecture: str | None = None
-    fp8_native: bool | None = Field(None, description="SM 8.9+: FP8 runs natively (else weight-only fallback).")
-    mig_mode: str | None = Field(None, description="'enabled' or 'disabled'; None when the GPU has no MIG.")
+    fp8_native: bool | None = Field(default=None, description="SM 8.9+: FP8 runs natively (else weight-only fallback).")
+    mig_mode: str | None = Field(default=None, description="'enabled' or 'disabled'; None when the GPU has no MIG.")
     numa_node: int | None = None
     utilization_percent: int | None = None
     processes: list[GpuProcess] = Field(default_factory=list)
@@ -88,7 +88,8 @@ class GpuReport(BaseModel):
     available: bool = Field(description="False when NVML, the driver or GPUs are missing; `reason` says which.")
     reason: str | None = None
     driver_version: str | None = None
-    cuda_driver_version: str | None = Field(None, description="Highest CUDA version the driver supports, e.g. '12.8'.")
+    cuda_driver_version: str | None = Field(default=None,
+                                            description="Highest CUDA version the driver supports, e.g. '12.8'.")
     gpu_count: int = 0
     gpus: list[Gpu] = Field(default_factory=list)
     links: list[GpuLink] = Field(default_factory=list, description="One entry per GPU pair.")
@@ -111,7 +112,8 @@ def host_info(workspace: Path) -> HostInfo:
         free = shutil.disk_usage(probe).free // MIB
     except OSError:
         free = None
-    return HostInfo(cpu_cores_logical=psutil.cpu_count(logical=True), cpu_cores_physical=psutil.cpu_count(logical=False),
+    return HostInfo(cpu_cores_logical=psutil.cpu_count(logical=True),
+                    cpu_cores_physical=psutil.cpu_count(logical=False),
                     ram_total_mib=mem.total // MIB, ram_available_mib=mem.available // MIB,
                     workspace=str(workspace), workspace_disk_free_mib=free)
 
@@ -165,7 +167,8 @@ def _read_gpu(nv, index: int) -> tuple[Gpu, object]:
         for p in listed or []:
             used = getattr(p, "usedGpuMemory", None)
             mib = int(used) // MIB if isinstance(used, int) and used >= 0 and used < 2**60 else None
-            procs.setdefault(int(p.pid), GpuProcess(pid=int(p.pid), name=_process_name(int(p.pid)), used_memory_mib=mib))
+            procs.setdefault(int(p.pid),
+                             GpuProcess(pid=int(p.pid), name=_process_name(int(p.pid)), used_memory_mib=mib))
     gpu.processes = list(procs.values())
     # MIG is absent on most GPUs: "Not Supported" there is an answer, not a failure.
     if reasons.get("mig_mode", "").lower().startswith("not supported"):

@@ -151,7 +151,8 @@ class JobManager:
             row = self.store.query_one("SELECT owner_pid FROM jobs WHERE id = ?", (job_id,))
             where = "" if row is None or row["owner_pid"] == os.getpid() else f" in omnitune process {row['owner_pid']}"
             raise InvalidRequestError(
-                f"job {job_id} is {status.status}{where}; only a failed (or interrupted) or cancelled job can be resumed.",
+                f"job {job_id} is {status.status}{where}; "
+                "only a failed (or interrupted) or cancelled job can be resumed.",
                 "follow a running job with job_wait; a completed job's result is in job_status.")
         pid, started = owner.me()
         claimed = self.store.execute(  # one claim wins when two omnitunes resume the same job at once

@@ -135,8 +135,15 @@ async def run(args: argparse.Namespace) -> None:
                 watcher.start()
             body = {"model": model, "gpus": [0], "port": port, "health_timeout_s": args.health_timeout, **config}
             result = await call("launch_server", config=body)
-            watcher.halt.set()
             s = result.structured_content or {}
+            while not result.is_error and (s.get("job") or {}).get("status") == "working":  # still loading
+                result = await call("job_wait", job_id=s["job"]["id"], timeout_s=40)
+                job = result.structured_content or {}
+                s = {**s, **(job.get("result") or {}), "job": job}
+                if job.get("status") == "failed":
+                    SUMMARY["calls"][-1]["text"] = job.get("error")
+                    result.is_error = True
+            watcher.halt.set()
             server = s.get("server") or {}
             SUMMARY[f"launch_{label}"] = {"argv": s.get("argv"), "warnings": s.get("warnings"),
                                           "health_while_loading": watcher.events, "server": server,
@@ -191,8 +198,7 @@ async def run(args: argparse.Namespace) -> None:
             servers.remove(server["id"])
             SUMMARY[f"after_stop_{label}"] = gpu_state()
         if runs.get("eager") and runs.get("compile"):
-            cmp = await call("compare_outputs", baseline_run=runs["eager"], candidate_run=runs["compile"],
-                             images="none")
+            cmp = await call("compare_outputs", baseline_run=runs["eager"], candidate_run=runs["compile"])
             c = cmp.structured_content or {}
             SUMMARY["comparison"] = {k: c.get(k) for k in ("verdict", "pairs_compared", "psnr_db_min",
                                                             "ssim_min", "speedup_p50", "tradeoff", "summary")}

@@ -24,7 +24,8 @@ RunStatus = Literal["running", "completed", "failed", "cancelled"]
 class ServerReported(BaseModel):
     """What the server said about its own work (``metrics`` of images, the job or X- headers of videos)."""
 
-    inference_time_s: LatencyStats | None = Field(None, description="Server inference time over measured requests.")
+    inference_time_s: LatencyStats | None = Field(default=None,
+                                                  description="Server inference time over measured requests.")
     peak_memory_mb_max: float | None = None
     peak_memory_mb_mean: float | None = None
     stage_durations_mean_s: dict[str, float] = Field(default_factory=dict, description="Mean per stage name.")
@@ -49,7 +50,7 @@ class VideoTiming(BaseModel):
 
 
 class FailureSummary(BaseModel):
-    count: int = Field(0, description="Failed requests, warm-up and measured.")
+    count: int = Field(default=0, description="Failed requests, warm-up and measured.")
     measured: int = 0
     warmup: int = 0
     by_kind: dict[str, int] = Field(default_factory=dict, description="http_500, timeout, connection, undecodable...")
@@ -107,6 +108,11 @@ def _video_seconds(rec: Record) -> float:
     return float(frames or rec.spec.params.get("num_frames") or 0) / float(fps)
 
 
+def _latencies(records: list[Record]) -> list[float]:
+    """The latencies the records have (a successful request always has one)."""
+    return [r.outcome.latency_s for r in records if r.outcome.latency_s is not None]
+
+
 def summarize(base: dict[str, Any], records: list[Record], telemetry: TelemetrySummary | None, status: RunStatus,
               is_video: bool, aborted: str | None, warnings: list[str], outputs_saved: int) -> RunSummary:
     measured = [r for r in records if r.phase == "measured"]
@@ -114,20 +120,21 @@ def summarize(base: dict[str, Any], records: list[Record], telemetry: TelemetryS
     failed = [r for r in records if not r.outcome.ok]
     s = RunSummary(status=status, **base, requests_measured=len(measured), requests_ok=len(ok),
                    requests_failed=len([r for r in measured if not r.outcome.ok]),
-                   latency=latency_stats(r.outcome.latency_s for r in ok), gpus=telemetry, aborted_reason=aborted,
+                   latency=latency_stats(_latencies(ok)), gpus=telemetry, aborted_reason=aborted,
                    warnings=warnings, outputs_saved=outputs_saved)
     firsts = [r for r in records if r.outcome.ok]
     if firsts:
         s.cold_latency_s = firsts[0].outcome.latency_s
     for r in firsts:
-        s.cold_latency_by_size_s.setdefault(r.spec.size, r.outcome.latency_s)
+        if r.outcome.latency_s is not None:
+            s.cold_latency_by_size_s.setdefault(r.spec.size, r.outcome.latency_s)
     s.warmup_latencies_s = [r.outcome.latency_s for r in records if r.phase == "warmup" and r.outcome.latency_s]
     for rep in sorted({r.repeat for r in measured}):
         mine = [r for r in measured if r.repeat == rep]
         wall = max(r.done for r in mine) - min(r.sent for r in mine)
         good = [r for r in mine if r.outcome.ok]
         s.repeats.append(RepeatSummary(repeat=rep, requests_ok=len(good), requests_failed=len(mine) - len(good),
-                                       wall_s=wall, latency=latency_stats(r.outcome.latency_s for r in good),
+                                       wall_s=wall, latency=latency_stats(_latencies(good)),
                                        throughput_requests_per_s=len(good) / wall if wall > 0 else None))
     s.measured_wall_s = sum(r.wall_s for r in s.repeats)
     if s.measured_wall_s > 0:

@@ -47,8 +47,14 @@ class _Acc:
     __slots__ = ("n", "total", "peak", "peak_all", "u_n", "u_total", "u_max", "start")
 
     def __init__(self) -> None:
-        self.n, self.total, self.peak, self.peak_all = 0, 0.0, None, None
-        self.u_n, self.u_total, self.u_max, self.start = 0, 0.0, None, None
+        self.n: int = 0
+        self.total: float = 0.0
+        self.peak: float | None = None
+        self.peak_all: float | None = None
+        self.u_n: int = 0
+        self.u_total: float = 0.0
+        self.u_max: float | None = None
+        self.start: float | None = None
 
 
 class GpuSampler:

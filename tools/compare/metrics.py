@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,11 +60,22 @@ def mae(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
 
 
-def ssim(ya: np.ndarray, yb: np.ndarray, full: bool = False):
-    """Luma SSIM (and its map, when ``full``) from scikit-image."""
+def _structural_similarity(ya: np.ndarray, yb: np.ndarray, full: bool) -> Any:
+    """scikit-image's SSIM: a float, or (float, map) when ``full``; untyped there, so typed by the callers."""
     from skimage.metrics import structural_similarity
     return structural_similarity(ya, yb, data_range=255.0, gaussian_weights=True, sigma=SIGMA,
                                  use_sample_covariance=False, full=full)
+
+
+def ssim(ya: np.ndarray, yb: np.ndarray) -> float:
+    """Luma SSIM from scikit-image."""
+    return float(_structural_similarity(ya, yb, full=False))
+
+
+def ssim_full(ya: np.ndarray, yb: np.ndarray) -> tuple[float, np.ndarray]:
+    """Luma SSIM and its per-pixel map from scikit-image."""
+    result = _structural_similarity(ya, yb, full=True)  # (mssim, S) with full=True and gradient=False
+    return float(result[0]), np.asarray(result[1])
 
 
 def _filter(x: np.ndarray) -> np.ndarray:
@@ -99,7 +111,7 @@ def ms_ssim(ya: np.ndarray, yb: np.ndarray, ssim_map: np.ndarray | None = None) 
         return None
     crop = (slice(PAD, -PAD), slice(PAD, -PAD))
     if ssim_map is None:
-        _, ssim_map = ssim(ya, yb, full=True)
+        _, ssim_map = ssim_full(ya, yb)
     cs1 = float((ssim_map / _luminance(ya, yb))[crop].mean())  # SSIM map = l * cs, so cs = map / l (l > 0)
     value = max(cs1, 0.0) ** MS_WEIGHTS[0]
     for i, weight in enumerate(MS_WEIGHTS[1:], start=1):
@@ -116,7 +128,7 @@ def image_metrics(a: np.ndarray, b: np.ndarray, multiscale: bool = True) -> dict
                 else None, "mae": 0.0, "identical": True}
     ya, yb = luma(a), luma(b)
     if multiscale and min(ya.shape) >= MS_MIN_SIDE:
-        value, smap = ssim(ya, yb, full=True)
+        value, smap = ssim_full(ya, yb)
         multi = ms_ssim(ya, yb, smap)
     else:
         value, multi = ssim(ya, yb), None

@@ -53,7 +53,7 @@ def resize_to_width(img: np.ndarray, width: int) -> np.ndarray:
     if img.shape[1] == width:
         return img
     height = max(1, round(img.shape[0] * width / img.shape[1]))
-    return np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR))
+    return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def thumbnail(img: np.ndarray, max_side: int) -> np.ndarray:
