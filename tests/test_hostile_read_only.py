@@ -33,6 +33,7 @@ OBSERVING = {
     "job_status": {"job_id": "job-x"},
     "job_wait": {"job_id": "job-x", "timeout_s": 0},
     "server_logs": {"server_id": "srv-x"},
+    "show_picture": {"picture": "pareto", "id": "tune-x"},  # reads pictures omnitune saved (a run grid is cached)
 }
 
 

@@ -27,10 +27,13 @@ async def test_fifty_cycles_with_crashes_and_hangs_leave_no_process(emulator, tm
         for i in range(50):
             fault = {"startup_crash": True} if i % 10 == 3 else {"startup_hang": True} if i % 10 == 7 else {}
             emulator.write(world(1, faults=fault, cost={"startup_s": 0.05}))
-            result = await client.call_tool("launch_server", {"config": {"model": ZIMAGE, "health_timeout_s": 0.6}})
+            # 3 s: a healthy start takes ~0.4 s even on a loaded 2-core box; a hang is cut there
+            result = await client.call_tool("launch_server", {"config": {"model": ZIMAGE, "health_timeout_s": 3}})
             if result.is_error:
-                cause = "crashed" if "(crashed)" in result.content[0].text else "timeout"
-                assert f"({cause})" in result.content[0].text
+                text = result.content[0].text
+                # the emulator's crash is the real no-GPU log, classified no_gpu
+                cause = "crashed" if "(no_gpu)" in text else "timeout"
+                assert "(no_gpu)" in text or "(timeout)" in text, text
                 outcomes[cause] += 1
             else:
                 outcomes["running"] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from omnitune.tools.errors import InvalidRequestError
 from omnitune.tools.gpus import detect_gpus
 from omnitune.tools.launch import ServeConfig
 from omnitune.tools.launch.config import build_argv
@@ -50,12 +51,24 @@ def tune_job(workspace: Workspace, launcher: Launcher, request: TuneRequest, job
              progress: Progress | None = None, cancelled: Cancel = lambda: False,
              notes: list[str] | None = None) -> TuneResult:
     tuner = make_tuner(workspace, launcher, request, job_id, progress, cancelled, notes)
+    check_gpus_alone(launcher, tuner.plan, job_id)
     try:
         best = tuner.run()
     except Cancelled:
         from omnitune.tools.jobs import JobCancelled
         raise JobCancelled() from None
     return finish(workspace, launcher, tuner, job_id, best)
+
+
+def check_gpus_alone(launcher: Launcher, plan: Plan, job_id: str) -> None:
+    """A tune measures alone: GPUs its plan uses that omnitune's own servers hold make it refuse at once."""
+    gpus = sorted({g for c in plan.candidates for g in (c.config.get("gpus") or [0])})
+    held = [v for v in launcher.holders(gpus) if v.server.data.get("labels", {}).get("tune_job") != job_id]
+    if held:
+        names = ", ".join(f"{v.server.id} (GPU {sorted(v.server.gpus)}, {v.state})" for v in held)
+        raise InvalidRequestError(f"the tune would share GPUs with omnitune servers that hold them: {names}; "
+                                  "its measurements would not be alone.",
+                                  "stop those servers (stop_server), then start the tune again.")
 
 
 def command_for(launcher: Launcher, model: str, best: Outcome) -> str:
