@@ -1,7 +1,8 @@
 """Trials side by side on a real GPU host: a tune with parallel trials, the emulator holding REAL GPU memory.
 
 omnitune (over stdio, a real MCP client) runs `tune_start(max_parallel_trials=None)` on the `lossy_cliff` world
-stretched to every GPU of the host (where extra GPUs per server do not pay), with the emulator holding real memory with torch (VLLM_EMU_HOLD_GPU_MEMORY=1).
+stretched to every GPU of the host (where extra GPUs per server do not pay), with the emulator holding real memory
+with torch (VLLM_EMU_HOLD_GPU_MEMORY=1).
 Its lossy settings are screened side by side, one GPU each. A thread samples NVML every 20 ms.
 
 Checks: trials overlapped in time on disjoint GPUs (omnitune's timeline); while two ran at once each GPU held
