@@ -48,8 +48,10 @@ def install(wheels: Path) -> None:
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
                     "mcp[cli]==2.3.0"], check=True)  # numpy, Pillow, torch, psutil: already on GPU hosts
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                    *map(str, wheels.glob("omnitune-*.whl"))], check=True)
+    own = list(wheels.glob("omnitune-*.whl"))  # else omnitune runs from this checkout (omnitune/ links)
+    if own:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *map(str, own)],
+                       check=True)
     say(f"installed omnitune and its wheels from {wheels} in {time.perf_counter() - t:.1f} s")
 
 
