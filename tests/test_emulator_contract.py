@@ -359,3 +359,22 @@ def test_every_http_case_is_answered_as_the_recorded_real_app(tmp_path):
     problems = [p for case_id, real in RECORDED["http"].items()
                 for p in contract.http_problems(case_id, real, emulated[case_id])]
     assert len(RECORDED["http"]) >= 20 and problems == []
+
+
+def test_error_messages_hide_file_paths_as_the_real_server_does(tmp_path):
+    """vLLM 0.30.0 hides absolute paths under system folders (here the model folder under /tmp) in error messages:
+    found when CI ran from a clone under /tmp and the real stack answered '<path>' where the emulator named it."""
+    import shutil
+    model = tmp_path / "models" / "tiny-zimage"
+    shutil.copytree(ZIMAGE, model)
+    emu = make_emulator(tmp_path / "emu")
+    emu.write(FAST)
+    server = start(emu, str(model))
+    try:
+        r = httpx.post(server.url + "/v1/images/generations", timeout=10,
+                       json={"model": "some-other-model", "prompt": "a cat", "size": "64x64"})
+    finally:
+        server.stop()
+    assert str(tmp_path).startswith("/tmp/")
+    assert r.status_code == 400 and r.json()["error"]["message"] == (
+        "Model mismatch: request specifies 'some-other-model' but server is running '<path>'.")

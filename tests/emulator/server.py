@@ -42,6 +42,16 @@ ROUTES: list[tuple[str, set[str]]] = [
     (r"/v1/videos/[^/]+/content", {"GET"})]
 
 
+# vLLM 0.30.0 (entrypoints/serve/exception_handling) hides absolute paths under these system folders, and any path
+# that ends in a file name with an extension, in the error messages it returns.
+_SYSTEM_PATH = re.compile(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+")
+_FILE_PATH = re.compile(r"(?:/[\w\-]+)+/[\w\-]+\.\w+")
+
+
+def hide_paths(message: str) -> str:
+    return _FILE_PATH.sub("<path>", _SYSTEM_PATH.sub("<path>", message)).strip()
+
+
 class Handler(BaseHTTPRequestHandler):
     engine: Engine
     model_path: str = ""
@@ -80,9 +90,10 @@ class Handler(BaseHTTPRequestHandler):
         self.write_log()
 
     def error(self, status: int, message: str) -> None:
-        """vLLM's HTTPException handler: an OpenAI-style error object whose type is the status phrase."""
-        self.reply(status, {"error": {"message": message, "type": HTTPStatus(status).phrase, "param": None,
-                                      "code": status}})
+        """vLLM's HTTPException handler: an OpenAI-style error object whose type is the status phrase, its message
+        with file paths hidden as the real one hides them (so a model folder under /tmp or /root reads '<path>')."""
+        self.reply(status, {"error": {"message": hide_paths(message), "type": HTTPStatus(status).phrase,
+                                      "param": None, "code": status}})
 
     def invalid(self, errors: list[dict]) -> None:
         """vLLM's RequestValidationError handler: 400, not FastAPI's 422."""
