@@ -353,7 +353,10 @@ def test_every_http_case_is_answered_as_the_recorded_real_app(tmp_path):
     emu.write(FAST)
     server = start(emu, ZIMAGE)
     try:
-        emulated = json.loads(json.dumps(contract.emulator_http(server.url)).replace(ZIMAGE, "MODEL"))
+        # The recording was made from a checkout outside the folders vLLM hides in messages; a checkout under /tmp or
+        # /root (CI's clone) gets '<path>' instead of the folder, as the real server would say there too.
+        emulated = json.loads(json.dumps(contract.emulator_http(server.url)).replace(ZIMAGE, "MODEL")
+                              .replace("'<path>'", "'MODEL'"))
     finally:
         server.stop()
     problems = [p for case_id, real in RECORDED["http"].items()
