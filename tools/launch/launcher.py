@@ -196,7 +196,7 @@ class Launcher:
         with self._lock:
             self._popens[server_id] = popen
         self.store.update("servers", {"id": server_id}, {
-            "pid": popen.pid, "pgid": popen.pid, "proc_start_time": process.process_identity(popen.pid)})
+            "pid": popen.pid, "pgid": popen.pid, "proc_start_time": owner.identity(popen.pid)})
         release()  # recorded: only now may it start
         self._wait_healthy(server_id, popen, port, config.health_timeout_s, start, progress)
         startup = time.monotonic() - start

@@ -153,17 +153,6 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(ANSI.sub("", read_end(path, 64 * 1024)).splitlines()[-lines:])
 
 
-def process_identity(pid: int) -> float | None:
-    """create_time of a live process (tells a reused pid apart), None if gone or a zombie."""
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p.create_time()
-    except (psutil.Error, OSError):
-        return None
-
-
 def group_members(pgid: int, since: float | None = None) -> list[int]:
     """Live processes in a process group (started no earlier than ``since``, to skip pid reuse)."""
     members = []

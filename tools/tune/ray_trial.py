@@ -117,12 +117,12 @@ def _insert(ws: Workspace, table: str, row: dict[str, Any]) -> None:
 
 def reap(workspace: Path, owner: int, max_s: float = 24 * 3600) -> None:
     """Wait for ``owner`` (the task's process) to end, then stop every server launched in ``workspace``."""
-    from omnitune.tools.launch.process import process_identity
+    from omnitune.tools.owner import identity
     from omnitune.tools.settings import settings_from_env
 
-    born = process_identity(owner)
+    born = identity(owner)
     deadline = time.monotonic() + max_s
-    while process_identity(owner) == born and born is not None and time.monotonic() < deadline:
+    while identity(owner) == born and born is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     if not (workspace / "omnitune.db").exists():
         return
