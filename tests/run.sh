@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/python -c "import pytest, mcp, omnitune.server.main, importlib.util as u; assert u.find_spec('ray')" 2>/dev/null; then
+if ! .venv/bin/python -c "import pytest, xdist, mcp, omnitune.server.main, importlib.util as u; assert u.find_spec('ray')" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 fi
 bash tests/install_vllm_omni.sh
@@ -12,4 +12,7 @@ bash tests/install_vllm_omni.sh
 # installed once and cached (about 5 minutes and 9 GB the first time).
 export OMNITUNE_REAL_VLLM_VENV="${OMNITUNE_REAL_VLLM_VENV:-$HOME/.cache/omnitune/real-vllm-0.30.0}"
 bash tests/install_real_vllm.sh
-exec .venv/bin/python -m pytest "$@"
+# Modules spread over OMNITUNE_TEST_WORKERS processes (default 4 on 2 cores: most tests wait on servers and simulated
+# time); a module stays on one worker, so its module- and session-scoped fixtures (the real stack's answers, a Ray
+# cluster) are built once. OMNITUNE_TEST_WORKERS=0 runs everything in this process.
+exec .venv/bin/python -m pytest -n "${OMNITUNE_TEST_WORKERS:-4}" --dist loadfile "$@"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from statistics import NormalDist
+from statistics import NormalDist, quantiles
 
 import pytest
 from mcp import Client
@@ -60,8 +60,10 @@ async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and
     assert out["status"] == "completed" and s["status"] == "completed"
     lat = s["latency"]
     assert lat["count"] == 4 and s["requests_ok"] == 4 and s["requests_failed"] == 0
-    assert abs(lat["p50_s"] - truth) <= max(0.01 * truth, 0.002), lat
-    assert lat["min_s"] >= truth and lat["max_s"] < truth * 1.1 and lat["std_s"] < 0.03  # loaded 2-core CI box
+    # Never faster than the simulated time; above it only by the emulator's and the client's own handling: 2-6 ms
+    # on a quiet 2-core box, tens of ms with both cores busy. 5% still catches a wrong clock (warm-up counted, the
+    # polling step, a missed request) while a loaded CI machine cannot flip it.
+    assert truth <= lat["min_s"] <= lat["p50_s"] <= truth * 1.05, lat
     # Images: the real server reports no inference_time_s, only stage_durations in ms (as on a real H200).
     assert s["server"]["inference_time_s"] is None
     assert set(s["server"]["stage_durations_mean_s"]) == {"queue_wait_ms", "stage_0_gen_ms"}
@@ -104,13 +106,19 @@ async def test_with_jitter_percentiles_fall_inside_the_known_distributions_confi
         sid = await launch(client, enforce_eager=True)
         s = (await bench(client, sid, measured=n, warmup=1))["summary"]
     truth = NormalDist(base, base * jitter)  # the emulator multiplies by gauss(1, jitter)
-    overhead = 0.008  # the emulator's own request handling (2-6 ms on a loaded 2-core box) and the client
+    overhead = 0.03  # the emulator's own request handling and the client: 2-6 ms quiet, tens of ms on busy cores
     for q, key in ((0.5, "p50_s"), (0.9, "p90_s")):
         # 99.9% distribution-free bounds on the sample quantile: ranks of a Binomial(n, q).
         half = 3.3 * math.sqrt(n * q * (1 - q))
         lo, hi = max(1, math.floor(n * q - half)), min(n - 1, math.ceil(n * q + half))
         assert truth.inv_cdf(lo / (n + 1)) <= s["latency"][key] <= truth.inv_cdf(hi / (n + 1)) + overhead, (key, s)
-    assert s["latency"]["std_s"] == pytest.approx(base * jitter, rel=0.35)
+    # The spread is the jitter's: robustly, from the per-request rows (one stall of a busy machine inflates the
+    # std several-fold, the interquartile range hardly at all); a normal's IQR is 1.349 sigma.
+    settings = emulator_settings(emulator, tmp_path)
+    got = sorted(r["latency_s"] for r in rows(settings, "SELECT latency_s FROM requests WHERE phase = 'measured'"))
+    assert len(got) == n
+    q1, _, q3 = quantiles(got, n=4)
+    assert (q3 - q1) / 1.349 == pytest.approx(base * jitter, rel=0.35), got
 
 
 async def test_warm_up_runs_at_each_measured_size_so_compilation_never_lands_in_measured_requests(emulator, tmp_path):

@@ -97,11 +97,11 @@ async def trial(emulator, ws, kind: str, job_kind: str, delay: float, reference:
             status = (await client.call_tool("job_wait", {"job_id": job["id"], "timeout_s": 120})).structured_content
             outcome["resumed"] = status["status"]
             assert status["status"] == "completed", status
-            assert status["result"]["winner"]["name"] == reference, status["result"]["candidates"]
+            assert status["result"]["winner"]["name"] == reference, brief(status)
         if job_kind == "tune":
             outcome["winner"] = ((status["result"] or {}).get("winner") or {}).get("name")
             if kind not in ("server_sigkill", "server_sigstop") or not outcome["hit"].startswith("server"):
-                assert outcome["winner"] == reference, (outcome, status)
+                assert outcome["winner"] == reference, (outcome, brief(status))
         for view in (await client.call_tool("list_servers", {})).structured_content["servers"]:
             if view["state"] in ("running", "orphaned", "unresponsive", "starting"):
                 await client.call_tool("stop_server", {"server_id": view["server"]["id"], "grace_s": 2})
@@ -133,6 +133,12 @@ async def disrupt(kind: str, ws, db, client, job_id: str) -> str:
     final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 120})).structured_content
     assert final["status"] in ("completed", "failed"), final  # the job ends by itself, with the truth
     return f"server {rows[0]['id']} {kind.split('_')[1]}; job {final['status']}"
+
+
+def brief(status: dict) -> list[tuple]:
+    """Each candidate's name, status, reason and p50: what a failed winner check needs to be understood."""
+    return [(c.get("name"), c.get("status"), c.get("reason"), c.get("p50_s"), c.get("resumed"))
+            for c in (status.get("result") or {}).get("candidates", [])]
 
 
 def clean_up_done(db, ws) -> None:

@@ -1,7 +1,8 @@
 """A real third-party client, the MCP Inspector CLI, lists and calls every tool, reads every resource, gets the prompt.
 
-Each call is a fresh `omnitune` over stdio sharing one workspace, with the emulator as `vllm`, simulated GPUs,
-and the real vllm-omni 0.30.0 source to inspect. Every result is held against what its tool declares: a tool with
+Each call is a fresh Inspector CLI process talking streamable HTTP to one real `omnitune` process (the
+Inspector over stdio is in tests/test_protocol_stdio.py), with the emulator as `vllm`, simulated GPUs, and the
+real vllm-omni 0.30.0 source to inspect. Every result is held against what its tool declares: a tool with
 an output schema returns structured content valid under it (a spec-strict client refuses anything else), and the
 picture tool, which declares none, returns image content only.
 """
@@ -13,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -23,6 +23,7 @@ from omnitune.tools.settings import Settings
 from omnitune.tools.workspace import Workspace
 from tests.conftest import FAKE_NVML_DIR, FIXTURE_MODELS, H200, write_scenario
 from tests.emulator.harness import make_vllm_shim
+from tests.http_helpers import omnitune_http
 from tests.synthetic_runs import record_run, shots
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,23 +37,25 @@ def inspect_cli(tmp_path_factory):
     npx = shutil.which("npx")
     assert npx, "Node.js/npx is required (CI machines have it)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNITUNE_")}
-    env.update(PYTHONPATH=os.pathsep.join([str(FAKE_NVML_DIR), str(REPO)]), npm_config_yes="true",
-               VLLM_EMU_SCENARIO=str(write_scenario(tmp / "scenario.json", gpus=[H200, H200])),
-               OMNITUNE_WORKSPACE=str(tmp / "ws"), OMNITUNE_VLLM=str(make_vllm_shim(tmp / "bin")),
-               OMNITUNE_MODEL_ROOTS=str(FIXTURE_MODELS),
-               OMNITUNE_VLLM_OMNI_SOURCE=str(REPO / ".venv" / "vllm-omni-src" / "0.30.0"))
-
-    def call(*args: str) -> dict:
-        proc = subprocess.run([npx, "-y", INSPECTOR, "--cli", sys.executable, str(REPO / "server" / "main.py"), *args],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return json.loads(proc.stdout)
+    env["npm_config_yes"] = "true"
+    served = {"PYTHONPATH": os.pathsep.join([str(FAKE_NVML_DIR), str(REPO)]),
+              "VLLM_EMU_SCENARIO": str(write_scenario(tmp / "scenario.json", gpus=[H200, H200])),
+              "OMNITUNE_VLLM": str(make_vllm_shim(tmp / "bin")), "OMNITUNE_MODEL_ROOTS": str(FIXTURE_MODELS),
+              "OMNITUNE_VLLM_OMNI_SOURCE": str(REPO / ".venv" / "vllm-omni-src" / "0.30.0")}
     ws = Workspace.open(Settings.model_validate({"workspace": tmp / "ws"}))
     try:  # two recorded runs (real tables and PNGs) for compare_outputs to draw pictures of
-        call.runs = [record_run(ws, shots(2, 1, 128, 96, noise)) for noise in (0.0, 4.0)]  # type: ignore[attr-defined]
+        runs = [record_run(ws, shots(2, 1, 128, 96, noise)) for noise in (0.0, 4.0)]
     finally:
         ws.close()
-    return call
+    with omnitune_http(tmp, "127.0.0.1", env_extra=served) as (port, _):
+        def call(*args: str) -> dict:
+            proc = subprocess.run([npx, "-y", INSPECTOR, "--cli", f"http://127.0.0.1:{port}/mcp", "--transport",
+                                   "http", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+                                  stdin=subprocess.DEVNULL)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            return json.loads(proc.stdout)
+        call.runs = runs  # type: ignore[attr-defined]
+        yield call
 
 
 def declared(result: dict, schema: dict | None) -> None:

@@ -9,6 +9,8 @@ and raylets listen on 127.0.0.1 (checked below).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # node address 127.0.0.1: loopback only
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-ray = pytest.importorskip("ray", reason="ray is in the test extras (pip install -e '.[test]')")
+import ray  # noqa: E402  (in the test extras: missing, these tests fail rather than skip)
 
 from tests.conftest import FAKE_NVML_DIR, FIXTURE_MODELS, H200  # noqa: E402
 from tests.emulator.harness import REPO, make_emulator  # noqa: E402
@@ -48,8 +50,11 @@ class LocalCluster:
     def __init__(self, root: Path) -> None:
         from ray.cluster_utils import Cluster
         self.root, self.worlds, self.nodes = root, {}, {}
-        os.environ.setdefault("RAY_TMPDIR", str(root / "r"))  # short: Ray's socket paths must stay < 108 chars
-        (Path(os.environ["RAY_TMPDIR"]) / "ray").mkdir(parents=True, exist_ok=True)
+        # Ray's socket paths must stay < 108 chars: pytest's tmp paths (deeper still under xdist) are too long
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="omt-ray-", dir="/tmp"))
+        self.saved_tmpdir = os.environ.get("RAY_TMPDIR")
+        os.environ["RAY_TMPDIR"] = str(self.ray_tmp)
+        (self.ray_tmp / "ray").mkdir()
         self.cluster = Cluster()
         # a node lost is noticed within about 2 s
         self.add("head", head=True, _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 3,
@@ -74,6 +79,11 @@ class LocalCluster:
     def shutdown(self) -> None:
         ray.shutdown()
         self.cluster.shutdown()
+        if self.saved_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = self.saved_tmpdir
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

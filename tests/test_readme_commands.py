@@ -36,6 +36,8 @@ def test_the_setup_and_start_command_works_on_a_fresh_copy(tmp_path):
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "OMNITUNE_WORKSPACE": str(tmp_path / "ws")}
     import os
     env.update({k: v for k, v in os.environ.items() if k.startswith(("PIP_", "PYENV")) or k == "PATH"})
+    # a newcomer's pip has a wheel cache too: the real one (HOME is the scratch folder here), not a cold download
+    env.setdefault("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip"))
     # stdin closed: the stdio server starts, sees end of input and exits cleanly
     proc = subprocess.run(["bash", "-c", readme_commands()[0]], cwd=copy, env=env, capture_output=True, text=True,
                           timeout=600, stdin=subprocess.DEVNULL)

@@ -288,6 +288,8 @@ class _Session(AbstractContextManager):
         try:
             result = run_benchmark(self.r.ws, target, workload, cancel=self.r.cancel)
         except OmnituneError as exc:  # the server died or stopped answering: a failed candidate, not a failed tune
+            if self.r.stopped():  # ...unless the tune's own stop took it down: replayed as failed, a winner is lost
+                raise Cancelled() from exc
             n = len(self.gpus)
             first, self.measured = self.measured == 0, self.measured + 1
             return Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="failed", cause="crashed",
