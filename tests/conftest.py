@@ -17,6 +17,12 @@ FAKE_NVML_DIR = REPO / "tests" / "emulator" / "fake_nvml"
 H200 = {"name": "NVIDIA H200", "memory_mib": 143771, "compute_capability": [9, 0]}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules marked ``slow`` first (stable otherwise): tests/run.sh hands whole modules to xdist workers in this
+    order, so the long ones start at once instead of leaving one worker busy after the others are done."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import FIXTURE_MODELS, H200, REFERENCE
 from tests.emulator.harness import make_emulator, start, wait_until
 
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+
 ZIMAGE = str(FIXTURE_MODELS / "tiny-zimage")
 WAN = str(FIXTURE_MODELS / "tiny-wan")
 A100 = {"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "compute_capability": [8, 0]}

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,6 +26,8 @@ from tests.emulator.harness import make_vllm_shim
 from tests.http_helpers import omnitune_http
 from tests.synthetic_runs import record_run, shots
 
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 INSPECTOR = "@modelcontextprotocol/inspector@0.15.0"
 ZIMAGE = str(FIXTURE_MODELS / "tiny-zimage")
@@ -47,10 +49,16 @@ def inspect_cli(tmp_path_factory):
         runs = [record_run(ws, shots(2, 1, 128, 96, noise)) for noise in (0.0, 4.0)]
     finally:
         ws.close()
+    # npx fetches the pinned Inspector once; its own `mcp-inspector` program is then run directly for each call
+    # (npx's package resolution costs more CPU than the call itself).
+    found = subprocess.run([npx, "-y", f"--package={INSPECTOR}", "-c", "command -v mcp-inspector"], cwd=tmp, env=env,
+                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert found.returncode == 0 and found.stdout.strip(), found.stderr[-2000:]
+    inspector = found.stdout.strip()
     with omnitune_http(tmp, "127.0.0.1", env_extra=served) as (port, _):
         def call(*args: str) -> dict:
-            proc = subprocess.run([npx, "-y", INSPECTOR, "--cli", f"http://127.0.0.1:{port}/mcp", "--transport",
-                                   "http", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+            proc = subprocess.run([inspector, "--cli", f"http://127.0.0.1:{port}/mcp", "--transport", "http", *args],
+                                  cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
                                   stdin=subprocess.DEVNULL)
             assert proc.returncode == 0, proc.stderr[-2000:]
             return json.loads(proc.stdout)

@@ -9,6 +9,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 
