@@ -86,7 +86,9 @@ async def test_the_launch_asks_the_engine_and_takes_its_refusal(real_settings, r
 @pytest.mark.anyio
 async def test_the_real_cpu_only_startup_failure_is_classified_with_its_cause_first(real_settings):
     async with Client(build_server(real_settings)) as client:
-        result = await client.call_tool("launch_server", {"config": {"model": QWEN, "health_timeout_s": 600}})
+        # wait_s: importing the real vLLM takes 35 s quiet, minutes on a busy machine; the failure must come back here
+        result = await client.call_tool("launch_server", {"config": {"model": QWEN, "health_timeout_s": 600},
+                                                          "wait_s": 300})
         servers = (await client.call_tool("list_servers", {})).structured_content["servers"]
     first = _text(result).splitlines()[0]
     assert result.is_error and "no_gpu" in first and "set_device" in first, _text(result)[:2000]
