@@ -113,7 +113,8 @@ class Outcome(BaseModel):
 class TuneResult(BaseModel):
     model: str
     winner: Outcome | None
-    command: str | None = Field(description="The winning `vllm serve` command.")
+    command: str | None = Field(description="The winning `vllm serve` command (replicas: one line per replica, "
+                                "each on its own GPUs and port, then how to spread requests over them).")
     request_settings: dict[str, Any] = Field(default_factory=dict, description="Send these with each request too.")
     baseline: Outcome | None
     candidates: list[Outcome]
