@@ -15,7 +15,7 @@ from omnitune.tools.plan import Plan
 from omnitune.tools.tune.costmodel import CostModel
 from omnitune.tools.tune.ledger import Ledger
 from omnitune.tools.tune.memory import MemoryModel
-from omnitune.tools.tune.models import ACCEPT, Cancelled, Outcome, TuneRequest
+from omnitune.tools.tune.models import ACCEPT, Cancelled, NodeLost, Outcome, TuneRequest
 from omnitune.tools.tune.replicas import replicas_of
 from omnitune.tools.tune.stats import noise
 from omnitune.tools.tune.trial import Trial, TrialRunner
@@ -38,9 +38,10 @@ class Decisions:
         self.best: Outcome | None = None
         self.reserve = 0  # launches kept back for a later stage (steps and guidance)
         self.notes: list[str] = list(notes or [])
-        if ledger.replay:
+        if ledger.replay or ledger.rerun:
             self.notes.append(f"resumed: {len(ledger.replay)} outcome(s) taken from this job's records, "
-                              f"{ledger.launches} launch(es) and {ledger.gpu_seconds:.1f} GPU-s already spent")
+                              f"{ledger.launches} launch(es) and {ledger.gpu_seconds:.1f} GPU-s already spent"
+                              + (f"; {ledger.rerun} trial(s) lost with a Ray node run again" if ledger.rerun else ""))
 
     # -- measuring through the ledger and the runner ------------------------------------------------
     def trial(self, name: str, stage: str, kind: Any, config: dict, floor: str | None = None,
@@ -83,6 +84,9 @@ class Decisions:
             batch = [(t, list(range(len(t.config.get("gpus") or [0])))) for _, t, _ in todo]
             for (i, _, key), out in zip(todo, self.runner.run_many(batch), strict=True):
                 results[i] = self._recorded(out, key)
+        lost = [o.name for o in results.values() if o.cause == "node_lost"]
+        if lost:  # every result of the batch is recorded first: a resume replays them and re-runs only these
+            raise NodeLost(lost)
         return [results[i] for i in range(len(trials))]
 
     def _known(self, t: Trial, key: str) -> Outcome | None:

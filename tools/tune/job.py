@@ -14,7 +14,7 @@ from omnitune.tools.plan import Plan, make_plan
 from omnitune.tools.search_space import replica_gpus
 from omnitune.tools.tune.ledger import Ledger
 from omnitune.tools.tune.memory import MemoryModel, model_weights_mib
-from omnitune.tools.tune.models import Outcome, TuneRequest, TuneResult
+from omnitune.tools.tune.models import NodeLost, Outcome, TuneRequest, TuneResult
 from omnitune.tools.tune.replicas import replicas_of, serve_fields
 from omnitune.tools.tune.report import markdown, pareto
 from omnitune.tools.tune.trial import LaunchTrials, tune_workload
@@ -63,6 +63,8 @@ def tune_job(workspace: Workspace, launcher: Launcher, request: TuneRequest, job
     except Cancelled:
         from omnitune.tools.jobs import JobCancelled
         raise JobCancelled() from None
+    except NodeLost as exc:  # the job fails, resumable; the fix names this job
+        raise NodeLost(exc.trials, job_id) from None
     return finish(workspace, launcher, tuner, job_id, best)
 
 

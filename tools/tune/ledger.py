@@ -1,6 +1,7 @@
 """The tune's ledger: what each candidate cost and gave, under ONE key, in ``tune_candidates``.
 
-- Replay: a resumed job's own decided outcomes (budget spent included) are taken back instead of redone.
+- Replay: a resumed job's own decided outcomes (budget spent included) are taken back instead of redone; a
+  trial lost with its Ray node was never decided, so it is run again.
 - Reuse: a run another tune measured under the same key is found (the tuner then reads it instead of launching).
 - Budget: launches and GPU-seconds spent, against the request's limits.
 
@@ -33,12 +34,17 @@ class Ledger:
         self.workload = workload or request.workload
         self.replay: dict[str, Outcome] = {}
         self.launches, self.gpu_seconds, self.next_idx = 0, 0.0, 0
+        self.rerun = 0  # trials lost with their Ray node, run again by this (resumed) job
         for row in self.ws.store.query("SELECT idx, data FROM tune_candidates WHERE job_id = ? ORDER BY idx",
                                        (self.job_id,)):
             data = json.loads(row["data"] or "{}")
             self.next_idx = row["idx"] + 1
             if "outcome" in data:
-                self.replay[data["key"]] = Outcome.model_validate({**data["outcome"], "resumed": True})
+                out = Outcome.model_validate({**data["outcome"], "resumed": True})
+                if out.cause != "node_lost":  # lost with its Ray node, not decided: a resume runs it again
+                    self.replay[data["key"]] = out
+                else:
+                    self.rerun += 1
                 self.launches += int(data.get("launched", 0))
                 self.gpu_seconds += float(data.get("gpu_seconds", 0.0))
         # Every launch that started a process is a servers row labelled with this job, written before the process

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from omnitune.tools.benchmark import Workload
+from omnitune.tools.errors import OmnituneError
 from omnitune.tools.plan import Goal, Kind, Pruned
 from omnitune.tools.strict import StrictModel
 from omnitune.tools.tune.parallel import Placement
@@ -39,6 +40,7 @@ Cause = Literal[
     "launch_gate",
     "predicted_out_of_memory",
     "budget",
+    "node_lost",
 ]
 
 
@@ -131,3 +133,18 @@ class TuneResult(BaseModel):
 
 class Cancelled(Exception):
     """Raised between trials when the job is cancelled (the caller maps it to its job state)."""
+
+
+class NodeLost(OmnituneError):
+    """A Ray node died while trials ran on it: their outcomes are recorded as failed (node_lost) and the tune stops
+    after the batch, resumable. Continuing would decide on a stage whose measurement is missing; a resume re-runs
+    only the lost trials (a ``node_lost`` record is never replayed) on the nodes left."""
+
+    def __init__(self, trials: list[str], job_id: str | None = None) -> None:
+        self.trials = trials
+        super().__init__(
+            f"interrupted: a Ray node was lost while {', '.join(trials)} ran on it (recorded as failed, node_lost); "
+            "every other result so far is recorded.",
+            f"tune_start(resume={job_id!r}) continues on the nodes left and re-runs only "
+            f"{'that trial' if len(trials) == 1 else 'those trials'} (add a node first to keep the width)."
+            if job_id else "resume the tune job (tune_start(resume=<job id>)).")
