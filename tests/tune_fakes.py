@@ -220,9 +220,9 @@ def policy(ws: Workspace, world: dict, job_id: str = "tune-test", goal: dict | N
     settings = Settings.model_validate({"workspace": ws.root})
     plan: Plan = make_plan(settings, req.model, Goal.model_validate(req.goal.model_dump()),
                            gpu_report=report, capability=Capability(world))
-    fill = plan.gpus if req.goal.objective == "throughput" else None  # as make_tuner: keyed as measured
+    throughput = req.goal.objective == "throughput"  # as make_tuner: keyed as measured
     ledger = Ledger(ws, job_id, req, "vllm-fake", [g.name for g in report.gpus],
-                    workload=tune_workload(req.workload, fill=fill))
+                    workload=tune_workload(req.workload, fill=plan.gpus) if throughput else None)
     memory = memory_model(req, plan) if weights else None
     return Tuner(req, plan, runner or WorldTrials(world, req), ledger, memory=memory)
 

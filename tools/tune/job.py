@@ -33,10 +33,11 @@ def make_tuner(workspace: Workspace, launcher: Launcher, request: TuneRequest, j
     gpus = detect_gpus(workspace.root)
     plan = plan or make_plan(launcher.settings, request.model, request.goal, gpu_report=gpus)
     trials = LaunchTrials(workspace, launcher, request, job_id, event)
-    if request.goal.objective == "throughput":  # every trial measured with as many requests in flight as GPUs
+    throughput = request.goal.objective == "throughput"
+    if throughput:  # every trial measured with as many requests in flight as GPUs, and keyed so
         trials.workload = tune_workload(request.workload, fill=plan.gpus)
     ledger = Ledger(workspace, job_id, request, launcher.settings.vllm, [g.name for g in gpus.gpus],
-                    workload=trials.workload)
+                    workload=trials.workload if throughput else None)
     memory = memory_model(request, plan)
     from omnitune.tools.tune.screen import runner_for  # side by side / on a Ray cluster, where the request allows
     runner = runner_for(trials, ledger, is_cancelled)

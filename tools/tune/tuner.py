@@ -209,7 +209,8 @@ class Tuner(Decisions):
         best_at: dict[int, Outcome] = {}
         for o in self.outcomes:
             if o.status not in ("measured", "reused", "within_noise") or not o.throughput or o.stage == "baseline" \
-                    or replicas_of(o.config) > 1 or (o.verdict and o.verdict not in ACCEPT["lossless"]):
+                    or replicas_of(o.config) > 1 or o.request_settings or \
+                    (o.verdict and o.verdict not in ACCEPT["lossless"]):
                 continue
             k = gpus_of(o.config)
             if k in plan_widths and (k not in best_at or o.throughput > (best_at[k].throughput or 0)):
@@ -222,6 +223,10 @@ class Tuner(Decisions):
                                   f"{predicted:.3g}/s, against {self.best.throughput or 0:.3g}/s measured")
                 continue
             r = plan_widths[k]
+            if 0 < self.ledger.budget_left() - self.reserve < r:  # none left: measure() records the skip
+                self.notes.append(f"{r} replicas of {o.name} not launched: {r} server launches, "
+                                  f"{self.ledger.budget_left() - self.reserve} left in the budget")
+                continue
             cfg = {**{key: v for key, v in o.config.items() if key != "gpus"}, "replicas": r,
                    "gpus": list(range(r * k))}
             out = self.measure(self.trial(f"{r} replicas x {o.name} ({r * k} GPUs)", "lossless", "replicas", cfg,
