@@ -37,16 +37,20 @@ def register(mcp: MCPServer) -> None:
     @agent_errors
     async def tune_start(ctx: Context, request: TuneRequest | None = None,
                          resume: Annotated[str | None, Field(description=(
-                             "Instead of a request: the id of a tune job that failed (also 'interrupted: ...') or was "
-                             "cancelled, to continue under its own id."))] = None) -> JobStatus:
+                             "Instead of a request: the id of a tune job that failed (also 'interrupted: ...', e.g. a "
+                             "lost Ray node) or was cancelled, to continue under its own id."))] = None) -> JobStatus:
         """Find the best serving configuration automatically, as a background job.
 
         Baseline: eager on one GPU; else offloaded; else the fewest GPUs whose TP fits (all under
         goal.vram_limit_mib, if set). Then lossless candidates (compile + FP8, the parallel layouts the GPUs and
         the model allow), then lossy settings swept gentle to aggressive, each compared with the baseline and
-        stopped at the quality cliff, then request-level steps and guidance measured inside one server.
-        Configurations measured before are reused; `resume=<job id>` continues a job whose omnitune died (its
-        outcomes are replayed from the store, servers it left running are stopped). Follow with job_status /
+        stopped at the quality cliff, then request-level steps and guidance measured inside one server. With
+        goal.objective 'throughput', every trial keeps the GPUs busy (as many requests in flight as GPUs) and
+        replicas of the best configuration are tried too (independent servers on disjoint GPUs, requests spread
+        over them: more images per second, the same latency per request).
+        Configurations measured before are reused; `resume=<job id>` continues a job whose omnitune died or that a
+        lost Ray node interrupted (its outcomes are replayed from the store, trials lost with their node run again,
+        servers it left running are stopped). Follow with job_status /
         job_wait; the result holds the winning `vllm serve` command, every candidate's outcome, a Pareto plot
         and a markdown report."""
         state = state_of(ctx)  # read-only mode refuses this tool in server/policy.py

@@ -255,6 +255,42 @@ def test_sp_without_sp_plan_gives_no_speed_up(emu):
     assert t2 == pytest.approx(t1, rel=0.1)
 
 
+def test_a_server_is_one_replica_and_replicas_are_servers_behind_the_balancer(emu):
+    """As 0.30.0 for a generic diffusion model: its builder drops a stage's num_replicas (config_factory.py:678,
+    :772), so --stage-overrides asking for 2 replicas starts one, on one GPU. N replicas are N servers on their own
+    GPUs; through omnitune's balancer two requests at once go one to each, and a seed gives the same bytes on
+    either replica (replicas are isolated, as vLLM-Omni #4707 found)."""
+    from types import SimpleNamespace
+
+    from omnitune.tools.tune.replicas import Balancer
+    emu.write({"gpus": [H200] * 2, "cost": QUICK})
+    one = start(emu, ZIMAGE, "--stage-overrides", json.dumps({"0": {"num_replicas": 2}}))
+    try:
+        [state] = [json.loads(f.read_text()) for f in emu.state_dir.iterdir()]
+        assert list(state["memory_mib"]) == ["0"]
+    finally:
+        one.stop()
+    replicas = [start(emu, ZIMAGE, env={"CUDA_VISIBLE_DEVICES": str(g)}, wait=False) for g in (0, 1)]
+    try:
+        for r in replicas:
+            r.wait_healthy()
+        held = sorted(k for f in emu.state_dir.iterdir() for k in json.loads(f.read_text())["memory_mib"])
+        assert held == ["0", "1"]
+        with Balancer([r.url for r in replicas], timeout_s=30) as lb:
+            import threading
+            pngs: list[bytes] = []
+            both = [threading.Thread(target=lambda: pngs.append(image(SimpleNamespace(url=lb.url))[1]["_png"]))
+                    for _ in range(2)]
+            for t in both:
+                t.start()
+            for t in both:
+                t.join(30)
+            assert lb.served == [1, 1] and len(pngs) == 2 and pngs[0] == pngs[1]
+    finally:
+        for r in replicas:
+            r.stop()
+
+
 # -- memory ---------------------------------------------------------------------------------------------------
 
 def test_state_file_is_keyed_by_physical_gpu_and_removed_on_exit(emulator):

@@ -75,6 +75,19 @@ async def test_the_counted_world_gets_its_gpus(emulator, tmp_path, config, devic
     assert result.structured_content["env"]["CUDA_VISIBLE_DEVICES"] == devices
 
 
+async def test_in_engine_data_parallel_is_warned_to_add_no_throughput(emulator, tmp_path):
+    """0.30.0's DP ranks run each request together (only distributed layerwise offload splits requests)."""
+    from omnitune.tools.launch.world import world as world_of
+    dp = await dry(emulator, tmp_path, {"model": QWEN, "extra_flags": {"--data-parallel-size": 2}}, gpus=2)
+    assert dp.is_error is False and any("for throughput run replicas" in w
+                                         for w in dp.structured_content["warnings"])
+    assert "runs each request on all 2" in (world_of(ServeConfig(model=QWEN, extra_flags={"--num-gpus": 4},
+                                                                 usp=2)).warning or "")
+    assert world_of(ServeConfig(model=QWEN, enable_layerwise_offload=True,
+                                extra_flags={"--data-parallel-size": 2})).warning is None
+    assert world_of(ServeConfig(model=QWEN, usp=2)).warning is None
+
+
 @pytest.mark.parametrize("flags, needle", [
     ({"--vae-fast-path": True}, "needs a value"),
     ({"--vae-fast-path": "fast"}, "is not one of its choices"),

@@ -8,6 +8,7 @@ and raylets listen on 127.0.0.1 (checked below).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -214,3 +215,91 @@ def test_a_node_lost_mid_tune_is_a_failed_trial_and_the_tune_goes_on(cluster, dr
     assert [r["error"] for r in again] == [None, None]
     assert {p.node for p in trials.timeline[-2:]} == {cluster.node_id("head"), cluster.node_id("third")}
     assert emulated_servers(cluster) == []
+
+
+@pytest.mark.anyio
+async def test_a_node_killed_mid_tune_fails_its_trial_as_node_lost_and_resume_completes_the_tune(
+        cluster, emulator, tmp_path):
+    """A whole tune job through MCP across the two nodes; the second node is killed while a trial runs there. That
+    trial is recorded as failed (node_lost), the job ends failed but resumable with every other result recorded,
+    and tune_start(resume=...) completes it on the node left: nothing measured twice, no server left running.
+    Last in the module: it leaves the cluster with the head alone."""
+    import sqlite3
+    import threading
+
+    from mcp import Client
+
+    from omnitune.server.main import build_server
+    from omnitune.tools.settings import Settings
+    from tests.test_tune import IMAGE, SRC
+    world = {"gpus": [H200] * 2, "cost": {"startup_s": 0.1}}
+    other = next(name for name in cluster.nodes if name != "head")
+    for emu in [emulator, *cluster.worlds.values()]:
+        emu.write("cfg4_qwen_image", **world)
+    settings = Settings.model_validate({"workspace": tmp_path / "driver", "vllm": str(emulator.shim),
+                                        "model_roots": [FIXTURE_MODELS], "vllm_omni_source": SRC,
+                                        "ray_address": cluster.cluster.address})
+    db = tmp_path / "driver" / "omnitune.db"
+
+    def measured() -> int:
+        try:
+            with sqlite3.connect(db, timeout=5) as con:
+                return con.execute("SELECT count(*) FROM tune_candidates WHERE status = 'measured'").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    killed: list[str] = []
+
+    def kill_mid_tune() -> None:
+        """Once a trial is measured, the other node's next servers hang on their first request; the node is
+        killed once one of them has been up for 3 s (a trial is running there)."""
+        if not wait_for(lambda: measured() >= 1, 120):
+            return
+        cluster.worlds[other].write("cfg4_qwen_image", **world, faults={"hang_on": [1], "hang_s": 300})
+        first_seen: dict[int, float] = {}
+
+        def hung() -> bool:
+            now = time.monotonic()
+            live = cluster.worlds[other].live_pids()
+            for pid in live:
+                first_seen.setdefault(pid, now)
+            return any(now - first_seen[pid] >= 3 for pid in live)
+
+        if wait_for(hung, 120):
+            killed.append(cluster.node_id(other))
+            cluster.kill(other)
+
+    killer = threading.Thread(target=kill_mid_tune, daemon=True)
+    killer.start()
+    async with Client(build_server(settings)) as client:
+        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
+        job_id = job.structured_content["id"]
+        first = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 240})).structured_content
+        killer.join(10)
+        assert killed, "the other node was never killed while a trial ran there"
+        assert first["status"] == "failed" and "a Ray node was lost" in first["error"], first
+        assert f"tune_start(resume='{job_id}')" in first["error"]
+        with sqlite3.connect(db) as con:
+            rows = [json.loads(r[0]) for r in con.execute(
+                "SELECT data FROM tune_candidates WHERE job_id = ? ORDER BY idx", (job_id,))]
+        lost = [r["outcome"] for r in rows if r["outcome"]["cause"] == "node_lost"]
+        assert len(lost) == 1 and lost[0]["status"] == "failed" and "node lost" in lost[0]["reason"]
+        assert len(rows) >= 2  # measured before the kill, and kept
+        # the lost node's server is stopped by its reaper; nothing ran on the driver's host
+        assert wait_for(lambda: not cluster.worlds[other].live_pids(), 30)
+        resumed = await client.call_tool("tune_start", {"resume": job_id})
+        assert resumed.is_error is False, resumed.content
+        final = (await client.call_tool("job_wait", {"job_id": job_id, "timeout_s": 240})).structured_content
+    assert final["status"] == "completed", final["error"]
+    r = final["result"]
+    assert r["winner"] and any("1 trial(s) lost with a Ray node run again" in n for n in r["notes"])
+    again = next(c for c in r["candidates"] if c["name"] == lost[0]["name"])
+    assert again["status"] != "failed" and again["run_id"] and not again["resumed"]  # measured after the resume
+    with sqlite3.connect(db) as con:
+        rows = [json.loads(d) for d, in con.execute("SELECT data FROM tune_candidates WHERE job_id = ?", (job_id,))]
+    decided = [row["key"] for row in rows if row["outcome"]["cause"] != "node_lost"]
+    assert len(decided) == len(set(decided))  # no configuration measured (or decided) twice
+    run_ids = [row["outcome"]["run_id"] for row in rows if row["outcome"]["run_id"]]
+    assert len(run_ids) == len(set(run_ids))  # every recorded run is one trial's, once
+    assert {p["node"] for p in r["timeline"] if p["status"] == "done"} <= {cluster.node_id("head"), *killed}
+    assert emulator.live_pids() == [] and emulated_servers(cluster) == []

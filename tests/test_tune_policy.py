@@ -12,6 +12,7 @@ import pytest
 
 from omnitune.tools.plan import Goal, make_plan
 from omnitune.tools.settings import Settings
+from omnitune.tools.tune.models import Outcome
 from omnitune.tools.tune.stats import p50_se
 from omnitune.tools.workspace import Workspace
 from tests.tune_fakes import Capability, WorldTrials, fake, gpu_report, load_world, policy
@@ -307,3 +308,56 @@ def test_fewer_steps_rejected_on_quality_stop_the_steps_sweep_even_when_the_cloc
     steps = [o for o in t.outcomes if "num_inference_steps" in o.request_settings]
     assert [o.request_settings for o in steps] == [{"num_inference_steps": 15}]  # 10 steps never tried
     assert steps[0].status == "rejected_quality" and "stopped at the quality cliff" in (steps[0].reason or "")
+
+
+NO_SCALING = {"model": {"sp_plan": False}, "cost": {"cfg_parallel_speedup": 1.0, "tp_efficiency": 0.5}}
+
+
+def test_throughput_replicates_the_one_gpu_recipe_where_layouts_do_not_pay_and_latency_never_does(ws):
+    world = load_world("cfg4_qwen_image", **NO_SCALING)
+    fast = policy(ws, world, job_id="tput", goal={"objective": "throughput"})
+    best = fast.run()
+    assert best is not None and best.kind == "replicas" and best.name == "4 replicas x compile+fp8 (4 GPUs)"
+    assert best.config["replicas"] == 4 and best.config["quantization"] == "fp8" and best.config["gpus"] == [0, 1, 2, 3]
+    one = names(fast)["compile+fp8"]
+    assert best.throughput and one.throughput and best.throughput == pytest.approx(4 * one.throughput)
+    assert [n for n in launched(fast) if "replicas" in n] == ["4 replicas x compile+fp8 (4 GPUs)"]  # 2 x 2 not worth it
+    assert fast.ledger.launches == len(launched(fast)) + 3  # the replica trial started four servers
+    slow = policy(ws, world, job_id="lat", goal={})
+    assert slow.run() is not None and not [n for n in launched(slow) if "replicas" in n]
+
+
+class LosesANode(WorldTrials):
+    """The cluster loses the node under one named trial, once (the batch's other trials are measured)."""
+
+    def __init__(self, world: dict, request, victim: str) -> None:
+        super().__init__(world, request)
+        self.victim = victim
+
+    def run(self, trial, gpus):
+        if trial.name == self.victim and not any(n == self.victim for n, _ in self.launched):
+            self.launched.append((trial.name, trial.config))
+            return Outcome(
+                name=trial.name, stage=trial.stage, kind=trial.kind, status="failed", cause="node_lost",
+                config=trial.config, reason="node lost while the trial ran there", launched=True, gpus=gpus)
+        return super().run(trial, gpus)
+
+
+def test_a_trial_lost_with_its_node_stops_the_tune_after_its_batch_and_only_it_runs_again_on_resume(ws):
+    from omnitune.tools.tune.models import NodeLost
+    world = load_world("cfg4_qwen_image")
+    probe = policy(ws, world, job_id="probe")
+    victim = "cfg_parallel_size=2 (2 GPUs)"
+    first = policy(ws, world, runner=LosesANode(world, probe.req, victim))  # the narrowest layouts: one batch
+    with pytest.raises(NodeLost) as lost:
+        first.run()
+    assert lost.value.trials == [victim] and victim in str(lost.value)
+    batch = first.runner.batches[-1]
+    assert victim in batch and len(batch) == 2 and all(n in names(first) for n in batch)  # the whole batch recorded
+    again = policy(ws, world)
+    fake(again).runs.update(fake(first).runs)
+    best = again.run()
+    assert best is not None and names(again)[victim].status != "failed"  # measured this time
+    relaunched = [n for n, _ in fake(again).launched]
+    assert victim in relaunched and not set(relaunched) & ({n for n, _ in first.runner.launched} - {victim})
+    assert any("1 trial(s) lost with a Ray node run again" in n for n in again.notes)

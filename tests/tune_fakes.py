@@ -20,7 +20,7 @@ from omnitune.tools.settings import Settings
 from omnitune.tools.tune.job import memory_model
 from omnitune.tools.tune.ledger import Ledger
 from omnitune.tools.tune.models import Outcome, TuneRequest
-from omnitune.tools.tune.trial import Trial
+from omnitune.tools.tune.trial import Trial, tune_workload
 from omnitune.tools.tune.tuner import Tuner
 from omnitune.tools.workspace import Workspace
 from tests.emulator import world as w
@@ -103,7 +103,7 @@ class WorldTrials:
         sm = tuple(self.world["gpus"][gpus[0]]["compute_capability"])
         p50 = w.seconds_per_request(self.world, cfg, self.mp, steps, self.frames, sm, guided)  # type: ignore[arg-type]
         out.p50_s, out.p50_se_s, out.peak_memory_mib = p50, 0.002 * p50, float(peak)
-        out.throughput = 1 / p50
+        out.throughput = int(trial.config.get("replicas", 1) or 1) / p50  # replicas: same latency, N at once
         out.server_warnings = list(self.warnings)
         out.gpu_seconds = ((self.world["cost"]["startup_s"] if launched else 0) + n_req * p50) * len(gpus)
         if trial.compare_to:  # deviations the baseline shares (same tag and key) cancel, as in the emulator
@@ -220,7 +220,9 @@ def policy(ws: Workspace, world: dict, job_id: str = "tune-test", goal: dict | N
     settings = Settings.model_validate({"workspace": ws.root})
     plan: Plan = make_plan(settings, req.model, Goal.model_validate(req.goal.model_dump()),
                            gpu_report=report, capability=Capability(world))
-    ledger = Ledger(ws, job_id, req, "vllm-fake", [g.name for g in report.gpus])
+    throughput = req.goal.objective == "throughput"  # as make_tuner: keyed as measured
+    ledger = Ledger(ws, job_id, req, "vllm-fake", [g.name for g in report.gpus],
+                    workload=tune_workload(req.workload, fill=plan.gpus) if throughput else None)
     memory = memory_model(req, plan) if weights else None
     return Tuner(req, plan, runner or WorldTrials(world, req), ledger, memory=memory)
 

@@ -15,13 +15,13 @@ from pydantic import BaseModel, Field
 from omnitune.tools.errors import InvalidRequestError, OmnituneError, UnregisteredPipeline
 from omnitune.tools.gpus import GpuReport, detect_gpus
 from omnitune.tools.launch.validate import constraint_violations
-from omnitune.tools.search_space import METHOD_KEYS, label, layouts, nvlinked
+from omnitune.tools.search_space import METHOD_KEYS, label, layouts, nvlinked, replica_count
 from omnitune.tools.settings import Settings
 from omnitune.tools.strict import StrictModel
 
 Stage = Literal["baseline", "lossless", "lossy"]
 # What a candidate changes, so the tuner decides on types, never on names.
-Kind = Literal["baseline", "single_gpu", "layout", "offload", "sharded", "vae_patch", "cache", "request"]
+Kind = Literal["baseline", "single_gpu", "layout", "offload", "sharded", "vae_patch", "cache", "request", "replicas"]
 STEP_FRACTIONS = [0.75, 0.5]
 TEA_THRESHOLDS = [0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8]
 CACHE_DIT_THRESHOLDS = [0.08, 0.12, 0.24, 0.4]
@@ -31,7 +31,11 @@ CACHE_GAINS = {"tea_cache": "~1.5x at 0.1-0.2, ~2x at 0.4-0.8", "cache_dit": "~1
 
 
 class Goal(StrictModel):
-    objective: Literal["latency", "throughput"] = Field("latency", description="What 'faster' means.")
+    objective: Literal["latency", "throughput"] = Field(
+        "latency", description="What 'faster' means. latency: the p50 of one request. throughput: images (or "
+        "seconds of video) per second with the GPUs kept busy: the benchmark sends at least as many requests at "
+        "once as there are GPUs, and tune also tries replicas (independent servers on disjoint GPUs, requests "
+        "spread over them), which raise throughput but not the latency of one request.")
     quality: Literal["lossless", "lossy"] = Field("lossless", description="lossless only, or lossy methods too "
                                                                           "(each gated by compare_outputs).")
     quality_floor: Literal["lossless-equivalent", "acceptable"] = Field(
@@ -120,6 +124,37 @@ def _memory_candidates(n_gpus: int, uses_cfg: bool, allowed: Callable[[str, str]
                              reason="decodes the VAE in patches over the best layout's GPUs (tried on top of it)",
                              evidence=_status(capability, "vae_patch_parallel")[1],
                              expected_gain="less VAE time and memory on large outputs"))
+    return out
+
+
+def _replica_candidates(goal: Goal, n_gpus: int, best_single: dict, layout_cands: list[Candidate],
+                        pruned: list[Pruned]) -> list[Candidate]:
+    """Throughput only: as many replicas as fit of the one-GPU recipe and of each layout (k GPUs -> n // k
+    replicas; fewer would leave GPUs idle). Each replica is its own server (vLLM-Omni 0.30.0 runs one replica per
+    process for a generic diffusion model: search_space.py); tune fills in the per-replica configuration it
+    measured best at that width."""
+    if goal.objective != "throughput":
+        pruned.append(Pruned(name="replicas", why="replicas raise throughput, not the latency of one request "
+                                                  "(goal.objective is latency)"))
+        return []
+    if n_gpus < 2:
+        pruned.append(Pruned(name="replicas", why=f"{n_gpus} GPU(s): no room for a second replica"))
+        return []
+    out = [Candidate(name=f"{n_gpus} replicas x one GPU ({n_gpus} GPUs)", stage="lossless", kind="replicas",
+                     config={**best_single, "replicas": n_gpus, "gpus": list(range(n_gpus))},
+                     reason="independent servers, one per GPU, requests spread over them: throughput scales with "
+                            "the replicas, each request's latency stays the one-GPU latency",
+                     expected_gain=f"up to ~{0.95 * n_gpus:.1f}x throughput (3.83x on 4 GPUs in vLLM-Omni #4707)")]
+    for c in layout_cands:
+        k = len(c.config["gpus"])
+        r = replica_count(n_gpus, k)
+        if r < 2:
+            continue
+        out.append(Candidate(name=f"{r} replicas x {c.name.rsplit(' (', 1)[0]} ({r * k} GPUs)", stage="lossless",
+                             kind="replicas", config={**c.config, "replicas": r, "gpus": list(range(r * k))},
+                             reason=f"{r} servers of {k} GPUs each: the layout's speed-up per request, times the "
+                                    "replicas for throughput", evidence=c.evidence,
+                             expected_gain=f"~{r * 0.95:.1f}x the layout's throughput"))
     return out
 
 
@@ -291,6 +326,7 @@ def make_plan(
         pruned.append(Pruned(name="multi-GPU layouts", why=f"{len(gpus)} GPU(s) available"))
     else:
         cands += _memory_candidates(n_gpus, uses_cfg, allowed, capability)
+    cands += _replica_candidates(goal, n_gpus, best_single, [c for c in cands if c.kind == "layout"], pruned)
     vae = {"vae_use_slicing": True, "vae_use_tiling": True}
     for key, name, cfg in (("layerwise_offload", "layerwise offload", {"enable_layerwise_offload": True}),
                            ("cpu_offload", "model-level offload", {"enable_cpu_offload": True})):

@@ -45,3 +45,27 @@ def nvlinked(report: GpuReport, n: int) -> bool | None:
     if not pairs:
         return None
     return all(link.nvlink for link in pairs)
+
+
+# -- replicas (throughput) ---------------------------------------------------------------------------------
+# vLLM-Omni 0.30.0 serves a generic diffusion model (no registered Omni pipeline: Qwen-Image, Z-Image, Wan T2V...)
+# as ONE replica per `vllm serve`. Replica DP is a stage's ``runtime.num_replicas`` (engine/stage_init_utils.py:931,
+# split_devices_for_replicas), but the generic builder drops it from a deploy YAML or --stage-overrides
+# (config/config_factory.py:678 keeps only OmniDiffusionConfig fields, :772 builds its own DeployConfig;
+# 0.32.0rc1 passes it on, config_factory.py:790-792); ``--data-parallel-size`` is in-engine DP whose ranks all run
+# the same request (diffusion_engine.py:379-395, diffusion/executor/multiproc_executor.py:620-640) unless layerwise
+# offload is distributed over them. So N replicas are N independent servers, each on its own GPUs, with requests
+# spread over them.
+
+
+def replica_count(n_gpus: int, per_replica: int) -> int:
+    """Most replicas of a ``per_replica``-GPU configuration on ``n_gpus`` (fewer only leave GPUs idle)."""
+    return n_gpus // max(1, per_replica)
+
+
+def replica_gpus(gpus: list[int], replicas: int) -> list[list[int]]:
+    """The GPU set of each replica: consecutive equal slices (replica r gets gpus[r*k:(r+1)*k])."""
+    k = len(gpus) // max(1, replicas)
+    if replicas < 1 or k < 1 or k * replicas != len(gpus):
+        raise ValueError(f"{len(gpus)} GPUs do not split into {replicas} equal replicas")
+    return [gpus[r * k:(r + 1) * k] for r in range(replicas)]

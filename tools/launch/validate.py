@@ -192,6 +192,8 @@ def validate(settings: Settings, config: ServeConfig, gpu_report: GpuReport, cap
     w = world(config)
     if w.size is None:
         r.error(w.problem or "the parallel settings are inconsistent", w.fix or "fix the parallel degrees")
+    if w.warning:
+        r.warnings.append(w.warning)
     _hardware(r, config, gpu_report, w.size or 1, w.formula)
     _combinations(r, config, w.size or 1)
     _model_rules(r, config, resolved, capability)

@@ -1,6 +1,7 @@
 """How many GPUs a configuration really uses: the rules of vLLM-Omni 0.30.0's ``DiffusionParallelConfig``.
 
 ``diffusion/data.py``: world = pp x dp x tp x sp x cfg, with sp = ulysses x ring (or the all-gather degree);
+dp here is in-engine data parallel (its ranks share each request), not replicas (``search_space.py``);
 HSDP alone needs an explicit shard size (``Cannot auto-calculate hsdp_shard_size``) and then sets the world
 to replicate x shard; ``--num-gpus`` fixes the world and infers dp (``resolve_data_parallel_size``).
 The typed fields hold the guide's degrees; ``extra_flags`` may add the rest, so both are counted.
@@ -27,6 +28,17 @@ class World:
     formula: str
     problem: str | None = None
     fix: str | None = None
+    warning: str | None = None
+
+
+def dp_warning(dp: int, config: ServeConfig) -> str | None:
+    """In-engine DP is not replicas in 0.30.0: every DP rank runs the same request (multiproc_executor.py:620-640),
+    unless layerwise offload distributed over the ranks gives each its own (diffusion_engine.py:379-395)."""
+    if dp <= 1 or config.enable_layerwise_offload:
+        return None
+    return (f"data parallel {dp} inside one vLLM-Omni 0.30.0 server runs each request on all {dp} DP ranks at once "
+            "(only layerwise offload distributed over them gives each rank its own request): the GPUs serve no "
+            "more requests; for throughput run replicas (tune with goal.objective 'throughput')")
 
 
 def _int(value: object, default: int) -> int:
@@ -87,4 +99,5 @@ def world(config: ServeConfig) -> World:
                 return World(None, formula, f"--data-parallel-size {dp} does not match --num-gpus {gpus} / {non_dp}",
                              "drop one of them")
         size, formula = gpus, f"--num-gpus {gpus} ({formula} x dp {gpus // non_dp})"
-    return World(size, formula)
+        dp = gpus // non_dp if not config.use_hsdp else 1
+    return World(size, formula, warning=dp_warning(dp or 1, config))

@@ -15,7 +15,8 @@ from omnitune.tools.plan import Plan
 from omnitune.tools.tune.costmodel import CostModel
 from omnitune.tools.tune.ledger import Ledger
 from omnitune.tools.tune.memory import MemoryModel
-from omnitune.tools.tune.models import ACCEPT, Cancelled, Outcome, TuneRequest
+from omnitune.tools.tune.models import ACCEPT, Cancelled, NodeLost, Outcome, TuneRequest
+from omnitune.tools.tune.replicas import replicas_of
 from omnitune.tools.tune.stats import noise
 from omnitune.tools.tune.trial import Trial, TrialRunner
 
@@ -37,9 +38,10 @@ class Decisions:
         self.best: Outcome | None = None
         self.reserve = 0  # launches kept back for a later stage (steps and guidance)
         self.notes: list[str] = list(notes or [])
-        if ledger.replay:
+        if ledger.replay or ledger.rerun:
             self.notes.append(f"resumed: {len(ledger.replay)} outcome(s) taken from this job's records, "
-                              f"{ledger.launches} launch(es) and {ledger.gpu_seconds:.1f} GPU-s already spent")
+                              f"{ledger.launches} launch(es) and {ledger.gpu_seconds:.1f} GPU-s already spent"
+                              + (f"; {ledger.rerun} trial(s) lost with a Ray node run again" if ledger.rerun else ""))
 
     # -- measuring through the ledger and the runner ------------------------------------------------
     def trial(self, name: str, stage: str, kind: Any, config: dict, floor: str | None = None,
@@ -47,6 +49,8 @@ class Decisions:
         best = self.best
         near = best.p50_s if best and best.p50_s and stage != "baseline" else None
         band = max(NOISE - 1, 2.83 * (best.p50_se_s or 0) / best.p50_s) if best and best.p50_s else NOISE - 1
+        if self.req.goal.objective == "throughput":  # queued requests spread their latencies: not noise
+            band = NOISE - 1
         return Trial(name=name, stage=stage, kind=kind, config=config, request=request or {}, floor=floor,
                      compare_to=self.baseline.run_id if self.baseline and self.baseline.p50_s else None,
                      repeat_near=near, repeat_band=band,
@@ -80,6 +84,9 @@ class Decisions:
             batch = [(t, list(range(len(t.config.get("gpus") or [0])))) for _, t, _ in todo]
             for (i, _, key), out in zip(todo, self.runner.run_many(batch), strict=True):
                 results[i] = self._recorded(out, key)
+        lost = [o.name for o in results.values() if o.cause == "node_lost"]
+        if lost:  # every result of the batch is recorded first: a resume replays them and re-runs only these
+            raise NodeLost(lost)
         return [results[i] for i in range(len(trials))]
 
     def _known(self, t: Trial, key: str) -> Outcome | None:
@@ -104,8 +111,9 @@ class Decisions:
         if out.p50_s and self.baseline and self.baseline.p50_s:
             out.speedup_vs_baseline = self.baseline.p50_s / out.p50_s
         self._learn(out)
-        self.ledger.spend(int(out.launched), out.gpu_seconds)
-        self.ledger.record(out, key, out.launched)
+        launches = int(out.launched) * replicas_of(out.config)  # a replica trial starts one server per replica
+        self.ledger.spend(launches, out.gpu_seconds)
+        self.ledger.record(out, key, launches)
         self.outcomes.append(out)
         self._tell(out)
         return out
@@ -125,12 +133,13 @@ class Decisions:
 
     # -- decisions ----------------------------------------------------------------------------------
     def better(self, a: Outcome, b: Outcome | None) -> bool:
-        """a beats b by more than the noise: 2%, or the two p50s' combined standard error, if larger."""
+        """a beats b by more than the noise: 2%, or the two p50s' combined standard error, if larger. Throughput:
+        2% (its requests queue on purpose, so the spread of their latencies is the queue, not noise)."""
         if b is None:
             return True
-        margin = 1 + max(NOISE - 1, noise(a, b))
         if self.req.goal.objective == "throughput":
-            return (a.throughput or 0) > (b.throughput or 0) * margin
+            return (a.throughput or 0) > (b.throughput or 0) * NOISE
+        margin = 1 + max(NOISE - 1, noise(a, b))
         return (a.p50_s or 1e18) < (b.p50_s or 1e18) / margin
 
     def fits(self, out: Outcome) -> bool:

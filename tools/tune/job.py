@@ -11,11 +11,13 @@ from omnitune.tools.launch import ServeConfig
 from omnitune.tools.launch.config import build_argv
 from omnitune.tools.launch.launcher import Launcher, quote
 from omnitune.tools.plan import Plan, make_plan
+from omnitune.tools.search_space import replica_gpus
 from omnitune.tools.tune.ledger import Ledger
 from omnitune.tools.tune.memory import MemoryModel, model_weights_mib
-from omnitune.tools.tune.models import Outcome, TuneRequest, TuneResult
+from omnitune.tools.tune.models import NodeLost, Outcome, TuneRequest, TuneResult
+from omnitune.tools.tune.replicas import replicas_of, serve_fields
 from omnitune.tools.tune.report import markdown, pareto
-from omnitune.tools.tune.trial import LaunchTrials
+from omnitune.tools.tune.trial import LaunchTrials, tune_workload
 from omnitune.tools.tune.tuner import Cancelled, Progress, Tuner
 from omnitune.tools.workspace import Workspace
 
@@ -30,10 +32,15 @@ def make_tuner(workspace: Workspace, launcher: Launcher, request: TuneRequest, j
     is_cancelled: Callable[[], bool] = cancelled.is_set if isinstance(cancelled, threading.Event) else cancelled
     gpus = detect_gpus(workspace.root)
     plan = plan or make_plan(launcher.settings, request.model, request.goal, gpu_report=gpus)
-    ledger = Ledger(workspace, job_id, request, launcher.settings.vllm, [g.name for g in gpus.gpus])
+    trials = LaunchTrials(workspace, launcher, request, job_id, event)
+    throughput = request.goal.objective == "throughput"
+    if throughput:  # every trial measured with as many requests in flight as GPUs, and keyed so
+        trials.workload = tune_workload(request.workload, fill=plan.gpus)
+    ledger = Ledger(workspace, job_id, request, launcher.settings.vllm, [g.name for g in gpus.gpus],
+                    workload=trials.workload if throughput else None)
     memory = memory_model(request, plan)
     from omnitune.tools.tune.screen import runner_for  # side by side / on a Ray cluster, where the request allows
-    runner = runner_for(LaunchTrials(workspace, launcher, request, job_id, event), ledger, is_cancelled)
+    runner = runner_for(trials, ledger, is_cancelled)
     return Tuner(request, plan, runner, ledger, memory=memory, progress=progress, cancelled=is_cancelled,
                  notes=notes)
 
@@ -57,6 +64,8 @@ def tune_job(workspace: Workspace, launcher: Launcher, request: TuneRequest, job
     except Cancelled:
         from omnitune.tools.jobs import JobCancelled
         raise JobCancelled() from None
+    except NodeLost as exc:  # the job fails, resumable; the fix names this job
+        raise NodeLost(exc.trials, job_id) from None
     return finish(workspace, launcher, tuner, job_id, best)
 
 
@@ -72,12 +81,23 @@ def check_gpus_alone(launcher: Launcher, plan: Plan, job_id: str) -> None:
 
 
 def command_for(launcher: Launcher, model: str, best: Outcome) -> str:
-    """The winner as one line to paste (CUDA_VISIBLE_DEVICES first when it runs on chosen GPUs)."""
-    argv = build_argv(launcher.settings.vllm, ServeConfig(model=model, **best.config), model,
-                      launcher.settings.serve_host, 8000)
-    command = quote(["vllm", *argv[1:]])
+    """The winner as one line to paste (CUDA_VISIBLE_DEVICES first when it runs on chosen GPUs); replicas as one
+    line per replica (its own GPUs and port) and what to put in front of them."""
+    replicas = replicas_of(best.config)
     gpus = best.config.get("gpus")
-    return f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))} {command}" if gpus else command
+    groups = replica_gpus(gpus or list(range(replicas)), replicas) if replicas > 1 else [gpus]
+    lines = []
+    for i, group in enumerate(groups):
+        config = ServeConfig(model=model, **{**serve_fields(best.config), "gpus": group or None})
+        command = quote(["vllm", *build_argv(launcher.settings.vllm, config, model, launcher.settings.serve_host,
+                                             8000 + i)[1:]])
+        lines.append(f"CUDA_VISIBLE_DEVICES={','.join(map(str, group))} {command}" if group else command)
+    if replicas > 1:
+        lines.append(f"# {replicas} replicas, one server each (vLLM-Omni 0.30.0 serves one replica per process for "
+                     f"this model): spread requests over ports 8000-{8000 + replicas - 1}, each to the replica with "
+                     "the fewest in flight, as tune measured them")
+        return "\n".join(f"{line} &" if not line.startswith("#") else line for line in lines)
+    return lines[0]
 
 
 def finish(workspace: Workspace, launcher: Launcher, tuner: Tuner, job_id: str, best: Outcome | None) -> TuneResult:

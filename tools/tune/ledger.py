@@ -1,12 +1,14 @@
 """The tune's ledger: what each candidate cost and gave, under ONE key, in ``tune_candidates``.
 
-- Replay: a resumed job's own decided outcomes (budget spent included) are taken back instead of redone.
+- Replay: a resumed job's own decided outcomes (budget spent included) are taken back instead of redone; a
+  trial lost with its Ray node was never decided, so it is run again.
 - Reuse: a run another tune measured under the same key is found (the tuner then reads it instead of launching).
 - Budget: launches and GPU-seconds spent, against the request's limits.
 
 The key is :func:`tools.benchmark.target.config_key` (serve settings without placement, model, executable,
-GPU models and count: the key ``runs.config_key`` holds) extended with the workload and the request-level
-settings, so a run is reused only where it measured the same thing.
+GPU models and count: the key ``runs.config_key`` holds) extended with the workload as measured (the throughput
+objective's concurrency included), the request-level settings and the replica count, so a run is reused only
+where it measured the same thing.
 """
 
 from __future__ import annotations
@@ -15,25 +17,34 @@ import hashlib
 import json
 from typing import Any
 
+from omnitune.tools.benchmark import Workload
 from omnitune.tools.benchmark.target import config_key
 from omnitune.tools.launch import ServeConfig
 from omnitune.tools.tune.models import Outcome, TuneRequest
+from omnitune.tools.tune.replicas import replicas_of, serve_fields
 from omnitune.tools.workspace import Workspace
 
 
 class Ledger:
     def __init__(self, workspace: Workspace, job_id: str, request: TuneRequest, version: str,
-                 gpu_names: list[str | None]) -> None:
+                 gpu_names: list[str | None], workload: Workload | None = None) -> None:
         self.ws, self.job_id, self.req, self.version = workspace, job_id, request, version
         self.gpu_names = gpu_names
+        # what is measured: the throughput objective keeps more requests in flight than the request's workload
+        self.workload = workload or request.workload
         self.replay: dict[str, Outcome] = {}
         self.launches, self.gpu_seconds, self.next_idx = 0, 0.0, 0
+        self.rerun = 0  # trials lost with their Ray node, run again by this (resumed) job
         for row in self.ws.store.query("SELECT idx, data FROM tune_candidates WHERE job_id = ? ORDER BY idx",
                                        (self.job_id,)):
             data = json.loads(row["data"] or "{}")
             self.next_idx = row["idx"] + 1
             if "outcome" in data:
-                self.replay[data["key"]] = Outcome.model_validate({**data["outcome"], "resumed": True})
+                out = Outcome.model_validate({**data["outcome"], "resumed": True})
+                if out.cause != "node_lost":  # lost with its Ray node, not decided: a resume runs it again
+                    self.replay[data["key"]] = out
+                else:
+                    self.rerun += 1
                 self.launches += int(data.get("launched", 0))
                 self.gpu_seconds += float(data.get("gpu_seconds", 0.0))
         # Every launch that started a process is a servers row labelled with this job, written before the process
@@ -47,9 +58,10 @@ class Ledger:
         """Identity of a measurement: serve settings, GPU models and count, executable, workload, request settings."""
         n = len(config.get("gpus") or [0])
         names: list[str | None] = [*self.gpu_names, *[None] * n][:n]
-        serve = config_key(self.req.model, ServeConfig(model=self.req.model, **config).canonical(), self.version, names)
-        blob = json.dumps({"serve": serve, "w": self.req.workload.model_dump(mode="json"), "r": request or {}},
-                          sort_keys=True)
+        fields, replicas = serve_fields(config), replicas_of(config)
+        serve = config_key(self.req.model, ServeConfig(model=self.req.model, **fields).canonical(), self.version, names)
+        doc = {"serve": serve, "w": self.workload.model_dump(mode="json"), "r": request or {}}
+        blob = json.dumps({**doc, "replicas": replicas} if replicas > 1 else doc, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def replayed(self, key: str) -> Outcome | None:
@@ -63,7 +75,7 @@ class Ledger:
             "AND json_extract(data, '$.key') = ? ORDER BY rowid DESC LIMIT 1", (key,))
         return row["run_id"] if row else None
 
-    def record(self, out: Outcome, key: str, launched: bool) -> None:
+    def record(self, out: Outcome, key: str, launched: int) -> None:
         """Write an outcome as measured (its GPU time is already counted by :meth:`spend`). Decisions taken on it
         later (inert, within the noise, rejected) are not written: a resumed job re-derives them from the replay."""
         self.ws.store.insert("tune_candidates", {

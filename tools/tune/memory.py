@@ -82,8 +82,8 @@ class MemoryModel:
         if config.get("quantization") == "fp8":
             dit -= dit16 / 2
         dit /= int(config.get("tensor_parallel_size", 1) or 1)
-        if config.get("use_hsdp"):
-            dit /= max(len(config.get("gpus") or [0]), 1)
+        if config.get("use_hsdp"):  # sharded over one replica's GPUs
+            dit /= max(len(config.get("gpus") or [0]) // max(int(config.get("replicas", 1) or 1), 1), 1)
         return dit, others
 
     def weights_mib(self, config: dict) -> float | None:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from omnitune.tools.benchmark import Workload
+from omnitune.tools.errors import OmnituneError
 from omnitune.tools.plan import Goal, Kind, Pruned
 from omnitune.tools.strict import StrictModel
 from omnitune.tools.tune.parallel import Placement
@@ -39,6 +40,7 @@ Cause = Literal[
     "launch_gate",
     "predicted_out_of_memory",
     "budget",
+    "node_lost",
 ]
 
 
@@ -113,7 +115,8 @@ class Outcome(BaseModel):
 class TuneResult(BaseModel):
     model: str
     winner: Outcome | None
-    command: str | None = Field(description="The winning `vllm serve` command.")
+    command: str | None = Field(description="The winning `vllm serve` command (replicas: one line per replica, "
+                                "each on its own GPUs and port, then how to spread requests over them).")
     request_settings: dict[str, Any] = Field(default_factory=dict, description="Send these with each request too.")
     baseline: Outcome | None
     candidates: list[Outcome]
@@ -130,3 +133,18 @@ class TuneResult(BaseModel):
 
 class Cancelled(Exception):
     """Raised between trials when the job is cancelled (the caller maps it to its job state)."""
+
+
+class NodeLost(OmnituneError):
+    """A Ray node died while trials ran on it: their outcomes are recorded as failed (node_lost) and the tune stops
+    after the batch, resumable. Continuing would decide on a stage whose measurement is missing; a resume re-runs
+    only the lost trials (a ``node_lost`` record is never replayed) on the nodes left."""
+
+    def __init__(self, trials: list[str], job_id: str | None = None) -> None:
+        self.trials = trials
+        super().__init__(
+            f"interrupted: a Ray node was lost while {', '.join(trials)} ran on it (recorded as failed, node_lost); "
+            "every other result so far is recorded.",
+            f"tune_start(resume={job_id!r}) continues on the nodes left and re-runs only "
+            f"{'that trial' if len(trials) == 1 else 'those trials'} (add a node first to keep the width)."
+            if job_id else "resume the tune job (tune_start(resume=<job id>)).")

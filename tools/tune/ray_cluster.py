@@ -4,8 +4,9 @@ Each trial becomes a Ray task asking for ``num_gpus``; Ray picks the node and th
 share one), the task launches ``vllm serve`` there with omnitune's own launcher and benchmarks it locally
 (``ray_trial.run_on_node``), and its rows and files come back into the driver's workspace, where the quality
 gate and the tune's records live. A task that dies with its node, is cancelled or runs out of time is a failed
-trial, never a failed tune. The cluster is the one ``OMNITUNE_RAY_ADDRESS`` names (``ray start --head`` prints
-it; ``auto`` joins the cluster this host belongs to).
+trial, never a failed tune; one lost with its node is marked ``node_lost`` (the tune then stops after the batch,
+resumable, and a resume runs it again). The cluster is the one ``OMNITUNE_RAY_ADDRESS`` names (``ray start
+--head`` prints it; ``auto`` joins the cluster this host belongs to).
 
 ray is imported only when a cluster is used.
 """
@@ -23,6 +24,9 @@ from omnitune.tools.tune.ray_trial import import_trial, run_on_node
 
 log = logging.getLogger(__name__)
 _SETTINGS_SHIPPED = ("vllm", "serve_host", "model_roots", "vllm_omni_source", "serving_python")
+# How long a task that died without an answer of its own waits for the cluster to say whether its node died (the
+# GCS marks a node dead after its health checks fail: ~15 s with Ray's defaults).
+NODE_LOSS_WAIT_S = 30.0
 
 
 class RayUnavailable(OmnituneError):
@@ -79,7 +83,8 @@ class RayTrials:
         """(name, config, GPU count) each; results in order. Raises ``TrialsCancelled`` once cancelled (the
         tasks are force-cancelled: their workers die and the reapers stop their servers)."""
         ray = connect(self.address)
-        biggest = max(cluster_gpus(ray).values(), default=0)
+        alive = cluster_gpus(ray)
+        biggest = max(alive.values(), default=0)
         results: dict[int, dict[str, Any]] = {}
         places = [Placement(trial=name) for name, _, _ in batch]
         self.timeline.extend(places)
@@ -99,7 +104,7 @@ class RayTrials:
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=self.poll_s)
                 for ref in done:
                     i = refs.pop(ref)
-                    results[i] = self._collect(ray, ref, places[i], submitted[i])
+                    results[i] = self._collect(ray, ref, places[i], submitted[i], set(alive))
                 for ref, i in list(refs.items()):
                     if time.time() - submitted[i] > self.timeout_s:
                         ray.cancel(ref, force=True)
@@ -112,13 +117,18 @@ class RayTrials:
             raise
         return [results[i] for i in range(len(batch))]
 
-    def _collect(self, ray: Any, ref: Any, place: Placement, submitted: float) -> dict[str, Any]:
+    def _collect(self, ray: Any, ref: Any, place: Placement, submitted: float, alive: set[str]) -> dict[str, Any]:
         try:
             payload = ray.get(ref, timeout=60)
         except Exception as exc:  # the node died, the worker crashed, the task raised: a failed trial
             place.started_at = place.started_at or submitted
-            return self._failed(place, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                                launched=True)  # its server may have started before the node went
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            lost = lost_node(ray, exc, alive)
+            if lost is not None:
+                place.node = lost or place.node
+                why = f"node lost{f' ({lost})' if lost else ''} while the trial ran there: {why}"
+            # its server may have started before the node went
+            return {**self._failed(place, why, launched=True), "node_lost": lost is not None}
         import_trial(self.ws, payload)
         place.node, place.gpus = payload["node"], payload["gpus"]
         place.started_at, place.ended_at = payload["started_at"], payload["ended_at"]
@@ -132,3 +142,25 @@ class RayTrials:
         log.warning("trial %s failed on the cluster: %s", place.trial, why)
         return {"server_id": None, "run_id": None, "p50_s": None, "error": why, "node": None, "gpus": [],
                 "launched": launched, "seconds": (place.ended_at - place.started_at) if place.started_at else 0.0}
+
+
+def lost_node(ray: Any, exc: Exception, alive: set[str], wait_s: float = NODE_LOSS_WAIT_S,
+              poll_s: float = 0.25) -> str | None:
+    """The node a task died with: '' when Ray says the node died but not which, None when no node was lost.
+
+    A task whose own code raised (RayTaskError), timed out or was cancelled lost no node. A worker that died
+    without an answer (WorkerCrashedError, lost objects, a dead raylet) lost its node only if a node alive when
+    the batch was submitted is now dead: the cluster is asked, for at most ``wait_s``."""
+    from ray import exceptions as rx
+    if not isinstance(exc, (rx.NodeDiedError, rx.WorkerCrashedError, rx.LocalRayletDiedError, rx.ObjectLostError)):
+        return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        gone = sorted(alive - set(cluster_gpus(ray)))
+        if gone:
+            return gone[0]
+        if isinstance(exc, rx.NodeDiedError):
+            return ""
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_s)

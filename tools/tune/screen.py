@@ -103,6 +103,7 @@ class ParallelTrials:
             out = self._error(trial, res.get("gpus") or [], RuntimeError(res.get("error") or "no result"))
             out.reason, out.launched = res.get("error"), bool(res.get("launched"))
             out.cause = "out_of_memory" if "out_of_memory" in (res.get("error") or "") else out.cause
+            out.cause = "node_lost" if res.get("node_lost") else out.cause  # the cluster's failure, not the trial's
         else:
             out = self.inner.read(trial, res["run_id"])
             self.inner.judge(out, trial)

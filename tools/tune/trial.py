@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
@@ -25,8 +26,10 @@ from omnitune.tools.errors import LaunchError, OmnituneError
 from omnitune.tools.launch import ServeConfig
 from omnitune.tools.launch.launcher import Launcher
 from omnitune.tools.plan import Kind
+from omnitune.tools.search_space import replica_gpus
 from omnitune.tools.servers import ServerRecord, get_server
 from omnitune.tools.tune.models import ACCEPT, Cancelled, Cause, Outcome, TuneRequest
+from omnitune.tools.tune.replicas import Balancer, replicas_of, serve_fields
 from omnitune.tools.tune.stats import p50_se, pooled
 from omnitune.tools.workspace import Workspace
 
@@ -92,9 +95,21 @@ def launch_cause(exc: LaunchError) -> Cause:
     return LAUNCH_CAUSES.get(exc.cause, "refused")
 
 
-def tune_workload(workload: Workload) -> Workload:
-    """Videos through the sync endpoint: latency to the millisecond, not to the polling step."""
-    return workload.model_copy(update={"video_mode": "sync"}) if workload.is_video else workload
+def tune_workload(workload: Workload, fill: int | None = None) -> Workload:
+    """Videos through the sync endpoint: latency to the millisecond, not to the polling step. ``fill`` (the
+    throughput objective: the most replicas the GPUs hold) keeps that many requests in flight and measures at
+    least that many, so every trial's throughput is measured with the GPUs busy, one server or N replicas."""
+    update: dict[str, Any] = {"video_mode": "sync"} if workload.is_video else {}
+    if fill and fill > 1:
+        update["concurrency"] = max(workload.concurrency, fill)
+        if workload.measured is not None:
+            update["measured"] = max(workload.measured, update["concurrency"])
+    return workload.model_copy(update=update) if update else workload
+
+
+def replica_workload(workload: Workload, replicas: int) -> Workload:
+    """Warm-up once per replica (each compiles its own shapes): requests in a row reach every replica in turn."""
+    return workload.model_copy(update={"warmup": workload.warmup * replicas}) if replicas > 1 else workload
 
 
 def workload_with(workload: Workload, settings: dict[str, Any]) -> Workload:
@@ -122,7 +137,7 @@ class LaunchTrials:
     def __init__(self, workspace: Workspace, launcher: Launcher, request: TuneRequest, job_id: str,
                  cancel: threading.Event | None = None) -> None:
         self.ws, self.launcher, self.req, self.job_id = workspace, launcher, request, job_id
-        self.workload = tune_workload(request.workload)
+        self.workload = tune_workload(request.workload)  # make_tuner sets the throughput objective's fill
         self.cancel = cancel  # the job's: set at a shutdown or job_cancel, it also stops a benchmark in flight
 
     def stopped(self) -> bool:
@@ -148,10 +163,13 @@ class LaunchTrials:
     def read(self, trial: Trial, run_id: str, status: str = "measured", reason: str | None = None) -> Outcome:
         """An outcome from a stored run, read typed (``RunSummary.model_validate``)."""
         row = self.ws.store.query_one(
-            "SELECT r.summary, s.data FROM runs r LEFT JOIN servers s ON s.id = r.server_id WHERE r.id = ?", (run_id,)
+            "SELECT r.summary, r.data AS run_data, s.data FROM runs r LEFT JOIN servers s ON s.id = r.server_id "
+            "WHERE r.id = ?", (run_id,)
         )
         summary = RunSummary.model_validate(json.loads(row["summary"])) if row and row["summary"] else None
-        before = json.loads(row["data"] or "{}").get("memory_before_mib", {}) if row else {}
+        # one server: its record; replicas (measured through the balancer): what the trial wrote on the run
+        before = (json.loads(row["data"] or "{}").get("memory_before_mib") or
+                  json.loads(row["run_data"] or "{}").get("memory_before_mib") or {}) if row else {}
         out = Outcome(
             name=trial.name,
             stage=trial.stage,
@@ -219,28 +237,59 @@ class LaunchTrials:
 
 
 class _Session(AbstractContextManager):
-    """One server for a trial and any request-level variants of it; launched on the first measurement."""
+    """One server (or one per replica) for a trial and any request-level variants of it; launched on the first
+    measurement, every server stopped however the session ends."""
 
     def __init__(self, runner: LaunchTrials, trial: Trial, gpus: list[int]) -> None:
         self.r, self.trial, self.gpus = runner, trial, gpus
         self.server: ServerRecord | None = None
+        self.servers: list[ServerRecord] = []
         self.failed: Outcome | None = None
-        self.launch_s, self.measured = 0.0, 0
-        self._cm: AbstractContextManager[ServerRecord] | None = None
+        self.launch_s, self.measured, self.started = 0.0, 0, 0
 
     def __exit__(self, *exc: object) -> None:
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
-            self._cm = None
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        """Stop every server of the session; one that fails to stop does not keep the others running."""
+        servers, self.servers, self.server = self.servers, [], None
+        error: Exception | None = None
+        for server in servers:
+            try:
+                self.r.launcher.stop(server.id)
+            except Exception as exc:  # raised once all are stopped
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _start_all(self, configs: list[ServeConfig]) -> None:
+        """Launch every replica at once (each waits for its own health, bounded by its health timeout); if any
+        fails, the ones that started are stopped and the first failure is raised."""
+        labels = {"tune_job": self.r.job_id}
+        if len(configs) == 1:
+            launched = self.r.launcher.launch(configs[0], labels=labels)
+            assert launched.server is not None
+            self.servers, self.started = [launched.server], 1
+            return
+        with ThreadPoolExecutor(max_workers=len(configs), thread_name_prefix="replica-launch") as pool:
+            futures = [pool.submit(self.r.launcher.launch, c, labels={**labels, "replica": f"{i + 1}/{len(configs)}"})
+                       for i, c in enumerate(configs)]
+            results = [(f.result(), None) if f.exception() is None else (None, f.exception()) for f in futures]
+        self.servers = [res.server for res, _ in results if res is not None and res.server is not None]
+        self.started = len(self.servers)
+        error = next((e for _, e in results if e is not None), None)
+        if error is not None:
+            self._stop_all()
+            raise error
 
     def _launch(self) -> None:
         t0 = time.monotonic()
-        config = ServeConfig(model=self.r.req.model, **{**self.trial.config, "gpus": self.gpus})
-        self._cm = serving(self.r.launcher, config, {"tune_job": self.r.job_id})
+        groups = replica_gpus(self.gpus, replicas_of(self.trial.config))
+        fields = serve_fields(self.trial.config)
         try:
-            self.server = self._cm.__enter__()
+            self._start_all([ServeConfig(model=self.r.req.model, **{**fields, "gpus": g}) for g in groups])
+            self.server = self.servers[0]
         except LaunchError as exc:
-            self._cm = None
             if self.r.stopped():  # stopped under us by a shutdown or cancel: not this candidate's failure
                 raise Cancelled() from exc
             spent = (time.monotonic() - t0) * len(self.gpus)
@@ -255,9 +304,29 @@ class _Session(AbstractContextManager):
                 launched=True,
             )
         except OmnituneError as exc:  # refused before anything started (the launch gate): costs nothing
-            self._cm = None
-            self.failed = Outcome(name="", stage="", status="failed", config={}, cause="launch_gate", reason=str(exc))
+            self.failed = Outcome(name="", stage="", status="failed", config={}, cause="launch_gate", reason=str(exc),
+                                  launched=self.started > 0)  # a replica refused after others had started
         self.launch_s = time.monotonic() - t0
+
+    def _benchmark(self, workload: Workload) -> Any:
+        """One benchmark run: on the server, or on every replica at once through the balancer."""
+        if len(self.servers) == 1:
+            target = BenchmarkTarget.model_validate({"server_id": self.servers[0].id})
+            return run_benchmark(self.r.ws, target, workload, cancel=self.r.cancel)
+        with Balancer([s.base_url for s in self.servers], workload.timeout_s) as balancer:
+            target = BenchmarkTarget.model_validate({"base_url": balancer.url, "gpus": self.gpus})
+            result = run_benchmark(self.r.ws, target, replica_workload(workload, len(self.servers)),
+                                   cancel=self.r.cancel)
+            served = list(balancer.served)
+        before: dict[str, Any] = {}
+        for s in self.servers:
+            before.update(s.data.get("memory_before_mib") or {})
+        if result.run_id:
+            self.r.ws.store.execute(
+                "UPDATE runs SET data = json_set(coalesce(data, '{}'), '$.memory_before_mib', json(?), "
+                "'$.replica_servers', json(?), '$.replica_requests', json(?)) WHERE id = ?",
+                (json.dumps(before), json.dumps([s.id for s in self.servers]), json.dumps(served), result.run_id))
+        return result
 
     def measure(self, trial: Trial) -> Outcome:
         started = time.time()
@@ -283,10 +352,9 @@ class _Session(AbstractContextManager):
             )
         assert self.server is not None
         t0 = time.monotonic()
-        target = BenchmarkTarget.model_validate({"server_id": self.server.id})
         workload = workload_with(self.r.workload, trial.request)
         try:
-            result = run_benchmark(self.r.ws, target, workload, cancel=self.r.cancel)
+            result = self._benchmark(workload)
         except OmnituneError as exc:  # the server died or stopped answering: a failed candidate, not a failed tune
             if self.r.stopped():  # ...unless the tune's own stop took it down: replayed as failed, a winner is lost
                 raise Cancelled() from exc
@@ -312,7 +380,7 @@ class _Session(AbstractContextManager):
         out = self.r.read(trial, result.run_id or "", "measured", reason)
         self.r.judge(out, trial)
         if self.r.worth_repeating(out, trial):  # too close to call: measure again here and pool
-            again = self.r.read(trial, run_benchmark(self.r.ws, target, workload, cancel=self.r.cancel).run_id or "")
+            again = self.r.read(trial, self._benchmark(workload).run_id or "")
             pooled(out, again)
         n = len(self.gpus)
         out.gpu_seconds = (time.monotonic() - t0) * n + (self.launch_s * n if self.measured == 0 else 0.0)

@@ -1,7 +1,8 @@
 """The tune's search policy: which candidates to measure, in which order, and what their outcomes decide.
 
-baseline -> lossless (one GPU, then parallel layouts ranked by the cost model) -> lossy (each cache backend
-swept to its quality cliff, then bisected) -> request-level settings (steps, guidance) inside one server.
+baseline -> lossless (one GPU, then parallel layouts ranked by the cost model; for the throughput objective,
+replicas of the best at each width) -> lossy (each cache backend swept to its quality cliff, then bisected) ->
+request-level settings (steps, guidance) inside one server.
 The policy launches nothing itself: it asks a :class:`~tools.tune.trial.TrialRunner` (``run_many`` for a
 stage's screening, a ``session`` for request variants) through :class:`~tools.tune.decide.Decisions`, which
 keeps the books in the ledger. So it is tested in memory against a fake runner (tests/test_tune_policy.py).
@@ -14,7 +15,8 @@ import statistics
 from omnitune.tools.plan import Candidate
 from omnitune.tools.tune.costmodel import SP_DIMENSIONS, gpus_of
 from omnitune.tools.tune.decide import NOISE, Cancelled, Decisions, Progress
-from omnitune.tools.tune.models import Outcome
+from omnitune.tools.tune.models import ACCEPT, Outcome
+from omnitune.tools.tune.replicas import replicas_of
 from omnitune.tools.tune.stats import noise, same_pixels
 from omnitune.tools.tune.trial import request_settings
 
@@ -28,6 +30,7 @@ WIDER_ROUNDS = 3      # rounds of (at most) two wider layouts, the model re-fitt
 SCREEN = 2            # narrowest layouts screened together first (the priors' best two)
 PRIOR_SLACK = 1.15    # how far an unmeasured dimension may beat its prior
 BISECTIONS = 2        # threshold refinements between the last passing and the first failing rung
+REPLICA_EFF = 0.95    # throughput per replica, of one server's (3.83x on 4 replicas in vLLM-Omni #4707)
 SP_IGNORED = "SP hooks not applied"
 
 
@@ -43,6 +46,7 @@ class Tuner(Decisions):
         extra = self._single_gpu(extra)
         self._layouts(extra)
         self._vae_patch()
+        self._replicas()
         if lossy:
             self._lossy_sweep(self.req.goal.quality_floor)
             self.reserve = 0
@@ -187,6 +191,47 @@ class Tuner(Decisions):
         cfg = {**best.config, "vae_patch_parallel_size": gpus_of(best.config)}
         self.consider(self.measure(self.trial(f"{best.name} + {cand.name}", "lossless", "vae_patch", cfg,
                                               "lossless")), "lossless")
+
+    # -- replicas (throughput) --------------------------------------------------------------------------
+    def _replicas(self) -> None:
+        """Throughput only: the best configuration measured at each width (one GPU, each layout's k GPUs), as
+        many times as the GPUs hold it (n // k independent servers). Predicted at REPLICA_EFF per replica of the
+        width's measured throughput (latency per request is unchanged); launched best-first, only where that
+        beats the best throughput so far by WORTH."""
+        plan_widths = {gpus_of(c.config) // replicas_of(c.config): replicas_of(c.config)
+                       for c in self.plan.candidates if c.kind == "replicas"}
+        if not plan_widths or self.best is None:
+            return
+        if getattr(self.runner, "ray", None) is not None:
+            self.notes.append("replicas not measured: a replica trial is several servers behind one balancer on "
+                              "one host, and trials run as single Ray tasks here")
+            return
+        best_at: dict[int, Outcome] = {}
+        for o in self.outcomes:
+            if o.status not in ("measured", "reused", "within_noise") or not o.throughput or o.stage == "baseline" \
+                    or replicas_of(o.config) > 1 or o.request_settings or \
+                    (o.verdict and o.verdict not in ACCEPT["lossless"]):
+                continue
+            k = gpus_of(o.config)
+            if k in plan_widths and (k not in best_at or o.throughput > (best_at[k].throughput or 0)):
+                best_at[k] = o
+        ranked = sorted(((plan_widths[k] * REPLICA_EFF * (o.throughput or 0), k, o) for k, o in best_at.items()),
+                        key=lambda t: -t[0])
+        for predicted, k, o in ranked:
+            if predicted <= (self.best.throughput or 0) * WORTH:
+                self.notes.append(f"{plan_widths[k]} replicas of {o.name} not launched: predicted "
+                                  f"{predicted:.3g}/s, against {self.best.throughput or 0:.3g}/s measured")
+                continue
+            r = plan_widths[k]
+            if 0 < self.ledger.budget_left() - self.reserve < r:  # none left: measure() records the skip
+                self.notes.append(f"{r} replicas of {o.name} not launched: {r} server launches, "
+                                  f"{self.ledger.budget_left() - self.reserve} left in the budget")
+                continue
+            cfg = {**{key: v for key, v in o.config.items() if key != "gpus"}, "replicas": r,
+                   "gpus": list(range(r * k))}
+            out = self.measure(self.trial(f"{r} replicas x {o.name} ({r * k} GPUs)", "lossless", "replicas", cfg,
+                                          "lossless"))
+            self.consider(out, "lossless")
 
     # -- lossy --------------------------------------------------------------------------------------
     def _lossy_sweep(self, floor: str) -> None:
