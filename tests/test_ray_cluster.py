@@ -26,6 +26,8 @@ import ray  # noqa: E402  (in the test extras: missing, these tests fail rather 
 from tests.conftest import FAKE_NVML_DIR, FIXTURE_MODELS, H200  # noqa: E402
 from tests.emulator.harness import REPO, make_emulator  # noqa: E402
 
+pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+
 QWEN = str(FIXTURE_MODELS / "tiny-qwenimage")
 WORKLOAD = {"sizes": ["64x64"], "measured": 2, "warmup": 0, "num_inference_steps": 4}
 FAST = {"startup_s": 0.1, "step_s_per_megapixel": 0.002}
