@@ -7,7 +7,6 @@ is not the candidate's failure: recorded as failed it would be replayed on resum
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -24,14 +23,13 @@ from omnitune.tools.workspace import Workspace
 def runner(tmp_path, monkeypatch):
     ws = Workspace.open(Settings.model_validate({"workspace": tmp_path / "ws"}))
     cancel = threading.Event()
-
-    @contextmanager
-    def serving(launcher, config, labels):
-        yield SimpleNamespace(id="srv-fake")
-
-    monkeypatch.setattr(trial_module, "serving", serving)
+    stopped: list[str] = []
+    launcher = SimpleNamespace(  # launches at once; what the trial stops is kept
+        launch=lambda config, labels=None: SimpleNamespace(server=SimpleNamespace(id="srv-fake")),
+        stop=lambda server_id, **_: stopped.append(server_id))
     request = TuneRequest.model_validate({"model": str(tmp_path), "workload": {"sizes": ["64x64"]}})
-    yield LaunchTrials(ws, launcher=None, request=request, job_id="job-1", cancel=cancel), cancel  # type: ignore[arg-type]
+    yield LaunchTrials(ws, launcher=launcher, request=request, job_id="job-1", cancel=cancel), cancel  # type: ignore[arg-type]
+    assert stopped == ["srv-fake"]  # however the trial ended, its server was stopped
     ws.close()
 
 
