@@ -139,7 +139,7 @@ async def test_with_jitter_the_summary_is_its_rows_statistics_and_each_row_the_s
 
 
 async def test_warm_up_runs_at_each_measured_size_so_compilation_never_lands_in_measured_requests(emulator, tmp_path):
-    base, penalty = 0.04, 0.3
+    base, penalty = 0.04, 0.6  # the penalty dominates a busy machine's stalls, so "paid it or not" cannot flip
     emulator.write(world(1, cost=known_latency(base, compile_penalty_s=penalty, compile_speedup=1.0)))
     async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
         sid = await launch(client)  # torch.compile on: the first request of each shape compiles
@@ -147,7 +147,7 @@ async def test_warm_up_runs_at_each_measured_size_so_compilation_never_lands_in_
     assert set(s["cold_latency_by_size_s"]) == {"16x16", "32x16"}
     assert s["cold_latency_by_size_s"]["16x16"] > base + penalty
     assert s["cold_latency_by_size_s"]["32x16"] > 2 * base + penalty
-    assert s["latency"]["max_s"] < 2 * base + 0.05  # no measured request paid the compile penalty
+    assert s["latency"]["max_s"] < 2 * base + penalty / 2  # no measured request paid the compile penalty
     assert s["cold_latency_s"] == s["cold_latency_by_size_s"]["16x16"]
 
 
