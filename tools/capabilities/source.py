@@ -258,23 +258,24 @@ class SourceIndex:
         """The class and its in-package bases (depth first, left to right), plus external base names."""
         seen: dict[tuple[str, str], ClassRef] = {}
         external: list[str] = []
-
-        def walk(c: ClassRef, depth: int) -> None:
-            if c.key in seen or depth > 30:
-                return
-            seen[c.key] = c
-            for base in c.node.bases:
-                name = dotted_name(base)
-                if not name:
-                    continue
-                found = self.resolve_class(c.module, name)
-                if found is not None:
-                    walk(found, depth + 1)
-                elif self.external_name(c.module, name) not in external:
-                    external.append(self.external_name(c.module, name))
-
-        walk(cls, 0)
+        self._mro_walk(cls, 0, seen, external)
         return list(seen.values()), external
+
+    def _mro_walk(self, c: ClassRef, depth: int, seen: dict[tuple[str, str], ClassRef], external: list[str]) -> None:
+        # A method, not a recursive closure: a closure cell referring to itself is a reference cycle that
+        # would keep this index (and every parsed tree) alive until the cyclic GC finds it.
+        if c.key in seen or depth > 30:
+            return
+        seen[c.key] = c
+        for base in c.node.bases:
+            name = dotted_name(base)
+            if not name:
+                continue
+            found = self.resolve_class(c.module, name)
+            if found is not None:
+                self._mro_walk(found, depth + 1, seen, external)
+            elif self.external_name(c.module, name) not in external:
+                external.append(self.external_name(c.module, name))
 
 
 @dataclass
