@@ -29,6 +29,7 @@ from omnitune.tools.capabilities.codepaths import (
     used_classes,
 )
 from omnitune.tools.capabilities.facts import VersionFacts
+from omnitune.tools.capabilities.nodes import facts_of
 from omnitune.tools.capabilities.rejections import Finding, scan
 from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport, Status
 from omnitune.tools.capabilities.source import (
@@ -37,7 +38,6 @@ from omnitune.tools.capabilities.source import (
     SourceIndex,
     class_attr,
     dotted_name,
-    facts_of,
     is_empty,
 )
 
@@ -337,10 +337,11 @@ def _helpers(index: SourceIndex, mod: Module, fn: ast.AST) -> list[tuple[Module,
         wanted = mod.memo["model_imports"] = {
             name for table in (mod.imports, index.local_imports(mod)) for name, (src, attr) in table.items()
             if attr and src.startswith("vllm_omni.diffusion.models.")}
-    if not wanted & facts_of(fn).names.keys():
+    facts = facts_of(fn)
+    if not wanted & facts.names.keys():
         return out
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+    for node in facts.calls:
+        if isinstance(node.func, ast.Name):
             target = mod.imports.get(node.func.id) or index.local_imports(mod).get(node.func.id)
             if target and target[1] and target[0].startswith("vllm_omni.diffusion.models."):
                 other = index.module(target[0])

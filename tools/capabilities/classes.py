@@ -11,13 +11,13 @@ import ast
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from omnitune.tools.capabilities.nodes import facts_of, walk
 from omnitune.tools.capabilities.source import (
     ClassRef,
     Module,
     SourceIndex,
     class_attr,
     dotted_name,
-    facts_of,
     string_keys,
 )
 
@@ -93,7 +93,7 @@ class _Resolver:
             return None
         for a in [*args.args, *args.kwonlyargs]:
             if a.arg == name and a.annotation is not None:
-                for n in ast.walk(a.annotation):
+                for n in walk(a.annotation):
                     ref = dotted_name(n) if isinstance(n, (ast.Name, ast.Attribute)) else None
                     found = self.index.resolve_class(mod, ref) if ref else None
                     if found is not None:
@@ -169,11 +169,10 @@ class _Resolver:
                 found = self.index.resolve_class(mod, ann)
                 if found is not None:
                     return found
-        for node in ast.walk(fn):
-            if isinstance(node, ast.Return):
-                found = self.from_expr(mod, node.value, fn, depth + 1)
-                if found is not None:
-                    return found
+        for node in facts_of(fn).returns:
+            found = self.from_expr(mod, node.value, fn, depth + 1)
+            if found is not None:
+                return found
         return None
 
 
@@ -280,7 +279,7 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
         mod = index.module_at(index.rel(path))
         if mod is None:
             continue
-        node = next((n for fn in mod.functions.values() for n in ast.walk(fn) if isinstance(n, ast.Assign) and any(
+        node = next((n for fn in mod.functions.values() for n in walk(fn) if isinstance(n, ast.Assign) and any(
             isinstance(t, ast.Attribute) and t.attr == "vae" and isinstance(t.value, ast.Name)
             and t.value.id != "self" for t in n.targets)), None)
         if node is None:
@@ -300,7 +299,7 @@ def dit_attr_defaults(index: SourceIndex) -> tuple[str, ...]:
     """The attribute names the installed SP hooks try when a pipeline declares no ``_dit_modules``."""
     mod = index.module("vllm_omni.diffusion.registry")
     if mod is not None:
-        for node in ast.walk(mod.tree):
+        for node in walk(mod.tree):
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
                     and node.targets[0].id == "transformer_attrs" and isinstance(node.value, ast.Tuple):
                 names = [k for k, _ in string_keys(node.value)]

@@ -12,15 +12,9 @@ import ast
 import re
 
 from omnitune.tools.capabilities.classes import ModelClasses, methods
+from omnitune.tools.capabilities.nodes import facts_of, names_of, self_calls, walk
 from omnitune.tools.capabilities.report import Status
-from omnitune.tools.capabilities.source import (
-    ClassRef,
-    Module,
-    SourceIndex,
-    facts_of,
-    names_of,
-    self_calls,
-)
+from omnitune.tools.capabilities.source import ClassRef, Module, SourceIndex
 
 MODELS_DIR = "diffusion/models/"
 TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
@@ -74,9 +68,9 @@ def real_uses(fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
     for node in facts.checks:
         if isinstance(node, ast.Assert) or (isinstance(node, ast.If) and node.body
                                              and isinstance(node.body[0], ast.Raise)):
-            checks |= {id(n) for n in ast.walk(node.test)}
+            checks |= {id(n) for n in walk(node.test)}
     out = []
-    for n in ast.walk(fn):
+    for n in walk(fn):
         name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
         if name in names and id(n) not in checks:
             out.append(n)

@@ -12,7 +12,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from omnitune.tools.capabilities.source import Module, dotted_name, facts_of, string_keys
+from omnitune.tools.capabilities.nodes import facts_of, walk
+from omnitune.tools.capabilities.source import Module, dotted_name, string_keys
 
 # Setting name (attribute, local variable or getattr string) -> method keys.
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -79,7 +80,7 @@ def _consts(node: ast.AST) -> list:
 
 
 def _settings_in(node: ast.AST) -> set[str]:
-    return {s for n in ast.walk(node) if (s := _setting(n))}
+    return {s for n in walk(node) if (s := _setting(n))}
 
 
 def classify(test: ast.AST, negate: bool = False) -> list[tuple[str, tuple[str, ...], str, list[int]]]:
@@ -155,7 +156,7 @@ def _message(node: ast.AST | None) -> str:
     if node is None:
         return ""
     parts = []
-    for n in ast.walk(node):
+    for n in walk(node):
         if isinstance(n, ast.Constant) and isinstance(n.value, str):
             parts.append(n.value)
         elif isinstance(n, ast.FormattedValue):
@@ -259,7 +260,7 @@ def _walk(body: list[ast.stmt], outer: list[ast.AST], fn: ast.AST, out: list[tup
                     _ENV[keys[0]] = key
                     for name, nodes in facts_of(fn).local_assigns.items():  # `size = getattr(pc, field)`
                         for n in nodes:
-                            if any(n is x for x in ast.walk(stmt)):
+                            if any(n is x for x in walk(stmt)):
                                 found = _setting(getattr(n, "value", None) or ast.Pass())
                                 if found:
                                     _ENV[name] = found

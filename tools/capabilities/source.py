@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnitune.tools.capabilities.nodes import facts_of
+
 PKG = "vllm_omni"
 LAZY_IMPORT = re.compile(r"^[ \t]+from\s+\S+\s+import\s", re.M)
 
@@ -276,55 +278,6 @@ class SourceIndex:
                 self._mro_walk(found, depth + 1, seen, external)
             elif self.external_name(c.module, name) not in external:
                 external.append(self.external_name(c.module, name))
-
-
-@dataclass
-class Facts:
-    """What one walk over a function (or statement) finds; memoised on the node itself."""
-
-    names: dict[str, ast.AST] = field(default_factory=dict)         # identifier -> first node
-    self_uses: dict[str, ast.AST] = field(default_factory=dict)     # self.<attr> -> first node
-    self_assigns: list[tuple[str, ast.AST]] = field(default_factory=list)  # (attr, Assign/AnnAssign)
-    local_assigns: dict[str, list[ast.AST]] = field(default_factory=dict)  # name -> its Assign/AnnAssign nodes
-    checks: list[ast.AST] = field(default_factory=list)             # If / Assert nodes
-
-
-def facts_of(node: ast.AST) -> Facts:
-    found = getattr(node, "_omnitune_facts", None)
-    if found is not None:
-        return found
-    f = Facts()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            prev = f.names.get(n.id)
-            if prev is None or _line(n) < _line(prev):
-                f.names[n.id] = n
-        elif isinstance(n, ast.Attribute):
-            prev = f.names.get(n.attr)
-            if prev is None or _line(n) < _line(prev):
-                f.names[n.attr] = n
-            if isinstance(n.value, ast.Name) and n.value.id == "self":
-                f.self_uses.setdefault(n.attr, n)
-        elif isinstance(n, (ast.If, ast.Assert)):
-            f.checks.append(n)
-        elif isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
-            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
-                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
-                    f.self_assigns.append((t.attr, n))
-                elif isinstance(t, ast.Name):
-                    f.local_assigns.setdefault(t.id, []).append(n)
-    node._omnitune_facts = f  # type: ignore[attr-defined]  # the memo lives and dies with the tree
-    return f
-
-
-def names_of(node: ast.AST) -> dict[str, ast.AST]:
-    """Identifiers used under ``node`` (Name ids and Attribute attrs) -> first node."""
-    return facts_of(node).names
-
-
-def self_calls(node: ast.AST) -> dict[str, ast.AST]:
-    """``self.<name>`` uses under ``node`` -> first node."""
-    return facts_of(node).self_uses
 
 
 def dotted_name(node: ast.AST) -> str | None:
