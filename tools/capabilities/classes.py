@@ -298,13 +298,20 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
 def dit_attr_defaults(index: SourceIndex) -> tuple[str, ...]:
     """The attribute names the installed SP hooks try when a pipeline declares no ``_dit_modules``."""
     mod = index.module("vllm_omni.diffusion.registry")
-    if mod is not None:
-        for node in walk(mod.tree):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                    and node.targets[0].id == "transformer_attrs" and isinstance(node.value, ast.Tuple):
-                names = [k for k, _ in string_keys(node.value)]
-                if names:
-                    return tuple(names)
+    if mod is None:
+        return DEFAULT_DIT_ATTRS
+    if "dit_attr_defaults" not in mod.memo:   # every pipeline asks; walk registry.py once
+        mod.memo["dit_attr_defaults"] = _dit_attr_defaults(mod)
+    return mod.memo["dit_attr_defaults"]
+
+
+def _dit_attr_defaults(mod: Module) -> tuple[str, ...]:
+    for node in walk(mod.tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id == "transformer_attrs" and isinstance(node.value, ast.Tuple):
+            names = [k for k, _ in string_keys(node.value)]
+            if names:
+                return tuple(names)
     return DEFAULT_DIT_ATTRS
 
 

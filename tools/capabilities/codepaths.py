@@ -27,7 +27,15 @@ CAPITALISED = re.compile(r"\b([A-Z]\w*)\s*[(.]")  # built or used: `X(...)`, `X.
 
 def class_names(mod: Module, node: ast.ClassDef) -> set[str]:
     """Capitalised identifiers in a class's source (classes it may build); read from the text, which is
-    far cheaper than walking the tree of every helper class."""
+    far cheaper than walking the tree of every helper class. Memoised: pipelines share model modules."""
+    memo: dict[int, set[str]] = mod.memo.setdefault("class_names", {})
+    found = memo.get(node.lineno)
+    if found is None:
+        found = memo[node.lineno] = _class_names(mod, node)
+    return found
+
+
+def _class_names(mod: Module, node: ast.ClassDef) -> set[str]:
     offsets: list[int] | None = mod.memo.get("line_offsets")
     if offsets is None:
         offsets = mod.memo["line_offsets"] = [0] + [m.end() for m in re.finditer("\n", mod.text)]
@@ -38,7 +46,21 @@ def class_names(mod: Module, node: ast.ClassDef) -> set[str]:
 
 
 def mentions(mod: Module, names: frozenset[str]) -> bool:
-    return any(n in mod.text for n in names)
+    """Whether the text names any of ``names`` (a cheap test before the tree is read; memoised)."""
+    memo: dict[frozenset[str], bool] = mod.memo.setdefault("mentions", {})
+    found = memo.get(names)
+    if found is None:
+        found = memo[names] = any(n in mod.text for n in names)
+    return found
+
+
+def _says_self(mod: Module, attr: str) -> bool:
+    """``self.<attr>`` appears in the text (memoised: the CFG fixpoint asks again on every round)."""
+    memo: dict[str, bool] = mod.memo.setdefault("says_self", {})
+    found = memo.get(attr)
+    if found is None:
+        found = memo[attr] = f"self.{attr}" in mod.text
+    return found
 
 
 def own(cls: ClassRef) -> bool:
@@ -146,7 +168,7 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
     while changed:
         changed = False
         for name, (cls, fn) in table.items():
-            if name not in aware and any(f"self.{a}" in cls.module.text for a in aware) \
+            if name not in aware and any(_says_self(cls.module, a) for a in aware) \
                     and aware & self_calls(fn).keys():
                 aware.add(name)
                 changed = True
