@@ -28,6 +28,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "quantization_config": ("fp8",), "quantization": ("fp8",),
     "cache_backend": ("tea_cache", "cache_dit"),
 }
+_SCAN_WORDS = (*FEATURES, "resolve_offload_strategy")
 CACHE_METHODS = {"tea_cache": "tea_cache", "cache_dit": "cache_dit"}
 NONE_LIKE = {None, "", "none"}
 
@@ -281,6 +282,10 @@ def scan(mod: Module, fn: ast.AST) -> list[Finding]:
     ``if self.is_distilled and cfg > 1``) is a combination constraint, not a rejection of the feature.
     """
     out: list[Finding] = []
+    start, end = mod.span(fn)
+    text = mod.text[start:end]
+    if not any(word in text for word in _SCAN_WORDS):
+        return out   # names no setting: its tree need not be walked
     facts = facts_of(fn)
     if not FEATURES.keys() & facts.names.keys() and "resolve_offload_strategy" not in facts.names:
         return out

@@ -12,9 +12,10 @@ import ast
 import bisect
 import re
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
-from omnitune.tools.capabilities.nodes import facts_of
+from omnitune.tools.capabilities.nodes import facts_of, walk
 
 PKG = "vllm_omni"
 LAZY_IMPORT = re.compile(r"^[ \t]+from\s+\S+\s+import\s", re.M)
@@ -33,22 +34,36 @@ class Module:
     text: str = ""
     memo: dict = field(default_factory=dict)   # derived answers about this module (they live with the tree)
     _starts: list[int] | None = None
-    _lines: list[int] | None = None
+    _line_starts: list[int] | None = None
+
+    @property
+    def line_starts(self) -> list[int]:
+        """The offset in ``text`` where each line starts (``[0]`` is line 1)."""
+        if self._line_starts is None:
+            self._line_starts = list(accumulate((len(line) + 1 for line in self.text.split("\n")[:-1]), initial=0))
+        return self._line_starts
+
+    def span(self, node: ast.AST) -> tuple[int, int]:
+        """Offsets of the whole lines ``node`` covers, its decorators included."""
+        starts = self.line_starts
+        first = min([getattr(node, "lineno", 1), *(d.lineno for d in getattr(node, "decorator_list", ()))])
+        last = getattr(node, "end_lineno", None) or first
+        return starts[first - 1], starts[last] if last < len(starts) else len(self.text)
 
     def first_use(self, names: set[str]) -> ast.AST | None:
         """The first node (outside imports) using any of ``names`` as a Name or Attribute.
 
         The text finds candidate lines cheaply; ``ast`` confirms each (comments and strings do not count).
         """
-        if self._starts is None or self._lines is None:
+        if self._starts is None:
             self._starts = [stmt.lineno for stmt in self.tree.body]
-            self._lines = [0] + [m.end() for m in re.finditer("\n", self.text)]
-        starts, lines = self._starts, self._lines
+        starts, lines = self._starts, self.line_starts
         best: ast.AST | None = None
         for name in names:
             if name not in self.text:
                 continue
-            for m in re.finditer(r"\b" + re.escape(name) + r"\b", self.text):
+            word = re.compile(r"\b" + re.escape(name) + r"\b")
+            for m in word.finditer(self.text):
                 line = bisect.bisect_right(lines, m.start())
                 i = bisect.bisect_right(starts, line) - 1
                 if i < 0:
@@ -56,11 +71,27 @@ class Module:
                 stmt = self.tree.body[i]
                 if isinstance(stmt, (ast.Import, ast.ImportFrom)):
                     continue
-                node = facts_of(stmt).names.get(name)
+                node = self._use_in(stmt, name, word)
                 if node is not None:
                     if best is None or _line(node) < _line(best):
                         best = node
                     break
+        return best
+
+    def _use_in(self, stmt: ast.AST, name: str, word: re.Pattern[str]) -> ast.AST | None:
+        """The first line under ``stmt`` using ``name`` (``facts_of(stmt).names[name]``'s line), walking only
+        the members of a class whose text names it: a whole pipeline class is not walked for one identifier."""
+        if not isinstance(stmt, ast.ClassDef) or hasattr(stmt, "_omnitune_facts"):
+            return facts_of(stmt).names.get(name)
+        header = [n for f in stmt._fields if f not in ("name", "body") for n in _nodes(getattr(stmt, f, None))]
+        best = _first_named(header, name)
+        for child in stmt.body:   # in line order: the first member that uses it has the first use
+            start, end = self.span(child)
+            if word.search(self.text, start, end) is None:
+                continue
+            node = self._use_in(child, name, word)
+            if node is not None:
+                return node if best is None or _line(node) < _line(best) else best
         return best
 
     def at(self, node: ast.AST) -> str:
@@ -69,6 +100,18 @@ class Module:
 
 def _line(node: ast.AST) -> int:
     return getattr(node, "lineno", 0)
+
+
+def _nodes(value: object) -> list[ast.AST]:
+    """Every node under a field's value (a node, a list of nodes, or neither)."""
+    items = value if isinstance(value, list) else [value]
+    return [n for item in items if isinstance(item, ast.AST) for n in walk(item)]
+
+
+def _first_named(nodes: list[ast.AST], name: str) -> ast.AST | None:
+    found = [n for n in nodes if (n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute)
+                                  else None) == name]
+    return min(found, key=_line) if found else None
 
 
 @dataclass
