@@ -11,13 +11,17 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-# Fields that only ever hold leaf nodes no rule reads (expression contexts, operators).
-_LEAF_FIELDS = frozenset({"ctx", "op", "ops"})
+# Fields no rule needs walked: leaf nodes (expression contexts, operators) and plain values (names, levels).
+_SKIP = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "asname", "module", "level", "type_comment", "kind",
+                   "conversion", "is_async", "tag", "kwd_attrs", "rest"})
+_NAMED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.ExceptHandler, ast.alias, ast.MatchAs,
+          ast.MatchStar)   # their ``name`` is a string (a TypeAlias's is a node)
 _FIELDS: dict[type, tuple[str, ...]] = {ast.Constant: ()}
 
 
 def _fields(kind: type) -> tuple[str, ...]:
-    found = _FIELDS[kind] = tuple(f for f in getattr(kind, "_fields", ()) if f not in _LEAF_FIELDS)
+    skip = _SKIP | {"name"} if issubclass(kind, _NAMED) else _SKIP
+    found = _FIELDS[kind] = tuple(f for f in getattr(kind, "_fields", ()) if f not in skip)
     return found
 
 
@@ -26,10 +30,12 @@ def walk(node: ast.AST) -> list[ast.AST]:
     out = [node]
     add = out.append
     node_type = ast.AST
-    fields = _FIELDS
+    known = _FIELDS
     for n in out:   # the list grows while it is read: a queue without a deque
-        kind = n.__class__
-        for name in fields.get(kind) or _fields(kind):
+        fields = known.get(n.__class__)
+        if fields is None:
+            fields = _fields(n.__class__)
+        for name in fields:
             value = getattr(n, name, None)
             if type(value) is list:
                 for item in value:
@@ -53,6 +59,9 @@ class Facts:
     returns: list[ast.Return] = field(default_factory=list)
 
 
+_RECORDED = frozenset({ast.Call, ast.If, ast.Assert, ast.Return, ast.Assign, ast.AnnAssign})
+
+
 def facts_of(node: ast.AST) -> Facts:
     found = getattr(node, "_omnitune_facts", None)
     if found is not None:
@@ -71,16 +80,16 @@ def facts_of(node: ast.AST) -> Facts:
                 names[attr] = n
             if type(n.value) is ast.Name and n.value.id == "self" and attr not in self_uses:
                 self_uses[attr] = n
-        elif type(n) is ast.Call:
+        elif type(n) not in _RECORDED:
+            continue
+        elif isinstance(n, ast.Call):
             if type(n.func) is ast.Name:
                 f.calls.append(n)
-        elif type(n) is ast.If or type(n) is ast.Assert:
+        elif isinstance(n, (ast.If, ast.Assert)):
             f.checks.append(n)
-        elif type(n) is ast.Return:
+        elif isinstance(n, ast.Return):
             f.returns.append(n)
-        elif type(n) is ast.Assign or type(n) is ast.AnnAssign:
-            if n.value is None:
-                continue
+        elif isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
             for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
                 if type(t) is ast.Attribute and type(t.value) is ast.Name and t.value.id == "self":
                     self_assigns.append((t.attr, n))

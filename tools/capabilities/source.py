@@ -40,7 +40,8 @@ class Module:
     def line_starts(self) -> list[int]:
         """The offset in ``text`` where each line starts (``[0]`` is line 1)."""
         if self._line_starts is None:
-            self._line_starts = list(accumulate((len(line) + 1 for line in self.text.split("\n")[:-1]), initial=0))
+            lengths = map((1).__add__, map(len, self.text.split("\n")[:-1]))   # each line and its "\n"
+            self._line_starts = list(accumulate(lengths, initial=0))
         return self._line_starts
 
     def span(self, node: ast.AST) -> tuple[int, int]:
