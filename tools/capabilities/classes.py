@@ -237,7 +237,7 @@ def _folder_dit(index: SourceIndex, pipeline: ClassRef) -> tuple[ClassRef | None
     scored: list[tuple[int, ClassRef]] = []
     for path in sorted(folder.glob("*.py")):
         try:
-            text = path.read_text(encoding="utf-8")
+            text = index.read(path)
         except OSError:
             continue
         if not any(m in text for m in DIT_MARKERS):
@@ -271,7 +271,7 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
         return
     for path in sorted(pipeline.module.path.parent.glob("*.py")):
         try:
-            text = path.read_text(encoding="utf-8")
+            text = index.read(path)
         except OSError:
             continue
         if ".vae =" not in text or path == pipeline.module.path:

@@ -58,7 +58,7 @@ def _modules(index: SourceIndex, globs: tuple[str, ...]) -> list[Module]:
     for pattern in globs:
         for path in sorted(index.root.glob(pattern)):
             try:
-                text = path.read_text(encoding="utf-8")
+                text = index.read(path)
             except OSError:
                 continue
             if not any(seed in text for seed in SEEDS):
