@@ -12,7 +12,7 @@ import ast
 import re
 
 from omnitune.tools.capabilities.classes import ModelClasses, methods
-from omnitune.tools.capabilities.nodes import facts_of, names_of, self_calls, walk
+from omnitune.tools.capabilities.nodes import Facts, facts_of, names_of, self_calls, walk
 from omnitune.tools.capabilities.report import Status
 from omnitune.tools.capabilities.source import ClassRef, Module, SourceIndex
 
@@ -86,6 +86,13 @@ def real_uses(fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
     facts = facts_of(fn)
     if not names & facts.names.keys():
         return []
+    found = facts.memo.get(names)    # pipelines share classes: each (function, names) is read once
+    if found is None:
+        found = facts.memo[names] = _real_uses(fn, names, facts)
+    return found
+
+
+def _real_uses(fn: ast.AST, names: frozenset[str], facts: Facts) -> list[ast.AST]:
     checks: set[int] = set()
     for node in facts.checks:
         if isinstance(node, ast.Assert) or (isinstance(node, ast.If) and node.body

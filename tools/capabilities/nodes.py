@@ -57,6 +57,7 @@ class Facts:
     checks: list[ast.AST] = field(default_factory=list)             # If / Assert nodes
     calls: list[ast.Call] = field(default_factory=list)             # calls of a plain name: ``helper(...)``
     returns: list[ast.Return] = field(default_factory=list)
+    memo: dict = field(default_factory=dict)                         # answers derived from these (real_uses)
 
 
 _RECORDED = frozenset({ast.Call, ast.If, ast.Assert, ast.Return, ast.Assign, ast.AnnAssign})

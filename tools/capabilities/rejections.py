@@ -29,15 +29,6 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "cache_backend": ("tea_cache", "cache_dit"),
 }
 _SCAN_WORDS = (*FEATURES, "resolve_offload_strategy")
-# Parts the setting names share: a module without a part has none of its names (fewer searches of the text).
-_PARTS = ("_size", "parallel", "_degree", "offload", "quantization", "cache_backend", "hsdp")
-_PART_OF = {w: next((p for p in _PARTS if p in w), w) for w in _SCAN_WORDS}
-
-
-def _scan_words(text: str) -> list[str]:
-    """The setting names ``text`` has (scan reads no function of a module that has none)."""
-    parts = {p for p in {*_PART_OF.values()} if p in text}
-    return [w for w in _SCAN_WORDS if _PART_OF[w] in parts and w in text]
 CACHE_METHODS = {"tea_cache": "tea_cache", "cache_dit": "cache_dit"}
 NONE_LIKE = {None, "", "none"}
 
@@ -293,7 +284,7 @@ def scan(mod: Module, fn: ast.AST) -> list[Finding]:
     out: list[Finding] = []
     words: list[str] | None = mod.memo.get("scan_words")
     if words is None:
-        words = mod.memo["scan_words"] = _scan_words(mod.text)
+        words = mod.memo["scan_words"] = [w for w in _SCAN_WORDS if w in mod.text]
     start, end = mod.span(fn)
     text = mod.text[start:end] if words else ""
     if not any(word in text for word in words):
