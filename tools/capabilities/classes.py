@@ -80,6 +80,8 @@ class _Resolver:
         scopes += [fn for cls in self.mro if cls.module is mod for fn in cls.node.body
                    if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn is not func]
         for scope in scopes:
+            if not mod.says(scope, (name,)):
+                continue
             for node in facts_of(scope).local_assigns.get(name, ()):
                 found = self.from_expr(mod, getattr(node, "value", None), scope, depth + 1)
                 if found:
@@ -184,6 +186,8 @@ def _assignments(mro: list[ClassRef], attr: str):
     """``self.<attr> = ...`` in the methods of ``mro`` (the class's own first, then its bases')."""
     for cls in mro:
         for fn in (s for s in cls.node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            if not cls.module.says(fn, (attr,)):
+                continue
             for name, node in facts_of(fn).self_assigns:
                 if name == attr:
                     yield cls, fn, node
@@ -279,9 +283,10 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
         mod = index.module_at(index.rel(path))
         if mod is None:
             continue
-        node = next((n for fn in mod.functions.values() for n in walk(fn) if isinstance(n, ast.Assign) and any(
-            isinstance(t, ast.Attribute) and t.attr == "vae" and isinstance(t.value, ast.Name)
-            and t.value.id != "self" for t in n.targets)), None)
+        node = next((n for fn in mod.functions.values() if mod.says(fn, ("vae",)) for n in walk(fn)
+                     if isinstance(n, ast.Assign) and any(
+                         isinstance(t, ast.Attribute) and t.attr == "vae" and isinstance(t.value, ast.Name)
+                         and t.value.id != "self" for t in n.targets)), None)
         if node is None:
             continue
         out.vae_assigned = mod.at(node)

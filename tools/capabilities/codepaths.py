@@ -80,9 +80,11 @@ def aliases(index: SourceIndex, mod: Module, names: frozenset[str]) -> frozenset
     return found
 
 
-def real_uses(fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
-    """Uses of ``names`` in ``fn`` that do work: a use only inside a refusal (``if cfg_world() > 1: raise``,
-    ``assert``) checks the group, it does not split anything."""
+def real_uses(mod: Module, fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
+    """Uses of ``names`` in ``fn`` (of ``mod``) that do work: a use only inside a refusal (``if cfg_world() > 1:
+    raise``, ``assert``) checks the group, it does not split anything."""
+    if not mod.says(fn, names):
+        return []
     facts = facts_of(fn)
     if not names & facts.names.keys():
         return []
@@ -170,13 +172,13 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
     for cls, _ in table.values():
         known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
     aware = {name for name, (cls, fn) in table.items()
-             if mentions(cls.module, known[cls.module.name]) and real_uses(fn, known[cls.module.name])}
+             if mentions(cls.module, known[cls.module.name]) and real_uses(cls.module, fn, known[cls.module.name])}
     changed = bool(aware)
     while changed:
         changed = False
         for name, (cls, fn) in table.items():
             if name not in aware and any(_says_self(cls.module, a) for a in aware) \
-                    and aware & self_calls(fn).keys():
+                    and cls.module.says(fn, aware) and aware & self_calls(fn).keys():
                 aware.add(name)
                 changed = True
     for cls in [*mc.pipeline_mro, *mc.dit_mro, *helpers]:
@@ -186,15 +188,16 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
         here = mentions(cls.module, known[cls.module.name])
         for stmt in cls.node.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                direct = real_uses(stmt, known[cls.module.name]) if here else []
-                via = [n for i, n in self_calls(stmt).items() if i in aware] if aware else []
+                direct = real_uses(cls.module, stmt, known[cls.module.name]) if here else []
+                via = [n for i, n in self_calls(stmt).items() if i in aware] \
+                    if aware and cls.module.says(stmt, aware) else []
                 if direct or via:
                     return cls.at(min(direct + via, key=lambda n: getattr(n, "lineno", 0)))
     for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
         if not mentions(mod, known[mod.name]):
             continue
         for fn in mod.functions.values():
-            uses = real_uses(fn, known[mod.name])
+            uses = real_uses(mod, fn, known[mod.name])
             if uses:
                 return mod.at(uses[0])
     return None

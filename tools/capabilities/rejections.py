@@ -285,9 +285,7 @@ def scan(mod: Module, fn: ast.AST) -> list[Finding]:
     words: list[str] | None = mod.memo.get("scan_words")
     if words is None:
         words = mod.memo["scan_words"] = [w for w in _SCAN_WORDS if w in mod.text]
-    start, end = mod.span(fn)
-    text = mod.text[start:end] if words else ""
-    if not any(word in text for word in words):
+    if not mod.says(fn, words):
         return out   # names no setting: its tree need not be walked
     facts = facts_of(fn)
     if not FEATURES.keys() & facts.names.keys() and "resolve_offload_strategy" not in facts.names:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -47,6 +47,7 @@ class Module:
     memo: dict = field(default_factory=dict)   # derived answers about this module (they live with the tree)
     _starts: list[int] | None = None
     _line_starts: list[int] | None = None
+    _spans: dict[int, tuple[int, int]] = field(default_factory=dict)   # id(node) -> span (the tree outlives it)
 
     @property
     def line_starts(self) -> list[int]:
@@ -62,6 +63,15 @@ class Module:
         first = min([getattr(node, "lineno", 1), *(d.lineno for d in getattr(node, "decorator_list", ()))])
         last = getattr(node, "end_lineno", None) or first
         return starts[first - 1], starts[last] if last < len(starts) else len(self.text)
+
+    def says(self, node: ast.AST, words: Iterable[str]) -> bool:
+        """Whether the lines of ``node`` (a node of this module) hold any of ``words``: a name its tree uses is
+        in its text, so a node that fails this need not be walked to look for them."""
+        span = self._spans.get(id(node))
+        if span is None:
+            span = self._spans[id(node)] = self.span(node)
+        find, (start, end) = self.text.find, span
+        return any(find(word, start, end) >= 0 for word in words)
 
     def first_use(self, names: set[str]) -> ast.AST | None:
         """The first node (outside imports) using any of ``names`` as a Name or Attribute.
