@@ -66,7 +66,10 @@ class Module:
 
     def says(self, node: ast.AST, words: Iterable[str]) -> bool:
         """Whether the lines of ``node`` (a node of this module) hold any of ``words``: a name its tree uses is
-        in its text, so a node that fails this need not be walked to look for them."""
+        in its text, so a node that fails this need not be walked to look for them. True once the node's facts
+        exist: reading them is cheaper than the text."""
+        if hasattr(node, "_omnitune_facts"):
+            return True
         span = self._spans.get(id(node))
         if span is None:
             span = self._spans[id(node)] = self.span(node)
