@@ -29,17 +29,11 @@ from omnitune.tools.capabilities.codepaths import (
     used_classes,
 )
 from omnitune.tools.capabilities.facts import VersionFacts
+from omnitune.tools.capabilities.module import ClassRef, Module
 from omnitune.tools.capabilities.nodes import facts_of
 from omnitune.tools.capabilities.rejections import Finding, scan
 from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport, Status
-from omnitune.tools.capabilities.source import (
-    ClassRef,
-    Module,
-    SourceIndex,
-    class_attr,
-    dotted_name,
-    is_empty,
-)
+from omnitune.tools.capabilities.source import SourceIndex, class_attr, dotted_name, is_empty
 
 SP_CALLS = frozenset({"get_sequence_parallel_world_size", "get_ulysses_parallel_world_size",
                       "get_ring_parallel_world_size", "get_sp_group", "get_sequence_parallel_rank"})

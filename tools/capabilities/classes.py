@@ -11,15 +11,9 @@ import ast
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from omnitune.tools.capabilities.module import ClassRef, Module
 from omnitune.tools.capabilities.nodes import facts_of, walk
-from omnitune.tools.capabilities.source import (
-    ClassRef,
-    Module,
-    SourceIndex,
-    class_attr,
-    dotted_name,
-    string_keys,
-)
+from omnitune.tools.capabilities.source import SourceIndex, class_attr, dotted_name, string_keys
 
 FACTORY_SUFFIXES = ("from_pretrained", "from_config", "from_single_file", "from_od_config", "from_model_config",
                     "_from_config")

@@ -12,9 +12,10 @@ import ast
 import re
 
 from omnitune.tools.capabilities.classes import ModelClasses, methods
+from omnitune.tools.capabilities.module import ClassRef, Module
 from omnitune.tools.capabilities.nodes import Facts, facts_of, names_of, self_calls, walk
 from omnitune.tools.capabilities.report import Status
-from omnitune.tools.capabilities.source import ClassRef, Module, SourceIndex
+from omnitune.tools.capabilities.source import SourceIndex
 
 MODELS_DIR = "diffusion/models/"
 TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}

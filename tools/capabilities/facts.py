@@ -12,8 +12,9 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from omnitune.tools.capabilities.module import Module
 from omnitune.tools.capabilities.nodes import walk
-from omnitune.tools.capabilities.source import Module, SourceIndex, dotted_name, string_keys
+from omnitune.tools.capabilities.source import SourceIndex, dotted_name, string_keys
 
 # Generic code that consumes model markers (globs relative to the package folder).
 CONSUMER_GLOBS = ("diffusion/compile.py", "diffusion/registry.py", "diffusion/offloader/*.py",

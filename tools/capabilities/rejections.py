@@ -12,8 +12,9 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from omnitune.tools.capabilities.module import Module
 from omnitune.tools.capabilities.nodes import facts_of, walk
-from omnitune.tools.capabilities.source import Module, dotted_name, string_keys
+from omnitune.tools.capabilities.source import dotted_name, string_keys
 
 # Setting name (attribute, local variable or getattr string) -> method keys.
 FEATURES: dict[str, tuple[str, ...]] = {
