@@ -29,17 +29,11 @@ from omnitune.tools.capabilities.codepaths import (
     used_classes,
 )
 from omnitune.tools.capabilities.facts import VersionFacts
+from omnitune.tools.capabilities.module import ClassRef, Module
+from omnitune.tools.capabilities.nodes import facts_of
 from omnitune.tools.capabilities.rejections import Finding, scan
 from omnitune.tools.capabilities.report import METHOD_KEYS, Constraint, MethodSupport, Status
-from omnitune.tools.capabilities.source import (
-    ClassRef,
-    Module,
-    SourceIndex,
-    class_attr,
-    dotted_name,
-    facts_of,
-    is_empty,
-)
+from omnitune.tools.capabilities.source import SourceIndex, class_attr, dotted_name, is_empty
 
 SP_CALLS = frozenset({"get_sequence_parallel_world_size", "get_ulysses_parallel_world_size",
                       "get_ring_parallel_world_size", "get_sp_group", "get_sequence_parallel_rank"})
@@ -77,6 +71,24 @@ def _folder_imports(index: SourceIndex, mod: Module, have: list[Module]) -> list
     return out
 
 
+def _manual_sp(index: SourceIndex, mc: ModelClasses, own_mods: list[Module], own_classes: list[ClassRef]) -> str | None:
+    """First line where the model's own code drives the SP group (module functions first, then its classes')."""
+    for mod in own_mods:
+        calls = aliases(index, mod, SP_CALLS)
+        if mentions(mod, calls):
+            for fn in mod.functions.values():
+                for n in real_uses(mod, fn, calls):
+                    return mod.at(n)
+    for c in [*own_classes, *used_classes(mc, own_mods)]:
+        calls = aliases(index, c.module, SP_CALLS)
+        if mentions(c.module, calls):
+            for fn in c.node.body:
+                if isinstance(fn, ast.FunctionDef):
+                    for n in real_uses(c.module, fn, calls):
+                        return c.at(n)
+    return None
+
+
 def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str, str, bool] | None:
     """(evidence, attr name, deprecated?) of a non-empty marker the installed code reads."""
     consumed = facts.markers.get(family, {})
@@ -88,6 +100,8 @@ def _marker(mro: list[ClassRef], facts: VersionFacts, family: str) -> tuple[str,
         # Assigned on the instance (``self._sp_plan = self._build_sp_plan(...)`` in __init__).
         for cls in mro:
             for fn in (s for s in cls.node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))):
+                if not cls.module.says(fn, consumed):
+                    continue
                 for attr, node in facts_of(fn).self_assigns:
                     if attr in consumed and not is_empty(getattr(node, "value", None) or ast.Constant(None)):
                         return cls.at(node), attr, (family == "layerwise" and attr != preferred)
@@ -125,11 +139,7 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
 
     # Sequence parallel (Ulysses / Ring): _sp_plan on the DiT, or SP implemented by hand.
     sp = _marker(dit_mro, facts, "sp_plan") if dit else None
-    sp_custom = next((mod.at(n) for mod in own_mods if mentions(mod, aliases(index, mod, SP_CALLS))
-                      for fn in mod.functions.values() for n in real_uses(fn, aliases(index, mod, SP_CALLS))), None) \
-        or next((c.at(n) for c in [*own_classes, *used_classes(mc, own_mods)]
-                 if mentions(c.module, aliases(index, c.module, SP_CALLS)) for fn in c.node.body
-                 if isinstance(fn, ast.FunctionDef) for n in real_uses(fn, aliases(index, c.module, SP_CALLS))), None)
+    sp_custom = _manual_sp(index, mc, own_mods, own_classes)
     for key, label in (("ulysses_sp", "Ulysses"), ("ring_sp", "Ring")):
         if sp:
             put(key, "supported", [sp[0], *facts.markers["sp_plan"].values()],
@@ -337,10 +347,13 @@ def _helpers(index: SourceIndex, mod: Module, fn: ast.AST) -> list[tuple[Module,
         wanted = mod.memo["model_imports"] = {
             name for table in (mod.imports, index.local_imports(mod)) for name, (src, attr) in table.items()
             if attr and src.startswith("vllm_omni.diffusion.models.")}
-    if not wanted & facts_of(fn).names.keys():
+    if not mod.says(fn, wanted):
         return out
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+    facts = facts_of(fn)
+    if not wanted & facts.names.keys():
+        return out
+    for node in facts.calls:
+        if isinstance(node.func, ast.Name):
             target = mod.imports.get(node.func.id) or index.local_imports(mod).get(node.func.id)
             if target and target[1] and target[0].startswith("vllm_omni.diffusion.models."):
                 other = index.module(target[0])

@@ -11,15 +11,9 @@ import ast
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from omnitune.tools.capabilities.source import (
-    ClassRef,
-    Module,
-    SourceIndex,
-    class_attr,
-    dotted_name,
-    facts_of,
-    string_keys,
-)
+from omnitune.tools.capabilities.module import ClassRef, Module
+from omnitune.tools.capabilities.nodes import facts_of, walk
+from omnitune.tools.capabilities.source import SourceIndex, class_attr, dotted_name, string_keys
 
 FACTORY_SUFFIXES = ("from_pretrained", "from_config", "from_single_file", "from_od_config", "from_model_config",
                     "_from_config")
@@ -80,6 +74,8 @@ class _Resolver:
         scopes += [fn for cls in self.mro if cls.module is mod for fn in cls.node.body
                    if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn is not func]
         for scope in scopes:
+            if not mod.says(scope, (name,)):
+                continue
             for node in facts_of(scope).local_assigns.get(name, ()):
                 found = self.from_expr(mod, getattr(node, "value", None), scope, depth + 1)
                 if found:
@@ -93,7 +89,7 @@ class _Resolver:
             return None
         for a in [*args.args, *args.kwonlyargs]:
             if a.arg == name and a.annotation is not None:
-                for n in ast.walk(a.annotation):
+                for n in walk(a.annotation):
                     ref = dotted_name(n) if isinstance(n, (ast.Name, ast.Attribute)) else None
                     found = self.index.resolve_class(mod, ref) if ref else None
                     if found is not None:
@@ -169,11 +165,10 @@ class _Resolver:
                 found = self.index.resolve_class(mod, ann)
                 if found is not None:
                     return found
-        for node in ast.walk(fn):
-            if isinstance(node, ast.Return):
-                found = self.from_expr(mod, node.value, fn, depth + 1)
-                if found is not None:
-                    return found
+        for node in facts_of(fn).returns:
+            found = self.from_expr(mod, node.value, fn, depth + 1)
+            if found is not None:
+                return found
         return None
 
 
@@ -185,6 +180,8 @@ def _assignments(mro: list[ClassRef], attr: str):
     """``self.<attr> = ...`` in the methods of ``mro`` (the class's own first, then its bases')."""
     for cls in mro:
         for fn in (s for s in cls.node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            if not cls.module.says(fn, (attr,)):
+                continue
             for name, node in facts_of(fn).self_assigns:
                 if name == attr:
                     yield cls, fn, node
@@ -238,7 +235,7 @@ def _folder_dit(index: SourceIndex, pipeline: ClassRef) -> tuple[ClassRef | None
     scored: list[tuple[int, ClassRef]] = []
     for path in sorted(folder.glob("*.py")):
         try:
-            text = path.read_text(encoding="utf-8")
+            text = index.read(path)
         except OSError:
             continue
         if not any(m in text for m in DIT_MARKERS):
@@ -272,7 +269,7 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
         return
     for path in sorted(pipeline.module.path.parent.glob("*.py")):
         try:
-            text = path.read_text(encoding="utf-8")
+            text = index.read(path)
         except OSError:
             continue
         if ".vae =" not in text or path == pipeline.module.path:
@@ -280,9 +277,10 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
         mod = index.module_at(index.rel(path))
         if mod is None:
             continue
-        node = next((n for fn in mod.functions.values() for n in ast.walk(fn) if isinstance(n, ast.Assign) and any(
-            isinstance(t, ast.Attribute) and t.attr == "vae" and isinstance(t.value, ast.Name)
-            and t.value.id != "self" for t in n.targets)), None)
+        node = next((n for fn in mod.functions.values() if mod.says(fn, ("vae",)) for n in walk(fn)
+                     if isinstance(n, ast.Assign) and any(
+                         isinstance(t, ast.Attribute) and t.attr == "vae" and isinstance(t.value, ast.Name)
+                         and t.value.id != "self" for t in n.targets)), None)
         if node is None:
             continue
         out.vae_assigned = mod.at(node)
@@ -299,13 +297,20 @@ def _folder_vae(index: SourceIndex, pipeline: ClassRef, out: ModelClasses) -> No
 def dit_attr_defaults(index: SourceIndex) -> tuple[str, ...]:
     """The attribute names the installed SP hooks try when a pipeline declares no ``_dit_modules``."""
     mod = index.module("vllm_omni.diffusion.registry")
-    if mod is not None:
-        for node in ast.walk(mod.tree):
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                    and node.targets[0].id == "transformer_attrs" and isinstance(node.value, ast.Tuple):
-                names = [k for k, _ in string_keys(node.value)]
-                if names:
-                    return tuple(names)
+    if mod is None:
+        return DEFAULT_DIT_ATTRS
+    if "dit_attr_defaults" not in mod.memo:   # every pipeline asks; walk registry.py once
+        mod.memo["dit_attr_defaults"] = _dit_attr_defaults(mod)
+    return mod.memo["dit_attr_defaults"]
+
+
+def _dit_attr_defaults(mod: Module) -> tuple[str, ...]:
+    for node in walk(mod.tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id == "transformer_attrs" and isinstance(node.value, ast.Tuple):
+            names = [k for k, _ in string_keys(node.value)]
+            if names:
+                return tuple(names)
     return DEFAULT_DIT_ATTRS
 
 

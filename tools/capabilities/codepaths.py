@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 
 from omnitune.tools.capabilities.classes import ModelClasses, methods
+from omnitune.tools.capabilities.module import ClassRef, Module
+from omnitune.tools.capabilities.nodes import Facts, facts_of, names_of, self_calls, walk
 from omnitune.tools.capabilities.report import Status
-from omnitune.tools.capabilities.source import (
-    ClassRef,
-    Module,
-    SourceIndex,
-    facts_of,
-    names_of,
-    self_calls,
-)
+from omnitune.tools.capabilities.source import SourceIndex
 
 MODELS_DIR = "diffusion/models/"
 TP_LAYERS = {"ColumnParallelLinear", "RowParallelLinear", "QKVParallelLinear", "MergedColumnParallelLinear"}
@@ -28,23 +24,47 @@ CFG_CALLS = frozenset({"get_classifier_free_guidance_world_size", "get_cfg_group
                        "get_classifier_free_guidance_rank"})
 
 
-CAPITALISED = re.compile(r"\b([A-Z]\w*)\s*[(.]")  # built or used: `X(...)`, `X.from_pretrained`
+# Built or used: `X(...)`, `X.from_pretrained` (after a \b, checked by hand). The possessive form (3.11+) only
+# spares the engine backtracking; both give the same matches.
+CAPITALISED = re.compile(r"([A-Z]\w*+)\s*+[(.]" if sys.version_info >= (3, 11) else r"([A-Z]\w*)\s*[(.]")
 
 
 def class_names(mod: Module, node: ast.ClassDef) -> set[str]:
     """Capitalised identifiers in a class's source (classes it may build); read from the text, which is
-    far cheaper than walking the tree of every helper class."""
-    offsets: list[int] | None = mod.memo.get("line_offsets")
-    if offsets is None:
-        offsets = mod.memo["line_offsets"] = [0] + [m.end() for m in re.finditer("\n", mod.text)]
+    far cheaper than walking the tree of every helper class. Memoised: pipelines share model modules."""
+    memo: dict[int, set[str]] = mod.memo.setdefault("class_names", {})
+    found = memo.get(node.lineno)
+    if found is None:
+        found = memo[node.lineno] = _class_names(mod, node)
+    return found
+
+
+def _class_names(mod: Module, node: ast.ClassDef) -> set[str]:
+    offsets, text = mod.line_starts, mod.text
     start = offsets[node.lineno - 1]
     end_line = getattr(node, "end_lineno", None) or node.lineno
-    end = offsets[end_line] if end_line < len(offsets) else len(mod.text)
-    return set(CAPITALISED.findall(mod.text, start, end))
+    end = offsets[end_line] if end_line < len(offsets) else len(text)
+    # CAPITALISED's \b, checked by hand: a pattern that starts with a character class is scanned for much faster.
+    return {m.group(1) for m in CAPITALISED.finditer(text, start, end)
+            if not (m.start() and (text[m.start() - 1].isalnum() or text[m.start() - 1] == "_"))}
 
 
 def mentions(mod: Module, names: frozenset[str]) -> bool:
-    return any(n in mod.text for n in names)
+    """Whether the text names any of ``names`` (a cheap test before the tree is read; memoised)."""
+    memo: dict[frozenset[str], bool] = mod.memo.setdefault("mentions", {})
+    found = memo.get(names)
+    if found is None:
+        found = memo[names] = any(n in mod.text for n in names)
+    return found
+
+
+def _says_self(mod: Module, attr: str) -> bool:
+    """``self.<attr>`` appears in the text (memoised: the CFG fixpoint asks again on every round)."""
+    memo: dict[str, bool] = mod.memo.setdefault("says_self", {})
+    found = memo.get(attr)
+    if found is None:
+        found = memo[attr] = f"self.{attr}" in mod.text
+    return found
 
 
 def own(cls: ClassRef) -> bool:
@@ -64,19 +84,28 @@ def aliases(index: SourceIndex, mod: Module, names: frozenset[str]) -> frozenset
     return found
 
 
-def real_uses(fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
-    """Uses of ``names`` in ``fn`` that do work: a use only inside a refusal (``if cfg_world() > 1: raise``,
-    ``assert``) checks the group, it does not split anything."""
+def real_uses(mod: Module, fn: ast.AST, names: frozenset[str]) -> list[ast.AST]:
+    """Uses of ``names`` in ``fn`` (of ``mod``) that do work: a use only inside a refusal (``if cfg_world() > 1:
+    raise``, ``assert``) checks the group, it does not split anything."""
+    if not mod.says(fn, names):
+        return []
     facts = facts_of(fn)
     if not names & facts.names.keys():
         return []
+    found = facts.memo.get(names)    # pipelines share classes: each (function, names) is read once
+    if found is None:
+        found = facts.memo[names] = _real_uses(fn, names, facts)
+    return found
+
+
+def _real_uses(fn: ast.AST, names: frozenset[str], facts: Facts) -> list[ast.AST]:
     checks: set[int] = set()
     for node in facts.checks:
         if isinstance(node, ast.Assert) or (isinstance(node, ast.If) and node.body
                                              and isinstance(node.body[0], ast.Raise)):
-            checks |= {id(n) for n in ast.walk(node.test)}
+            checks |= {id(n) for n in walk(node.test)}
     out = []
-    for n in ast.walk(fn):
+    for n in walk(fn):
         name = n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else None
         if name in names and id(n) not in checks:
             out.append(n)
@@ -147,13 +176,13 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
     for cls, _ in table.values():
         known.setdefault(cls.module.name, aliases(index, cls.module, CFG_CALLS))
     aware = {name for name, (cls, fn) in table.items()
-             if mentions(cls.module, known[cls.module.name]) and real_uses(fn, known[cls.module.name])}
+             if mentions(cls.module, known[cls.module.name]) and real_uses(cls.module, fn, known[cls.module.name])}
     changed = bool(aware)
     while changed:
         changed = False
         for name, (cls, fn) in table.items():
-            if name not in aware and any(f"self.{a}" in cls.module.text for a in aware) \
-                    and aware & self_calls(fn).keys():
+            if name not in aware and any(_says_self(cls.module, a) for a in aware) \
+                    and cls.module.says(fn, aware) and aware & self_calls(fn).keys():
                 aware.add(name)
                 changed = True
     for cls in [*mc.pipeline_mro, *mc.dit_mro, *helpers]:
@@ -163,15 +192,16 @@ def cfg_reach(index: SourceIndex, mc: ModelClasses, own_mods: list[Module]) -> s
         here = mentions(cls.module, known[cls.module.name])
         for stmt in cls.node.body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                direct = real_uses(stmt, known[cls.module.name]) if here else []
-                via = [n for i, n in self_calls(stmt).items() if i in aware] if aware else []
+                direct = real_uses(cls.module, stmt, known[cls.module.name]) if here else []
+                via = [n for i, n in self_calls(stmt).items() if i in aware] \
+                    if aware and cls.module.says(stmt, aware) else []
                 if direct or via:
                     return cls.at(min(direct + via, key=lambda n: getattr(n, "lineno", 0)))
     for mod in own_mods:  # module-level helpers of the model's folder (denoise / guidance loops)
         if not mentions(mod, known[mod.name]):
             continue
         for fn in mod.functions.values():
-            uses = real_uses(fn, known[mod.name])
+            uses = real_uses(mod, fn, known[mod.name])
             if uses:
                 return mod.at(uses[0])
     return None

@@ -12,7 +12,9 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from omnitune.tools.capabilities.source import Module, SourceIndex, dotted_name, string_keys
+from omnitune.tools.capabilities.module import Module
+from omnitune.tools.capabilities.nodes import walk
+from omnitune.tools.capabilities.source import SourceIndex, dotted_name, string_keys
 
 # Generic code that consumes model markers (globs relative to the package folder).
 CONSUMER_GLOBS = ("diffusion/compile.py", "diffusion/registry.py", "diffusion/offloader/*.py",
@@ -57,7 +59,7 @@ def _modules(index: SourceIndex, globs: tuple[str, ...]) -> list[Module]:
     for pattern in globs:
         for path in sorted(index.root.glob(pattern)):
             try:
-                text = path.read_text(encoding="utf-8")
+                text = index.read(path)
             except OSError:
                 continue
             if not any(seed in text for seed in SEEDS):
@@ -76,7 +78,7 @@ def _str_arg(call: ast.Call, i: int) -> str | None:
 
 def _message(node: ast.AST) -> str:
     parts = []
-    for n in ast.walk(node):
+    for n in walk(node):
         if isinstance(n, ast.Constant) and isinstance(n.value, str):
             parts.append(n.value)
     return "".join(parts)
@@ -85,7 +87,7 @@ def _message(node: ast.AST) -> str:
 def read_facts(index: SourceIndex) -> VersionFacts:
     facts = VersionFacts(markers={k: {} for k in MARKER_FAMILIES})
     for mod in _modules(index, CONSUMER_GLOBS + CACHE_GLOBS):
-        for node in ast.walk(mod.tree):
+        for node in walk(mod.tree):
             if isinstance(node, ast.Call) and dotted_name(node.func) in ("getattr", "hasattr", "setattr"):
                 name = _str_arg(node, 1)
                 for family, rx in MARKER_FAMILIES.items():
@@ -101,7 +103,7 @@ def read_facts(index: SourceIndex) -> VersionFacts:
         _read_cache_module(mod, facts)
     ulysses = index.module("vllm_omni.diffusion.attention.parallel.ulysses")
     if ulysses is not None:
-        for node in ast.walk(ulysses.tree):
+        for node in walk(ulysses.tree):
             if isinstance(node, ast.Raise) and "divisible by ulysses_degree" in _message(node):
                 facts.ulysses_heads_evidence = ulysses.at(node)
                 break
@@ -110,7 +112,7 @@ def read_facts(index: SourceIndex) -> VersionFacts:
 
 
 def _read_cache_module(mod: Module, facts: VersionFacts) -> None:
-    for node in ast.walk(mod.tree):
+    for node in walk(mod.tree):
         # NAME = {...} / NAME: dict[...] = {...}
         target, value = None, None
         if isinstance(node, ast.Assign) and len(node.targets) == 1:

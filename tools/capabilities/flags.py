@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from omnitune.tools.capabilities.nodes import walk
 from omnitune.tools.capabilities.source import SourceIndex
 
 SERVE_MODULE = "vllm_omni.entrypoints.cli.serve"
@@ -191,7 +192,7 @@ def omni_flags(index: SourceIndex) -> dict[str, str]:
     out: dict[str, str] = {}
     if mod is None:
         return out
-    for node in ast.walk(mod.tree):
+    for node in walk(mod.tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and node.func.attr == "add_argument"):
             continue

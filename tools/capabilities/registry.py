@@ -10,7 +10,8 @@ import ast
 import difflib
 from dataclasses import dataclass
 
-from omnitune.tools.capabilities.source import Module, SourceIndex, string_keys
+from omnitune.tools.capabilities.module import Module
+from omnitune.tools.capabilities.source import SourceIndex, string_keys
 from omnitune.tools.errors import CapabilityError, UnregisteredPipeline
 
 REGISTRY_MODULE = "vllm_omni.diffusion.registry"

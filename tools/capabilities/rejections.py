@@ -12,7 +12,9 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from omnitune.tools.capabilities.source import Module, dotted_name, facts_of, string_keys
+from omnitune.tools.capabilities.module import Module
+from omnitune.tools.capabilities.nodes import facts_of, walk
+from omnitune.tools.capabilities.source import dotted_name, string_keys
 
 # Setting name (attribute, local variable or getattr string) -> method keys.
 FEATURES: dict[str, tuple[str, ...]] = {
@@ -27,6 +29,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "quantization_config": ("fp8",), "quantization": ("fp8",),
     "cache_backend": ("tea_cache", "cache_dit"),
 }
+_SCAN_WORDS = (*FEATURES, "resolve_offload_strategy")
 CACHE_METHODS = {"tea_cache": "tea_cache", "cache_dit": "cache_dit"}
 NONE_LIKE = {None, "", "none"}
 
@@ -79,7 +82,7 @@ def _consts(node: ast.AST) -> list:
 
 
 def _settings_in(node: ast.AST) -> set[str]:
-    return {s for n in ast.walk(node) if (s := _setting(n))}
+    return {s for n in walk(node) if (s := _setting(n))}
 
 
 def classify(test: ast.AST, negate: bool = False) -> list[tuple[str, tuple[str, ...], str, list[int]]]:
@@ -155,7 +158,7 @@ def _message(node: ast.AST | None) -> str:
     if node is None:
         return ""
     parts = []
-    for n in ast.walk(node):
+    for n in walk(node):
         if isinstance(n, ast.Constant) and isinstance(n.value, str):
             parts.append(n.value)
         elif isinstance(n, ast.FormattedValue):
@@ -259,7 +262,7 @@ def _walk(body: list[ast.stmt], outer: list[ast.AST], fn: ast.AST, out: list[tup
                     _ENV[keys[0]] = key
                     for name, nodes in facts_of(fn).local_assigns.items():  # `size = getattr(pc, field)`
                         for n in nodes:
-                            if any(n is x for x in ast.walk(stmt)):
+                            if any(n is x for x in walk(stmt)):
                                 found = _setting(getattr(n, "value", None) or ast.Pass())
                                 if found:
                                     _ENV[name] = found
@@ -280,6 +283,11 @@ def scan(mod: Module, fn: ast.AST) -> list[Finding]:
     ``if self.is_distilled and cfg > 1``) is a combination constraint, not a rejection of the feature.
     """
     out: list[Finding] = []
+    words: list[str] | None = mod.memo.get("scan_words")
+    if words is None:
+        words = mod.memo["scan_words"] = [w for w in _SCAN_WORDS if w in mod.text]
+    if not mod.says(fn, words):
+        return out   # names no setting: its tree need not be walked
     facts = facts_of(fn)
     if not FEATURES.keys() & facts.names.keys() and "resolve_offload_strategy" not in facts.names:
         return out

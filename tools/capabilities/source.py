@@ -9,81 +9,25 @@ recorded so that the analysis cache can be invalidated by file mtimes.
 from __future__ import annotations
 
 import ast
-import bisect
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
+
+from omnitune.tools.capabilities.module import ClassRef, Module
 
 PKG = "vllm_omni"
 LAZY_IMPORT = re.compile(r"^[ \t]+from\s+\S+\s+import\s", re.M)
+_INDENTED_FROM = re.compile(r"\n(?=[ \t]+from\s)")   # where LAZY_IMPORT can match: found far faster than by it
 
 
-@dataclass
-class Module:
-    name: str                     # dotted, e.g. vllm_omni.diffusion.registry
-    path: Path
-    rel: str                      # path relative to the package folder's parent's package: diffusion/registry.py
-    tree: ast.Module
-    imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # local -> (module, attr|None)
-    classes: dict[str, ast.ClassDef] = field(default_factory=dict)
-    functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = field(default_factory=dict)
-    aliases: dict[str, str] = field(default_factory=dict)   # `Alias = Original` at module level
-    text: str = ""
-    memo: dict = field(default_factory=dict)   # derived answers about this module (they live with the tree)
-    _starts: list[int] | None = None
-    _lines: list[int] | None = None
-
-    def first_use(self, names: set[str]) -> ast.AST | None:
-        """The first node (outside imports) using any of ``names`` as a Name or Attribute.
-
-        The text finds candidate lines cheaply; ``ast`` confirms each (comments and strings do not count).
-        """
-        if self._starts is None or self._lines is None:
-            self._starts = [stmt.lineno for stmt in self.tree.body]
-            self._lines = [0] + [m.end() for m in re.finditer("\n", self.text)]
-        starts, lines = self._starts, self._lines
-        best: ast.AST | None = None
-        for name in names:
-            if name not in self.text:
-                continue
-            for m in re.finditer(r"\b" + re.escape(name) + r"\b", self.text):
-                line = bisect.bisect_right(lines, m.start())
-                i = bisect.bisect_right(starts, line) - 1
-                if i < 0:
-                    continue
-                stmt = self.tree.body[i]
-                if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-                    continue
-                node = facts_of(stmt).names.get(name)
-                if node is not None:
-                    if best is None or _line(node) < _line(best):
-                        best = node
-                    break
-        return best
-
-    def at(self, node: ast.AST) -> str:
-        return f"{self.rel}:{getattr(node, 'lineno', 0)}"
-
-
-def _line(node: ast.AST) -> int:
-    return getattr(node, "lineno", 0)
-
-
-@dataclass
-class ClassRef:
-    module: Module
-    node: ast.ClassDef
-
-    @property
-    def name(self) -> str:
-        return self.node.name
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.module.name, self.node.name)
-
-    def at(self, node: ast.AST | None = None) -> str:
-        return self.module.at(node or self.node)
+def _lazy_imports(text: str) -> Iterator[re.Match[str]]:
+    """``LAZY_IMPORT.finditer(text)``, tried only at the line starts that can begin a match."""
+    end = 0
+    for start in ([0] if text[:1] in (" ", "\t") else []) + [m.end() for m in _INDENTED_FROM.finditer(text)]:
+        m = LAZY_IMPORT.match(text, start) if start >= end else None
+        if m is not None:
+            end = m.end()
+            yield m
 
 
 def _top_level(tree: ast.Module):
@@ -114,12 +58,33 @@ class SourceIndex:
         self._modules: dict[str, Module | None] = {}
         self.files: dict[str, float] = {}     # rel path -> mtime of every file read
         self._local_imports: dict[str, dict[str, tuple[str, str | None]]] = {}
+        self._texts: dict[Path, str | Exception] = {}
+        self._paths: dict[str, Path | None] = {}
 
     # -- modules ------------------------------------------------------------------------------------
     def rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
+    def read(self, path: Path) -> str:
+        """A file's text, read once per index (some files are looked at for every pipeline of their folder);
+        a failed read raises the same error again, for each caller to handle as it would."""
+        found = self._texts.get(path)
+        if found is None:
+            try:
+                found = path.read_text(encoding="utf-8")
+            except (OSError, ValueError) as exc:
+                found = exc
+            self._texts[path] = found
+        if isinstance(found, Exception):
+            raise found
+        return found
+
     def path_of(self, dotted: str) -> Path | None:
+        if dotted not in self._paths:
+            self._paths[dotted] = self._path_of(dotted)
+        return self._paths[dotted]
+
+    def _path_of(self, dotted: str) -> Path | None:
         parts = dotted.split(".")
         if parts[0] != PKG:
             return None
@@ -137,7 +102,7 @@ class SourceIndex:
         if path is not None:
             text = ""
             try:
-                text = path.read_text(encoding="utf-8")
+                text = self.read(path)
                 tree = ast.parse(text, filename=str(path))
             except (OSError, SyntaxError, ValueError):
                 tree = None
@@ -157,7 +122,7 @@ class SourceIndex:
         if path is None:
             return ""
         try:
-            text = path.read_text(encoding="utf-8")
+            text = self.read(path)
         except OSError:
             return ""
         self.files[self.rel(path)] = path.stat().st_mtime
@@ -226,7 +191,7 @@ class SourceIndex:
         if found is None:
             found = self._local_imports[mod.name] = {}
             pkg_parts = mod.name.split(".") if mod.path.name == "__init__.py" else mod.name.split(".")[:-1]
-            for m in LAZY_IMPORT.finditer(mod.text):
+            for m in _lazy_imports(mod.text):
                 # Parse just the statement (to its closing parenthesis), not the whole module again.
                 start = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
                 end = mod.text.find("\n", start)
@@ -258,72 +223,24 @@ class SourceIndex:
         """The class and its in-package bases (depth first, left to right), plus external base names."""
         seen: dict[tuple[str, str], ClassRef] = {}
         external: list[str] = []
-
-        def walk(c: ClassRef, depth: int) -> None:
-            if c.key in seen or depth > 30:
-                return
-            seen[c.key] = c
-            for base in c.node.bases:
-                name = dotted_name(base)
-                if not name:
-                    continue
-                found = self.resolve_class(c.module, name)
-                if found is not None:
-                    walk(found, depth + 1)
-                elif self.external_name(c.module, name) not in external:
-                    external.append(self.external_name(c.module, name))
-
-        walk(cls, 0)
+        self._mro_walk(cls, 0, seen, external)
         return list(seen.values()), external
 
-
-@dataclass
-class Facts:
-    """What one walk over a function (or statement) finds; memoised on the node itself."""
-
-    names: dict[str, ast.AST] = field(default_factory=dict)         # identifier -> first node
-    self_uses: dict[str, ast.AST] = field(default_factory=dict)     # self.<attr> -> first node
-    self_assigns: list[tuple[str, ast.AST]] = field(default_factory=list)  # (attr, Assign/AnnAssign)
-    local_assigns: dict[str, list[ast.AST]] = field(default_factory=dict)  # name -> its Assign/AnnAssign nodes
-    checks: list[ast.AST] = field(default_factory=list)             # If / Assert nodes
-
-
-def facts_of(node: ast.AST) -> Facts:
-    found = getattr(node, "_omnitune_facts", None)
-    if found is not None:
-        return found
-    f = Facts()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Name):
-            prev = f.names.get(n.id)
-            if prev is None or _line(n) < _line(prev):
-                f.names[n.id] = n
-        elif isinstance(n, ast.Attribute):
-            prev = f.names.get(n.attr)
-            if prev is None or _line(n) < _line(prev):
-                f.names[n.attr] = n
-            if isinstance(n.value, ast.Name) and n.value.id == "self":
-                f.self_uses.setdefault(n.attr, n)
-        elif isinstance(n, (ast.If, ast.Assert)):
-            f.checks.append(n)
-        elif isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
-            for t in (n.targets if isinstance(n, ast.Assign) else [n.target]):
-                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
-                    f.self_assigns.append((t.attr, n))
-                elif isinstance(t, ast.Name):
-                    f.local_assigns.setdefault(t.id, []).append(n)
-    node._omnitune_facts = f  # type: ignore[attr-defined]  # the memo lives and dies with the tree
-    return f
-
-
-def names_of(node: ast.AST) -> dict[str, ast.AST]:
-    """Identifiers used under ``node`` (Name ids and Attribute attrs) -> first node."""
-    return facts_of(node).names
-
-
-def self_calls(node: ast.AST) -> dict[str, ast.AST]:
-    """``self.<name>`` uses under ``node`` -> first node."""
-    return facts_of(node).self_uses
+    def _mro_walk(self, c: ClassRef, depth: int, seen: dict[tuple[str, str], ClassRef], external: list[str]) -> None:
+        # A method, not a recursive closure: a closure cell referring to itself is a reference cycle that
+        # would keep this index (and every parsed tree) alive until the cyclic GC finds it.
+        if c.key in seen or depth > 30:
+            return
+        seen[c.key] = c
+        for base in c.node.bases:
+            name = dotted_name(base)
+            if not name:
+                continue
+            found = self.resolve_class(c.module, name)
+            if found is not None:
+                self._mro_walk(found, depth + 1, seen, external)
+            elif self.external_name(c.module, name) not in external:
+                external.append(self.external_name(c.module, name))
 
 
 def dotted_name(node: ast.AST) -> str | None:
