@@ -116,7 +116,9 @@ class Balancer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _relay(self, i: int, method: str, body: bytes | None) -> None:
+            def _relay(self, i: int, method: str, body: bytes | None, counted: bool = False) -> None:
+                """Forward to replica ``i``; a counted request leaves its replica's in-flight count as soon as the
+                replica answered, before the client hears back (so the counts are settled when it does)."""
                 headers = {k: v for k, v in self.headers.items() if k.lower() in FORWARDED_HEADERS}
                 try:
                     status, out, data = balancer.forward(i, method, self.path, body, headers, balancer.timeout_s)
@@ -124,6 +126,9 @@ class Balancer:
                     status, out = 502, {"content-type": "application/json"}
                     data = (f'{{"error": {{"message": "replica {i} did not answer: {type(exc).__name__}", '
                             f'"type": "BadGateway", "code": 502}}}}').encode()
+                finally:
+                    if counted:
+                        balancer.done(i)
                 self._reply(status, out, data)
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -134,10 +139,6 @@ class Balancer:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                i = balancer.pick()
-                try:
-                    self._relay(i, "POST", body)
-                finally:
-                    balancer.done(i)
+                self._relay(balancer.pick(), "POST", body, counted=True)
 
         return Handler
