@@ -197,3 +197,25 @@ async def test_a_lossy_tune_cancelled_mid_search_resumes_to_the_cliff_and_the_in
     decided = sum(c["launched"] for c in r["candidates"])
     assert decided == 14, [(c["name"], c["status"], c["launched"], c["reason"]) for c in r["candidates"]]
     assert r["launches"] == len(launched) in (14, 15)
+
+
+def test_a_server_out_of_memory_on_every_request_is_memory_pressure_not_a_lost_measurement(emulator, tmp_path):
+    """A run whose every request failed is a failed run (benchmark runner); when they all ran out of memory the
+    trial still says so, so the search offloads or shards instead of giving up."""
+    from omnitune.tools.launch.launcher import Launcher
+    from omnitune.tools.tune.models import TuneRequest
+    from omnitune.tools.tune.trial import LaunchTrials, Trial
+    from omnitune.tools.workspace import Workspace
+    l4 = {"name": "NVIDIA L4", "memory_mib": 23034, "compute_capability": [8, 9]}
+    emulator.write("lossy_cliff", gpus=[l4], model={"dit_gib": 8.0, "text_encoder_gib": 4.0},
+                   memory={"activation_gib_per_megapixel": 12.0}, cost={"startup_s": 0.1})
+    settings = emulator_settings(emulator, tmp_path)
+    ws = Workspace.open(settings)
+    ws.store.insert("jobs", {"id": "oom", "kind": "tune", "status": "working", "created_at": 0, "updated_at": 0})
+    request = TuneRequest.model_validate({"model": QWEN, "workload": {**IMAGE, "sizes": ["1024x1024"],
+                                                                      "num_inference_steps": 4}})
+    out = LaunchTrials(ws, Launcher(settings, ws), request, "oom").run(
+        Trial(name="baseline", stage="baseline", kind="baseline", config={"enforce_eager": True, "gpus": [0]}), [0])
+    ws.close()
+    assert out.status == "failed" and out.cause == "out_of_memory_request" and out.launched
+    assert out.gpu_seconds > 0 and emulator_processes(emulator) == []

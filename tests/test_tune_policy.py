@@ -258,6 +258,21 @@ def test_a_refused_layout_is_a_recorded_outcome(ws):
     best = t.run()
     assert names(t)["cfg_parallel_size=2 (2 GPUs)"].cause == "refused"
     assert best is not None and best.name == "usp=4 (4 GPUs)"
+    # the engine refuses CFG parallel 2 whatever else the layout holds: no wider layout with it is launched
+    assert [cfg for _, cfg in fake(t).launched if cfg.get("cfg_parallel_size")] == [{
+        "gpus": [0, 1], "cfg_parallel_size": 2, "quantization": "fp8"}]
+
+
+def test_a_dimension_measured_only_beside_another_is_learnt_from_the_combination():
+    from omnitune.tools.tune.costmodel import CostModel
+    cost = CostModel(uses_cfg=True, nvlink=True)
+    cost.learn({"cfg_parallel_size": 2, "gpus": [0, 1]}, 1.8)
+    cost.learn({"cfg_parallel_size": 2, "usp": 3, "gpus": list(range(6))}, 3.6)  # Ulysses 2 not allowed (3 heads)
+    assert "usp" in cost.learned and cost.gain({"usp": 3}) == pytest.approx(2.0)
+    cost.learn({"ring": 2, "tensor_parallel_size": 2, "gpus": list(range(4))}, 2.0)  # two unknowns: nothing
+    assert not {"ring", "tensor_parallel_size"} & cost.learned
+    cost.learn({"usp": 3, "ring": 2, "gpus": list(range(6))}, 3.0)  # Ulysses known: Ring's share is what is left
+    assert cost.gain({"ring": 2}) == pytest.approx(1.5)
 
 
 def test_layouts_the_capability_report_cannot_vouch_for_are_not_planned(ws):

@@ -106,16 +106,24 @@ class WorldTrials:
         out.throughput = int(trial.config.get("replicas", 1) or 1) / p50  # replicas: same latency, N at once
         out.server_warnings = list(self.warnings)
         out.gpu_seconds = ((self.world["cost"]["startup_s"] if launched else 0) + n_req * p50) * len(gpus)
-        if trial.compare_to:  # deviations the baseline shares (same tag and key) cancel, as in the emulator
-            # as compare_runs: the reference must be a run with measured outputs
-            assert trial.compare_to in self.runs, f"run {trial.compare_to} has no saved measured outputs to compare"
-            mine = {*w.request_deviations(self.world, steps, req.get("guidance_scale"), req.get("true_cfg_scale")),
-                    (w.pixel_noise(self.world, cfg), cfg.lossless_key, steps)}
-            base = {*w.request_deviations(self.world, self.steps, None, None),
-                    (0.0, world_config({}).lossless_key, self.steps)}
-            out.verdict, out.psnr_db_mean = verdict_of(math.hypot(*(d[0] for d in mine ^ base)))
+        self.judge(out, trial)
         self.runs[out.run_id or ""] = out
         return out
+
+    def judge(self, out: Outcome, trial: Trial) -> None:
+        """The verdict against the baseline run (``trial.compare_to``), from the simulated pixel noise."""
+        if not (trial.compare_to and out.p50_s):
+            return
+        # deviations the baseline shares (same tag and key) cancel, as in the emulator; as compare_runs, the
+        # reference must be a run with measured outputs
+        assert trial.compare_to in self.runs, f"run {trial.compare_to} has no saved measured outputs to compare"
+        req, cfg = trial.request, world_config(out.config)
+        steps = req.get("num_inference_steps", self.steps)
+        mine = {*w.request_deviations(self.world, steps, req.get("guidance_scale"), req.get("true_cfg_scale")),
+                (w.pixel_noise(self.world, cfg), cfg.lossless_key, steps)}
+        base = {*w.request_deviations(self.world, self.steps, None, None),
+                (0.0, world_config({}).lossless_key, self.steps)}
+        out.verdict, out.psnr_db_mean = verdict_of(math.hypot(*(d[0] for d in mine ^ base)))
 
     # -- TrialRunner ------------------------------------------------------------------------------
     def run(self, trial: Trial, gpus: list[int]) -> Outcome:

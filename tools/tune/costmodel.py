@@ -23,9 +23,13 @@ class CostModel:
         self.cfg_gain = CFG_PRIOR if uses_cfg else 1.0
         self.inert: set[str] = set()
         self.learned: set[str] = set()
+        self.refused: list[set[tuple[str, int]]] = []  # layouts the engine refused: (dimension, degree) pairs
 
     def gain(self, config: dict) -> float:
-        """Predicted speed-up of ``config``'s layout over the same settings on one GPU."""
+        """Predicted speed-up of ``config``'s layout over the same settings on one GPU (0: the engine refused a
+        layout it contains, so it refuses this one too)."""
+        if any(r <= set(layout_of(config).items()) for r in self.refused):
+            return 0.0
         g = 1.0
         for k, v in layout_of(config).items():
             if k in self.inert:
@@ -39,8 +43,17 @@ class CostModel:
         return self.gain(config) * (slack if unmeasured else 1.0)
 
     def learn(self, config: dict, observed: float) -> None:
-        """``observed``: measured speed-up over the one-GPU reference. Sets the one dimension it varies."""
+        """``observed``: measured speed-up over the one-GPU reference. Sets the one dimension it varies, or the one
+        dimension of a combined layout not measured yet (the others' learned gains divided out: Ulysses seen only
+        beside CFG parallel still tells what Ulysses gives, so a wider layout leaning on it is predicted from
+        evidence, not from its prior)."""
         layout = {k: v for k, v in layout_of(config).items() if k not in self.inert}
+        if len(layout) > 1:
+            unknown = [k for k in layout if k not in self.learned]
+            if len(unknown) != 1:
+                return
+            observed /= self.gain({k: v for k, v in layout.items() if k != unknown[0]})
+            layout = {unknown[0]: layout[unknown[0]]}
         if len(layout) != 1:
             return
         (k, v), = layout.items()
@@ -52,6 +65,12 @@ class CostModel:
             eff = min(1.0, max(0.05, (max(observed, 1e-6) / v) ** (1 / math.log2(v))))
             self.eff[k] = max(eff, self.eff[k]) if k in self.learned else eff
         self.learned.add(k)
+
+    def refuse(self, config: dict) -> None:
+        """The engine refused this layout (a feature the capability report could not see it reject): every
+        layout with the same dimensions at the same degrees would be refused too."""
+        if layout_of(config):
+            self.refused.append(set(layout_of(config).items()))
 
     def mark_inert(self, dimensions: tuple[str, ...]) -> None:
         self.inert.update(dimensions)

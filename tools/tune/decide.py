@@ -65,18 +65,23 @@ class Decisions:
             raise Cancelled()
         results: dict[int, Outcome] = {}
         todo: list[tuple[int, Trial, str]] = []
+        keys = [self.ledger.key(t.config, t.request) for t in trials]
+        ran_ahead = getattr(self.runner, "has", lambda key: False)
+        out_ahead = getattr(self.runner, "outstanding", lambda keys: 0)(keys)  # launched ahead, not yet charged
         for i, t in enumerate(trials):
-            key = self.ledger.key(t.config, t.request)
+            key = keys[i]
             known = self._known(t, key)
             if known is not None:
                 results[i] = known
+            elif ran_ahead(key):  # already launched ahead of the search: no new launch
+                todo.append((i, t, key))
             elif self.memory and self.memory.doomed(t.config, self.req.goal.vram_limit_mib):
                 results[i] = self._skip(t, key, "skipped_memory", "predicted_out_of_memory",
                                         f"estimated {t.estimate_mib:.0f} MiB per GPU: more than it has "
                                         f"({self.memory.capacity or 0:.0f} MiB"
                                         + (f", limit {self.req.goal.vram_limit_mib}" if self.req.goal.vram_limit_mib
                                            else "") + "); not launched")
-            elif self.ledger.budget_left() - self.reserve - len(todo) <= 0:
+            elif self.ledger.budget_left() - self.reserve - out_ahead - len(todo) <= 0:
                 results[i] = self._skip(t, key, "skipped_budget", "budget", "budget spent")
             else:
                 todo.append((i, t, key))
@@ -88,6 +93,27 @@ class Decisions:
         if lost:  # every result of the batch is recorded first: a resume replays them and re-runs only these
             raise NodeLost(lost)
         return [results[i] for i in range(len(trials))]
+
+    def ahead(self, trials: list[Trial]) -> None:
+        """Tell a runner that can start trials ahead (idle GPUs) which ones the search will probably ask for next,
+        most likely first; those it would not launch (known, reusable, bound to run out of memory) are left out."""
+        hint = getattr(self.runner, "ahead", None)
+        if hint is None:
+            return
+        keep = []
+        for t in trials:
+            key = self.ledger.key(t.config, t.request)
+            if key in self.ledger.replay or self.ledger.reusable_run(key) is not None or \
+                    (self.memory and self.memory.doomed(t.config, self.req.goal.vram_limit_mib)):
+                continue
+            keep.append(t)
+        hint(keep, self.reserve)
+
+    def settle(self) -> None:
+        """The search has ended: a runner that started trials ahead stops them and charges those never asked for."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     def _known(self, t: Trial, key: str) -> Outcome | None:
         """This job's own record (resume), else a run another tune measured with the same key."""

@@ -47,10 +47,14 @@ class Placement(BaseModel):
     nvlink: bool | None = Field(default=None, description="Every pair of its GPUs on NVLink (None: one GPU).")
     started_at: float | None = Field(default=None, description="Unix time.")
     ended_at: float | None = None
-    status: str = Field(default="pending", description="pending, running, done, failed, cancelled, not_placed.")
+    status: str = Field(default="pending", description="pending, running, done, failed, cancelled, not_placed; "
+                        "not_used (started ahead, never asked for by the search).")
     error: str | None = None
     alone: bool = Field(default=False, description="Ran with no other trial of this tune at the same time.")
     beside: list[str] = Field(default_factory=list, description="Trials that overlapped it in time.")
+    ahead: bool = Field(default=False, description="Started ahead of the search, on GPUs nothing asked for needed.")
+    bench_beside: list[str] | None = Field(default=None, description="Trials whose benchmark ran while this one's "
+                                           "did (None: not tracked; always empty where benchmarks take one slot).")
 
 
 class TrialsCancelled(Exception):
@@ -248,8 +252,9 @@ def timeline_markdown(timeline: Sequence[Placement], origin: float | None = None
         end = f"{p.ended_at - t0:.1f}" if p.ended_at else "-"
         link = "-" if p.nvlink is None else ("yes" if p.nvlink else "no")
         beside = ", ".join(p.beside) if p.beside else "alone"
+        status = f"{p.status} (ahead)" if p.ahead else p.status
         lines.append(f"| {p.trial} | {p.node} | {','.join(map(str, p.gpus))} | {link} | {start - t0:.1f} | "
-                     f"{end} | {p.status} | {beside} |")
+                     f"{end} | {status} | {beside} |")
     return "\n".join(lines)
 
 

@@ -174,12 +174,17 @@ class ParallelTrials:
         self.notes.append(f"{len(batch)} trials screened side by side; {again_n} finalist(s) re-measured alone")
 
 
-def runner_for(inner: LaunchTrials, ledger: Any, cancelled: Callable[[], bool]) -> LaunchTrials | ParallelTrials:
-    """The concurrent runner when the request allows more than one trial at a time on a host with more than one
-    GPU (or a Ray cluster is set); the sequential one otherwise."""
+def runner_for(inner: LaunchTrials, ledger: Any, cancelled: Callable[[], bool]) -> Any:
+    """A Ray cluster when one is set; trials side by side and ahead of the search on this host when the request
+    allows more than one at a time and the host has more than one GPU (``ahead.AheadTrials``); else one at a
+    time."""
     limit = inner.req.max_parallel_trials
     address = inner.launcher.settings.ray_address
-    if limit == 1 and not address:
+    if address:
+        return ParallelTrials(inner, ledger, limit, cancelled, address)
+    if limit == 1:
         return inner
-    runner = ParallelTrials(inner, ledger, limit, cancelled, address)
-    return runner if address or len(runner.runner.report.gpus) > 1 else inner
+    from omnitune.tools.gpus import detect_gpus
+    from omnitune.tools.tune.ahead import AheadTrials
+    report = detect_gpus(inner.ws.root)
+    return AheadTrials(inner, ledger, limit, cancelled, report) if len(report.gpus) > 1 else inner

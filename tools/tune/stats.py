@@ -29,9 +29,20 @@ def same_pixels(a: Outcome, b: Outcome) -> bool:
         a.psnr_db_mean is not None and b.psnr_db_mean is not None and abs(a.psnr_db_mean - b.psnr_db_mean) < 0.05)
 
 
-def pooled(first: Outcome, second: Outcome) -> None:
-    """Pool a second measurement of the same server into ``first`` (mean of p50s, combined error)."""
+SE_FLOOR = 0.005  # relative: three requests that happened to agree say no more than this about the p50
+NOISY = 0.03      # relative standard error above which a figure is measured again before anything rests on it
+
+
+def noisy(out: Outcome) -> bool:
+    """The p50's own standard error is large (requests stalled on a busy host): too loose to decide on."""
+    return bool(out.p50_s and out.p50_se_s and out.p50_se_s / out.p50_s > NOISY)
+
+
+def pooled(first: Outcome, second: Outcome, why: str = "within the spread of the best so far") -> None:
+    """Pool a second measurement of the same server into ``first``: p50s weighted by their inverse variance (a run
+    whose requests stalled counts for less than a steady one), the combined error."""
     if first.p50_s and second.p50_s:
-        first.p50_s, first.repeat_run_id = (first.p50_s + second.p50_s) / 2, second.run_id
-        first.p50_se_s = math.hypot(first.p50_se_s or 0, second.p50_se_s or 0) / 2
-        first.reason = "measured twice (within the spread of the best so far); p50 pooled"
+        w = [1 / max(o.p50_se_s or 0, SE_FLOOR * (o.p50_s or 0)) ** 2 for o in (first, second)]
+        first.p50_s = (w[0] * first.p50_s + w[1] * second.p50_s) / sum(w)
+        first.p50_se_s, first.repeat_run_id = 1 / math.sqrt(sum(w)), second.run_id
+        first.reason = f"measured twice ({why}); p50 pooled"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -30,7 +30,7 @@ from omnitune.tools.search_space import replica_gpus
 from omnitune.tools.servers import ServerRecord, get_server
 from omnitune.tools.tune.models import ACCEPT, Cancelled, Cause, Outcome, TuneRequest
 from omnitune.tools.tune.replicas import Balancer, replicas_of, serve_fields
-from omnitune.tools.tune.stats import p50_se, pooled
+from omnitune.tools.tune.stats import noisy, p50_se, pooled
 from omnitune.tools.workspace import Workspace
 
 # Log lines where vLLM-Omni says it carries on without a flag (the flag is then inert: no other launch needed).
@@ -139,14 +139,20 @@ class LaunchTrials:
         self.ws, self.launcher, self.req, self.job_id = workspace, launcher, request, job_id
         self.workload = tune_workload(request.workload)  # make_tuner sets the throughput objective's fill
         self.cancel = cancel  # the job's: set at a shutdown or job_cancel, it also stops a benchmark in flight
+        # held around every benchmark: a runner with trials side by side makes it one benchmark at a time
+        self.bench_slot: Callable[[], AbstractContextManager[object]] = nullcontext
 
     def stopped(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
 
     # -- the interface ----------------------------------------------------------------------------
     def run(self, trial: Trial, gpus: list[int]) -> Outcome:
-        with self.session(trial, gpus) as session:
-            return session.measure(trial)
+        """Launch, benchmark, stop; then judge the pictures: the GPUs are not held while they are compared."""
+        blind = trial.model_copy(update={"compare_to": None})
+        with self.session(blind, gpus) as session:
+            out = session.measure(blind)
+        self.judge(out, trial)
+        return out
 
     def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]:
         return [self.run(trial, gpus) for trial, gpus in batch]
@@ -228,12 +234,16 @@ class LaunchTrials:
                 return
             out.verdict, out.psnr_db_mean = cmp.verdict, cmp.psnr_db_mean
 
-    def worth_repeating(self, out: Outcome, trial: Trial) -> bool:
-        if not (trial.repeat_near and out.p50_s):
-            return False
-        if trial.floor and out.verdict and out.verdict not in ACCEPT[trial.floor]:
-            return False  # rejected on quality whatever its speed
-        return abs(out.p50_s / trial.repeat_near - 1) < trial.repeat_band
+    def worth_repeating(self, out: Outcome, trial: Trial) -> str | None:
+        """Why ``out`` is measured again on its server (None: it is not): too close to the best so far to call,
+        or too noisy to rest anything on."""
+        if not out.p50_s or (trial.floor and out.verdict and out.verdict not in ACCEPT[trial.floor]):
+            return None  # nothing measured, or rejected on quality whatever its speed
+        if noisy(out):
+            return "its requests' spread was too wide to decide on"
+        if trial.repeat_near and abs(out.p50_s / trial.repeat_near - 1) < trial.repeat_band:
+            return "within the spread of the best so far"
+        return None
 
 
 class _Session(AbstractContextManager):
@@ -281,6 +291,11 @@ class _Session(AbstractContextManager):
         if error is not None:
             self._stop_all()
             raise error
+
+    def start(self) -> None:
+        """Launch the server now (the first ``measure`` would), so that a caller can time the two apart."""
+        if self.server is None and self.failed is None:
+            self._launch()
 
     def _launch(self) -> None:
         t0 = time.monotonic()
@@ -330,8 +345,7 @@ class _Session(AbstractContextManager):
 
     def measure(self, trial: Trial) -> Outcome:
         started = time.time()
-        if self.server is None and self.failed is None:
-            self._launch()
+        self.start()
         if self.failed is not None:
             first = self.measured == 0
             self.measured += 1
@@ -354,7 +368,8 @@ class _Session(AbstractContextManager):
         t0 = time.monotonic()
         workload = workload_with(self.r.workload, trial.request)
         try:
-            result = self._benchmark(workload)
+            with self.r.bench_slot():
+                result = self._benchmark(workload)
         except OmnituneError as exc:  # the server died or stopped answering: a failed candidate, not a failed tune
             if self.r.stopped():  # ...unless the tune's own stop took it down: replayed as failed, a winner is lost
                 raise Cancelled() from exc
@@ -370,18 +385,26 @@ class _Session(AbstractContextManager):
                 raise Cancelled()
             first, self.measured = self.measured == 0, self.measured + 1
             why = result.summary.aborted_reason if result.summary else None
+            # a run whose every request failed is failed: out of memory on each is memory pressure, not noise
+            oom = self.r.read(trial, result.run_id) if result.run_id else None
+            oom = oom if oom is not None and oom.cause == "out_of_memory_request" else None
+            n = len(self.gpus)
             return Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="failed",
-                           cause="no_measurement", config=trial.config, run_id=result.run_id,
-                           reason=f"benchmark run {result.run_id} {result.status}: {why or 'see the run'}",
+                           cause=oom.cause if oom else "no_measurement", config=trial.config, run_id=result.run_id,
+                           reason=oom.reason if oom else
+                           f"benchmark run {result.run_id} {result.status}: {why or 'see the run'}",
                            launched=first, request_settings=dict(trial.request), estimate_mib=trial.estimate_mib,
-                           gpus=self.gpus, gpu_seconds=(time.monotonic() - t0) * len(self.gpus),
+                           gpus=self.gpus, gpu_seconds=(time.monotonic() - t0) * n + (self.launch_s * n if first
+                                                                                      else 0.0),
                            started_at=started, ended_at=time.time())
         reason = ("request-level, measured inside one server: " + json.dumps(trial.request)) if trial.request else None
         out = self.r.read(trial, result.run_id or "", "measured", reason)
         self.r.judge(out, trial)
-        if self.r.worth_repeating(out, trial):  # too close to call: measure again here and pool
-            again = self.r.read(trial, self._benchmark(workload).run_id or "")
-            pooled(out, again)
+        why = self.r.worth_repeating(out, trial)
+        if why:  # too close to call, or too noisy: measure again here and pool
+            with self.r.bench_slot():
+                again_id = self._benchmark(workload).run_id
+            pooled(out, self.r.read(trial, again_id or ""), why)
         n = len(self.gpus)
         out.gpu_seconds = (time.monotonic() - t0) * n + (self.launch_s * n if self.measured == 0 else 0.0)
         out.launched = self.measured == 0

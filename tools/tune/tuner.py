@@ -26,7 +26,7 @@ __all__ = ["NOISE", "Cancelled", "Progress", "Tuner"]
 # measured noise, if larger) it is inert.
 INERT = 1.05
 WORTH = 1.05          # a wider layout is launched only if predicted this much faster than the best so far
-WIDER_ROUNDS = 3      # rounds of (at most) two wider layouts, the model re-fitted after each
+WIDER_ROUNDS = 4      # rounds of wider layouts (as many as run at once), then the model re-fitted, target raised
 SCREEN = 2            # narrowest layouts screened together first (the priors' best two)
 PRIOR_SLACK = 1.15    # how far an unmeasured dimension may beat its prior
 BISECTIONS = 2        # threshold refinements between the last passing and the first failing rung
@@ -37,14 +37,23 @@ SP_IGNORED = "SP hooks not applied"
 class Tuner(Decisions):
     def run(self) -> Outcome | None:
         """The search; returns the winner (None: nothing measured fits)."""
+        try:
+            return self._search()
+        finally:
+            self.settle()
+
+    def _search(self) -> Outcome | None:
         lossy = self.req.goal.quality == "lossy"
         self.reserve = 1 if lossy and any(c.kind == "request" for c in self.plan.candidates) else 0
+        self._ahead_first()
         extra = self._baseline()
         if not self.baseline or self.baseline.status not in ("measured", "reused"):
             return None
         self.best = self.baseline
         extra = self._single_gpu(extra)
         self._layouts(extra)
+        if lossy:
+            self._ahead_lossy()
         self._vae_patch()
         self._replicas()
         if lossy:
@@ -131,32 +140,84 @@ class Tuner(Decisions):
         a dimension that gave nothing on 2 GPUs predicts nothing on 4, one the server ignored is inert."""
         assert self.best is not None
         ref = self.best
-        keep = {k: v for k, v in ref.config.items() if k == "quantization"}
-        kinds = ("layout",) if not extra else ("layout", "offload", "sharded")
-        pool = [(c, {**{k: v for k, v in c.config.items() if k not in ("quantization", "enforce_eager")}, **keep})
-                for c in self.plan.candidates if c.kind in kinds and gpus_of(c.config) > 1]
-        if gpus_of(ref.config) > 1:  # already sharded over n GPUs to fit: fewer would not
-            pool = [(c, cfg) for c, cfg in pool if gpus_of(cfg) >= gpus_of(ref.config)]
-        narrow = min((gpus_of(cfg) for _, cfg in pool), default=0)
-        first = sorted([p for p in pool if gpus_of(p[1]) == narrow], key=lambda p: -self.cost.gain(p[1]))
+        first, rest = self._layout_pool(ref.config, extra)
         width = max(SCREEN, getattr(self.runner, "concurrency", 1))
+        guess = max([self._gain(ref), *(self.cost.gain(cfg) for _, cfg in first[:width])])
+        self._ahead_layouts(self._wider(rest, guess))  # if the narrowest scale as the model says
         self._screen(first[:width], ref)
         target = self._gain(ref)  # the rest of the narrowest layouts: unless the priors leave them a chance
         self._screen([p for p in first[width:] if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH], ref)
-        rest = [p for p in pool if gpus_of(p[1]) > narrow]
         for _ in range(WIDER_ROUNDS):
             target = self._gain(ref)
-            ranked = sorted(rest, key=lambda p: -self.cost.gain(p[1]))
-            pick = [p for p in ranked if self.cost.gain(p[1]) > target * WORTH]
-            pick = pick[:max(2, min(self._width(gpus_of(p[1])) for p in pick))] if pick else pick
+            pick = self._wider(rest, target)
             if not pick:
                 break
             rest = [p for p in rest if p not in pick]
+            guess = max([target, *(self.cost.gain(cfg) for _, cfg in pick)])
+            self._ahead_layouts(self._wider(rest, guess))  # the next round, if these scale as predicted
             self._screen(pick, ref)
+        late = self._ready(first + rest)  # measured ahead on idle GPUs, never asked for: evidence already paid for
+        if late:
+            rest = [p for p in rest if p not in late]
+            self._screen(late, ref)
         if rest:
             top = max(self.cost.gain(cfg) for _, cfg in rest)
             self.notes.append(f"{len(rest)} wider layout(s) not launched: the cost model fitted to the measured ones "
                               f"predicts at most {top:.2f}x over one GPU, against {self._gain(ref):.2f}x measured")
+
+    def _layout_pool(self, ref: dict, extra: dict) -> tuple[list[tuple[Candidate, dict]], list[tuple[Candidate, dict]]]:
+        """The layouts on top of ``ref`` (its quantization kept): the narrowest, best prior first, and the wider."""
+        keep = {k: v for k, v in ref.items() if k == "quantization"}
+        kinds = ("layout",) if not extra else ("layout", "offload", "sharded")
+        pool = [(c, {**{k: v for k, v in c.config.items() if k not in ("quantization", "enforce_eager")}, **keep})
+                for c in self.plan.candidates if c.kind in kinds and gpus_of(c.config) > 1]
+        if gpus_of(ref) > 1:  # already sharded over n GPUs to fit: fewer would not
+            pool = [(c, cfg) for c, cfg in pool if gpus_of(cfg) >= gpus_of(ref)]
+        narrow = min((gpus_of(cfg) for _, cfg in pool), default=0)
+        first = sorted([p for p in pool if gpus_of(p[1]) == narrow], key=lambda p: -self.cost.gain(p[1]))
+        return first, [p for p in pool if gpus_of(p[1]) > narrow]
+
+    def _wider(self, rest: list[tuple[Candidate, dict]], target: float) -> list[tuple[Candidate, dict]]:
+        """One round of wider layouts: those that may beat ``target`` (a dimension never measured keeps its prior's
+        slack), best predicted first, as many as run at once: the model is re-fitted and the target raised before
+        the next round. Layouts the memory estimate says cannot fit take no round."""
+        ranked = sorted(rest, key=lambda p: -self.cost.gain(p[1]))
+        pick = [p for p in ranked if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH and not (
+            self.memory and self.memory.doomed(p[1], self.req.goal.vram_limit_mib))]
+        return pick[:min(self._width(gpus_of(p[1])) for p in pick)] if pick else pick
+
+    # -- what to start ahead (a runner with idle GPUs; a sequential one ignores it) ------------------------------
+    def _ahead_first(self) -> None:
+        """Before the baseline: what the search asks next if the baseline fits and the single-GPU recipe passes
+        (the recipe, then the narrowest layouts with its quantization)."""
+        single = self._lossless_single()
+        if not single:
+            return
+        first = [single[-1]] if self.plan.fp8_native and len(single) > 1 else single
+        trials = [self.trial(c.name, "lossless", c.kind, c.config, "lossless") for c in first]
+        narrow, _ = self._layout_pool(first[-1].config if self.plan.fp8_native else {}, {})
+        width = max(SCREEN, getattr(self.runner, "concurrency", 1))
+        self.ahead(trials + [self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in narrow[:width]])
+
+    def _ready(self, pairs: list[tuple[Candidate, dict]]) -> list[tuple[Candidate, dict]]:
+        """Those of ``pairs`` a runner has already measured ahead of the search (asking for them launches
+        nothing)."""
+        keys = getattr(self.runner, "ready", lambda: set())()
+        return [p for p in pairs if self.ledger.key(p[1]) in keys]
+
+    def _ahead_layouts(self, picks: list[tuple[Candidate, dict]]) -> None:
+        self.ahead([self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in picks])
+
+    def _ahead_lossy(self) -> None:
+        """Each cache backend's first rungs on the best lossless configuration (each backend is swept anyway)."""
+        assert self.best is not None
+        base = {k: v for k, v in self.best.config.items() if k not in ("cache_backend", "cache_config")}
+        wave = self._width(gpus_of(base))
+        firsts: dict[str, list[Candidate]] = {}
+        for c in [c for c in self.plan.candidates if c.kind == "cache"]:
+            firsts.setdefault(c.config["cache_backend"], []).append(c)
+        self.ahead([self.trial(d.name, "lossy", "cache", {**base, **d.config}, self.req.goal.quality_floor)
+                    for ladder in firsts.values() for d in ladder[:wave]])
 
     def _width(self, gpus: int) -> int:
         """Trials of ``gpus`` GPUs the runner measures at once (1: one at a time)."""
@@ -180,6 +241,8 @@ class Tuner(Decisions):
             return
         if out.status == "measured" and out.p50_s and ref.p50_s:
             self.cost.learn(out.config, ref.p50_s / out.p50_s)
+        elif out.cause == "refused":
+            self.cost.refuse(out.config)
         self.consider(out, "lossless")
 
     def _vae_patch(self) -> None:
@@ -245,17 +308,19 @@ class Tuner(Decisions):
         for c in [c for c in self.plan.candidates if c.kind == "cache"]:
             backends.setdefault(c.config["cache_backend"], []).append(c)
         brackets: dict[str, tuple[str, float, float, Outcome]] = {}
-        for backend, ladder in backends.items():
+        wave = self._width(gpus_of(base))  # rungs side by side: at most one wave is measured past the cliff
+        for b, (backend, ladder) in enumerate(backends.items()):
             key = next(iter(ladder[0].config["cache_config"]))
             previous, passed = lossless, None
-            wave = self._width(gpus_of(base))  # rungs side by side: at most one wave is measured past the cliff
-            ahead: list[Outcome] = []
+            queued: list[Outcome] = []
             for i, c in enumerate(ladder):
                 value = c.config["cache_config"][key]
-                if not ahead:
-                    ahead = self.measure_many([self.trial(d.name, "lossy", "cache", {**base, **d.config}, floor)
-                                               for d in ladder[i:i + wave]])
-                out = ahead.pop(0)
+                if not queued:  # ahead, if GPUs are idle: the other backends' first rungs (swept anyway)
+                    self.ahead([self.trial(d.name, "lossy", "cache", {**base, **d.config}, floor)
+                                for other in list(backends.values())[b + 1:] for d in other[:wave]])
+                    queued = self.measure_many([self.trial(d.name, "lossy", "cache", {**base, **d.config}, floor)
+                                                for d in ladder[i:i + wave]])
+                out = queued.pop(0)
                 if out.status == "skipped_budget":
                     return
                 if out.cause in ("refused", "launch_gate"):
@@ -269,7 +334,7 @@ class Tuner(Decisions):
                 if verdict in ("pass", "inert"):
                     passed = value
                     previous = out if verdict == "pass" else previous
-            for o in ahead:  # measured in the same side-by-side wave as the cliff: no decision taken on them
+            for o in queued:  # measured in the same side-by-side wave as the cliff: no decision taken on them
                 self.accept(o, floor)
                 o.reason = (o.reason or "") + "; measured in the wave that found the cliff, not considered"
         winner = self.best.config.get("cache_backend")
