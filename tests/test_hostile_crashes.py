@@ -110,7 +110,9 @@ def test_raw_json_rpc_over_stdio_gets_clear_errors_for_a_missing_prompt_argument
         proc.stdin.flush()
         selector = selectors.DefaultSelector()
         selector.register(proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + 40  # well under job_wait's 60 s default
+        # Starting omnitune may take long on a busy machine: the clock for the typo'd call starts once the server
+        # has answered initialize. From there, well under job_wait's 60 s default.
+        deadline = time.monotonic() + 120
         while {2, 3} - set(answers) and time.monotonic() < deadline:
             if selector.select(timeout=0.5):
                 line = proc.stdout.readline()
@@ -119,6 +121,8 @@ def test_raw_json_rpc_over_stdio_gets_clear_errors_for_a_missing_prompt_argument
                 message = json.loads(line)
                 if "id" in message:
                     answers[message["id"]] = message
+                    if message["id"] == 1:
+                        deadline = time.monotonic() + 40
     finally:
         _, stderr = proc.communicate(input="", timeout=30)  # closing stdin ends the stdio server
     assert answers[2]["error"]["code"] == -32602 and "needs the argument(s) model" in answers[2]["error"]["message"]
