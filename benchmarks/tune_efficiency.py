@@ -2,17 +2,28 @@
 
 For each world: the best configuration passing the quality gate (its speed-up over the baseline), GPU-seconds
 spent, launches the engine refused, and launches that ran out of memory at load although the estimate (from
-the model folder's safetensors headers, written here to match the world) could have known. Targets: at least
-95% of the grid's best speed-up, at most 30% of its GPU-seconds, 0 refused launches, 0 such OOM launches.
+the model folder's safetensors headers, written here to match the world, as its attention heads are) could have
+known. Targets: at least 95% of the grid's best speed-up, at most 30% of its GPU-seconds, 0 refused launches, 0
+such OOM launches. The tune runs with the request's defaults (trials side by side and ahead on multi-GPU
+worlds); both the tune and the grid free a server's GPUs before its pictures are compared.
 
 The grid: every one-GPU variant (eager/compile x FP8 x offload), every cfg x usp x ring x tp layout on 2..N
 GPUs (compile, with and without FP8), every SP layout with layerwise offload and with HSDP, and for lossy goals
 every cache threshold of each backend on a fine grid (the ladder and the points between its rungs) with the
 request-level variants (fewer steps, guidance off) inside each of those servers. A grid's "best" is the
 minimum of many noisy figures, so the speed-ups compared are re-measured: the baseline, the tuner's winner and
-the grid's winner are each launched ``--repeats`` times, interleaved, and the ratios are of those medians.
+the grid's winner are each launched ``--repeats`` times, interleaved, and the ratios are of those medians (the
+same configuration picked by both is measured once: one set of figures, not two draws of the noise).
 
-    .venv/bin/python benchmarks/tune_efficiency.py [--repeats 2] [--world NAME ...]
+    .venv/bin/python benchmarks/tune_efficiency.py [--repeats 3] [--world NAME ...]
+
+Last run (2026-11-30 20:22-20:40, 2-core host shared with other engineers, load average 0.3-4.8): every world
+100.0% of the grid's best (the same configuration as the grid's); GPU-seconds offload+SP 25% (8 / 64 launches),
+cache cliff 15% (14 / 51), per-request OOM 26% (6 / 28), comm-bound 7% (5 / 66), TP-only 9% (6 / 65); 0 refused,
+0 OOM the estimate knew. Before this session (same day, 18:27 and 18:58): offload+SP 18% and 114% (the grid's
+winner re-measured slower), cache cliff 14% / 98.3%, per-request OOM: no result (since 79f6dff a run whose every
+request fails is 'failed', which the tune read as no measurement, so it found nothing), comm-bound 7% / 99.8%,
+TP-only 6% / 99.8% (a 3-head model folder in a 24-head world: TP 4 planned by neither).
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ class Outcome(BaseModel):
     )
     repeat_run_id: str | None = Field(
         default=None,
-        description="Second measurement, taken when the first was within the "
-        "spread of the best so far (p50 is then pooled).",
+        description="Second measurement on the same server, taken when the first was within the "
+        "spread of the best so far or too noisy to decide on (p50s then pooled by inverse variance).",
     )
     request_settings: dict[str, Any] = Field(
         default_factory=dict, description="Request-level settings (steps, guidance) measured inside one server."
