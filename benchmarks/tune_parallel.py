@@ -25,11 +25,14 @@ the ratio is bound by the number of wider rounds the search takes, 1-3 here, dec
 Runs on this 2-core host shared with other engineers, 2026-11-30 (load average in brackets):
 19:18 (2.4-3.1): 8 GPUs 32.1 vs 14.0 s (44%), 4 GPUs 29.4 vs 23.6 s (80%); 20:07 (8.1-8.3): 57% / 85%;
 20:17 (4.3-5.3): 8 GPUs 41.9 vs 26.5 s (63%, winners 12% apart on the re-measure, within its 22% spread),
-4 GPUs 37.1 vs 27.1 s (73%). Same winner otherwise; 0 benchmarks overlapping, 0 GPUs shared, every trial
+4 GPUs 37.1 vs 27.1 s (73%); 20:42 (0.1-0.5): 8 GPUs 25.9 vs 17.5 s (68%, 5 vs 6 launches), 4 GPUs 31.1 vs
+22.4 s (72%). Same winner otherwise; 0 benchmarks overlapping, 0 GPUs shared, every trial
 started ahead was taken by the search; over these probes a launch beside a benchmark moved its p50 by -3.4% to
-+2.3% with no consistent sign (the alone figures' own spread 0.8-22%). With 10 s launches (20:13, load 7.8-4.2):
++2.3% with no consistent sign (the alone figures' own spread 0.3-22%). With 10 s launches (20:13, load 7.8-4.2):
 62.5 vs 51.2 s (82%): the parallel search took two more wider rounds than the sequential one (7 vs 5 launches).
-The 40% target is not met: a first wave plus one wave per wider round is at best ~45% of a 6-trial chain here.
+The 40% target is not met: a first wave plus one wave per wider round is at best ~45% of a 6-trial chain here,
+and how many wider rounds each tune takes (1-3) is decided on figures a few % apart, so it differs between the
+two tunes of one run and moves the ratio by +-15 points.
 Before (16:04, finalists re-launched alone): 120% and 119%.
 """
 
