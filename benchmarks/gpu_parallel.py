@@ -6,9 +6,9 @@ with torch (VLLM_EMU_HOLD_GPU_MEMORY=1).
 Its lossy settings are screened side by side, one GPU each. A thread samples NVML every 20 ms.
 
 Checks: trials overlapped in time on disjoint GPUs (omnitune's timeline); while two ran at once each GPU held
-memory (NVML), and no GPU ever held two servers' memory (peak per GPU under 1.5x one server's); no two benchmarks
-overlapped (the winner's figure included); afterwards no compute process is left and every GPU is back to idle.
-Prints the placement.
+memory (NVML), and no GPU ever held two servers' memory (peak per GPU under 1.5x the largest one server's peak
+omnitune measured); no two benchmarks overlapped (the winner's figure included); afterwards no compute process is
+left and every GPU is back to idle. Prints the placement.
 
     python3 benchmarks/gpu_parallel.py --vllm-omni-src DIR [--wheels DIR] [--simulate]
 """
@@ -131,8 +131,11 @@ def main() -> None:
     one = max((v for a in above for v in a.values()), default=0)
     check("both GPUs held memory while the pair ran together", bool(peak) and all(v > 1024 for v in peak.values()),
           str(peak))
-    check("no GPU held two servers' memory", bool(peak) and max(peak.values()) < 1.5 * min(peak.values()),
-          f"max {one} MiB")
+    # the pair may be different trials (trials started ahead: the baseline beside the FP8 recipe), so the bound is
+    # the largest one server's peak omnitune measured: two servers on one GPU would hold about twice that
+    single = max((c.get("peak_memory_mib") or 0 for c in r.get("candidates") or []), default=0)
+    check("no GPU held two servers' memory", bool(peak) and bool(single) and one < 1.5 * single,
+          f"max {one} MiB on a GPU; largest one server's peak {single:.0f} MiB")
     winner = (r.get("winner") or {}).get("name")
     # the design: launches overlap, benchmarks take one slot on the host (no figure measured beside another)
     mine = [pl for pl in timeline if pl["trial"] == winner]

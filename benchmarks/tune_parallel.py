@@ -1,20 +1,39 @@
 """Parallel against sequential tune of the same space, in one run, on emulated 8- and 4-GPU hosts.
 
 Each world is tuned twice from scratch (each tune in a workspace of its own, so nothing is reused): one trial at a
-time (``max_parallel_trials=1``), then side by side on disjoint GPU sets (``max_parallel_trials=None``). Printed
-per world: wall time of each and their ratio (target: parallel at most 40% of sequential), both winners and
-whether they agree (same configuration, or, re-launched alone and interleaved ``--repeats`` times each, p50s
-within the noise), launches, and GPUs shared by two live servers
-at any moment (sampled every 20 ms from the emulator's per-server state files, independent of omnitune's own
-bookkeeping; target 0). A launch costs ``--startup-s`` seconds in the emulator (real launches take minutes, which
-is what makes parallel trials worth it).
+time (``max_parallel_trials=1``), then side by side and ahead of the search on disjoint GPU sets
+(``max_parallel_trials=None``, the default). Printed per world: wall time of each and their ratio (target:
+parallel at most 40% of sequential), both winners and whether they agree (same configuration, or, re-launched
+alone and interleaved ``--repeats`` times each, p50s within the noise), launches, trials started ahead (taken by
+the search / never asked for), benchmarks that overlapped another (0: one benchmark at a time), GPUs shared by two
+live servers at any moment (sampled every 20 ms from the emulator's per-server state files, independent of
+omnitune's own bookkeeping; target 0), and a probe: one server benchmarked alone and while another server starts
+beside it, interleaved ``--probe-repeats`` times (does a launch beside a benchmark move its figure? compared
+with the alone figures' own spread). A launch costs ``--startup-s`` seconds in the emulator (real launches take
+minutes, which is what makes parallel trials worth it).
 
     .venv/bin/python benchmarks/tune_parallel.py [--gpus 8 --gpus 4] [--startup-s 3] [--goal lossless|lossy]
 
-Last run (2-core host shared with seven other engineers, 2026-11-30 16:04, merged tuner policy): 8 GPUs 58.8 s
-sequential vs 70.7 s parallel (120%, 10 vs 14 launches, winners 8% apart re-measured), 4 GPUs 30.0 vs 35.9 s
-(119%, same winner); 0 GPUs shared in ~5000 samples. The target (40%) is not met: the evidence-pruned search
-leaves 2-4 candidates per stage, and re-measuring finalists alone costs what the overlap saves.
+Where the time goes (8 GPUs, 3 s launches, the emulator sleep-bound: a trial is ~3.7 s launch of which 3 s is the
+simulated load, ~1.4 s benchmark, ~0.3-1 s picture comparison; the CPU-bound parts are the emulator's process
+start and the comparison): one trial at a time, 6-7 trials in a chain, ~30-40 s. Side by side: the baseline, the
+FP8 recipe and both 2-GPU layouts start together (the last three ahead of the search), their four benchmarks
+run one after another (~6 s), then each wider layout the cost model asks for is a wave of its own (6- and 8-GPU
+layouts cannot share 8 GPUs), ~4.5 s each. So the wall time is about (first wave + one wave per wider round) and
+the ratio is bound by the number of wider rounds the search takes, 1-3 here, decided on noisy figures.
+
+Runs on this 2-core host shared with other engineers, 2026-11-30 (load average in brackets):
+19:18 (2.4-3.1): 8 GPUs 32.1 vs 14.0 s (44%), 4 GPUs 29.4 vs 23.6 s (80%); 20:07 (8.1-8.3): 57% / 85%;
+20:17 (4.3-5.3): 8 GPUs 41.9 vs 26.5 s (63%, winners 12% apart on the re-measure, within its 22% spread),
+4 GPUs 37.1 vs 27.1 s (73%); 20:42 (0.1-0.5): 8 GPUs 25.9 vs 17.5 s (68%, 5 vs 6 launches), 4 GPUs 31.1 vs
+22.4 s (72%). Same winner otherwise; 0 benchmarks overlapping, 0 GPUs shared, every trial
+started ahead was taken by the search; over these probes a launch beside a benchmark moved its p50 by -3.4% to
++2.3% with no consistent sign (the alone figures' own spread 0.3-22%). With 10 s launches (20:13, load 7.8-4.2):
+62.5 vs 51.2 s (82%): the parallel search took two more wider rounds than the sequential one (7 vs 5 launches).
+The 40% target is not met: a first wave plus one wave per wider round is at best ~45% of a 6-trial chain here,
+and how many wider rounds each tune takes (1-3) is decided on figures a few % apart, so it differs between the
+two tunes of one run and moves the ratio by +-15 points.
+Before (16:04, finalists re-launched alone): 120% and 119%.
 """
 
 from __future__ import annotations
@@ -118,6 +137,41 @@ def fresh_p50s(settings: Settings, root: Path, model: str, configs: dict[str, di
     return out
 
 
+def probe(settings: Settings, root: Path, model: str, config: dict, spare: int, repeats: int) -> str:
+    """Does a launch beside a benchmark move its figure? ``config``'s server benchmarked alone and while another
+    server starts on GPU ``spare`` (the launch's busy start overlapping the benchmark), interleaved ``repeats``
+    times: the medians, and the alone figures' own spread (the host's noise) to judge the difference by."""
+    s = settings.model_copy(update={"workspace": root / "probe"})
+    ws = Workspace.open(s)
+    launcher = Launcher(s, ws)
+    server = launcher.launch(ServeConfig.model_validate({"model": model, **config})).server
+    assert server is not None
+    target = BenchmarkTarget.model_validate({"server_id": server.id})
+    alone: list[float] = []
+    beside: list[float] = []
+
+    def p50() -> float:
+        res = run_benchmark(ws, target, Workload(**WORKLOAD))
+        return res.summary.latency.p50_s if res.summary and res.summary.latency else float("nan")
+
+    try:
+        p50()  # warm: the first request of a shape compiles
+        for _ in range(repeats):
+            alone.append(p50())
+            other = threading.Thread(target=lambda: launcher.stop(launcher.launch(ServeConfig.model_validate(
+                {"model": model, "enforce_eager": True, "gpus": [spare]})).server.id))  # type: ignore[union-attr]
+            other.start()
+            time.sleep(0.05)
+            beside.append(p50())
+            other.join()
+    finally:
+        launcher.stop(server.id)
+        ws.close()
+    a, b = statistics.median(alone), statistics.median(beside)
+    spread = (max(alone) - min(alone)) / a
+    return f"{b / a - 1:+.1%} (alone {a:.4f} s, spread {spread:.1%}; beside a launch {b:.4f} s)"
+
+
 def overlaps_disjoint(result: TuneResult) -> bool:
     """Every pair of trials that overlapped in time had disjoint GPUs (omnitune's own timeline)."""
     ran = [p for p in result.timeline if p.started_at and p.ended_at]
@@ -125,7 +179,7 @@ def overlaps_disjoint(result: TuneResult) -> bool:
                if p.started_at < q.ended_at and q.started_at < p.ended_at)  # type: ignore[operator]
 
 
-def run_world(n: int, startup_s: float, goal: str, repeats: int) -> str:
+def run_world(n: int, startup_s: float, goal: str, repeats: int, probe_repeats: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         emu = make_emulator(root / "emu")
@@ -142,18 +196,26 @@ def run_world(n: int, startup_s: float, goal: str, repeats: int) -> str:
         a, b = seq.winner, par.winner
         fresh = fresh_p50s(settings, root, base["model"], {"seq": a.config, "par": b.config}, repeats) \
             if a and b and a.name != b.name else {}
+        single = next((o.config for o in par.candidates if o.status == "measured" and len(o.config["gpus"]) == 1),
+                      None)
+        moved = probe(settings, root, base["model"], {**single, "gpus": [0]}, n - 1, probe_repeats) \
+            if single and probe_repeats else "-"
     if fresh:  # medians of fresh alone launches, their spread as the error
         (ma, sa), (mb, sb) = ((statistics.median(v), statistics.pstdev(v) / len(v) ** 0.5) for v in fresh.values())
         same = agree((ma, sa), (mb, sb))
         verdict = f"{'within noise' if same else 'NO'}: re-measured {ma:.3f} / {mb:.3f} s"
     else:
         verdict = "yes (same)" if a and b else "NO (no winner)"
-    side = sum(1 for p in par.timeline if p.beside)
+    ran = [p for p in par.timeline if p.started_at]
+    side = sum(1 for p in ran if p.beside)
+    ahead = sum(1 for p in ran if p.ahead and p.status != "not_used")
+    unused = sum(1 for p in ran if p.status == "not_used")
+    benches = sum(1 for p in ran if p.bench_beside)
     return (f"| {n} | {seq_wall:.1f} | {par_wall:.1f} | {par_wall / seq_wall:.0%} | {a.name if a else '-'} "
             f"({a.p50_s if a else 0:.3f} s) | {b.name if b else '-'} ({b.p50_s if b else 0:.3f} s) | "
-            f"{verdict} | {seq.launches} / {par.launches} | {side} | "
+            f"{verdict} | {seq.launches} / {par.launches} | {side} | {ahead} / {unused} | {benches} | "
             f"{len(seq_watch.shared) + len(par_watch.shared)} ({par_watch.samples} samples) | "
-            f"{'yes' if overlaps_disjoint(par) else 'NO'} |")
+            f"{'yes' if overlaps_disjoint(par) else 'NO'} | {moved} |")
 
 
 def main() -> None:
@@ -162,6 +224,8 @@ def main() -> None:
     parser.add_argument("--startup-s", type=float, default=3.0, help="emulated launch time per server")
     parser.add_argument("--goal", choices=["lossless", "lossy"], default="lossless")
     parser.add_argument("--repeats", type=int, default=3, help="fresh alone launches per winner when they differ")
+    parser.add_argument("--probe-repeats", type=int, default=3,
+                        help="benchmarks alone / beside a launch, interleaved, for the interference probe (0: none)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     # SIGTERM unwinds like Ctrl-C, so every server a trial started is stopped on the way out (a killed run of
@@ -169,10 +233,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = ["| GPUs | sequential wall (s) | parallel wall (s) | parallel/sequential | sequential winner | "
             "parallel winner | same (or within noise) | launches seq/par | trials run beside another | "
-            "GPUs shared (emulator) | overlapping trials disjoint (timeline) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "started ahead: used / not used | benchmarks overlapping another | GPUs shared (emulator) | "
+            "overlapping trials disjoint (timeline) | a launch beside a benchmark moves its p50 |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in args.gpus or [8, 4]:
-        rows.append(run_world(n, args.startup_s, args.goal, args.repeats))
+        rows.append(run_world(n, args.startup_s, args.goal, args.repeats, args.probe_repeats))
         sys.stdout.write(rows[-1] + "\n")
         sys.stdout.flush()
     sys.stdout.write(f"cfg4_qwen_image world on n H200 (NVSwitch), launch {args.startup_s} s, goal {args.goal}\n")

@@ -145,3 +145,20 @@ def test_a_cancel_stops_the_trials_and_charges_what_ran(ws):
         t.run()
     assert inner.live == {}  # every trial returned (its server stopped)
     assert t.ledger.launches == len(inner.started)
+
+
+def test_a_comparison_failing_off_the_search_thread_is_made_again_when_asked_never_a_hang(ws):
+    world = load_world("cfg4_qwen_image", gpus=[H200] * 8)
+    t, inner = ahead_tuner(ws, world)
+    judge, failed = inner.judge, []
+
+    def flaky(out, trial):  # the first comparison made on a trial's own thread breaks
+        if threading.current_thread() is not threading.main_thread() and not failed:
+            failed.append(trial.name)
+            raise RuntimeError("comparison broke")
+        judge(out, trial)
+
+    inner.judge = flaky
+    best = t.run()
+    assert failed and best is not None
+    assert all(o.verdict for o in t.outcomes if o.p50_s and o.stage != "baseline")

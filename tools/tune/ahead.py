@@ -5,8 +5,9 @@ each stage a few candidates. Run stage by stage, most GPUs sit idle and every la
 the critical path. So the search says, through ``ahead``, which trials it will probably ask for next (the next
 stage's candidates, if the pending ones turn out as expected), and this runner starts them on GPUs nothing asked
 for needs. When the search then asks for one (same ledger key), it gets the result that is ready or in flight,
-judged against the baseline then. Trials run ahead that the search never asks for are stopped when it ends,
-charged to its budget and noted in the report; they never decide anything.
+judged against the baseline then (``ready`` lists the finished ones: a layout measured ahead is evidence already
+paid for). Trials run ahead that the search never asks for are stopped when it ends, charged to its budget and
+noted in the report; they decide nothing.
 
 Honest figures: only launches overlap. Benchmarks take one host-wide slot (``BenchSlot``), so every figure is
 measured with no other benchmark of this tune running (a launch, a stop or a picture comparison of another trial
@@ -279,8 +280,11 @@ class AheadTrials:
         asked = sum(1 for j in self._jobs if j.asked and not j.hold and j.state == "waiting")
         return self.ledger.budget_left() - self._reserve - self._uncharged() - asked - 1
 
-    def _dispatch(self) -> None:
-        """Start what fits now: asked trials first (in order); trials ahead only when no asked one waits."""
+    def _dispatch(self, finished: _Job | None = None) -> None:
+        """Start what fits now: asked trials first (in order); trials ahead only when no asked one waits, and not
+        when ``finished`` (a trial's thread, its GPUs just freed) was the last the search was waiting for: the
+        search is reading its result and may say something else (a baseline out of memory, say) before the GPUs
+        are given to a trial it hinted earlier."""
         with self._cv:
             waiting = [j for j in self._jobs if j.state == "waiting"]
             if not waiting or self.cancelled():
@@ -296,6 +300,9 @@ class AheadTrials:
             if len(started) < len(asked):
                 return
             left = [g for g in free if not any(g in j.leased for j in started)]
+            if finished is not None and not any(j is not finished and (j.asked or j.hold)
+                                                and j.state in ("waiting", "running") for j in self._jobs):
+                return
             room = self._room()
             ahead = [j for j in waiting if not j.asked][:max(0, room)]
             self._place(ahead, left, None if limit is None else limit - len(started), memory)
@@ -325,8 +332,12 @@ class AheadTrials:
         out = self._launch_and_measure(job, trial.model_copy(update={"compare_to": None}))
         reference = trial.compare_to or self._reference
         if out.p50_s and reference:
-            self.inner.judge(out, trial.model_copy(update={"compare_to": reference}))
-            job.against = reference
+            try:
+                self.inner.judge(out, trial.model_copy(update={"compare_to": reference}))
+                job.against = reference
+            except Exception:  # judged again when the search asks for it, where a failure is the search's
+                log.exception("judging trial %s against %s failed", trial.name, reference)
+                out.verdict, out.psnr_db_mean = None, None
         return out
 
     def _launch_and_measure(self, job: _Job, trial: Trial) -> Outcome:
@@ -355,19 +366,20 @@ class AheadTrials:
             with self._cv:  # its server is stopped: the GPUs are free for the next trial
                 self._leased -= set(job.leased)
                 self._cv.notify_all()
-            self._dispatch()
+            self._dispatch(finished=job)
 
     def _finished(self, job: _Job, fut: Future) -> None:
         with self._cv:
-            if fut.cancelled():  # never ran (the runner was closed first)
+            if fut.cancelled() or fut.exception() is not None:  # never ran (closed first), or a bug: no hang
+                why = "cancelled before it started" if fut.cancelled() else f"{fut.exception()!r}"
                 job.out = Outcome(name=job.trial.name, stage=job.trial.stage, kind=job.trial.kind, status="failed",
-                                  cause="crashed", config=job.trial.config, reason="cancelled before it started")
+                                  cause="crashed", config=job.trial.config, reason=why, launched=not fut.cancelled())
                 self._leased -= set(job.leased)
             else:
                 job.out = fut.result()
             job.state = "done"
             self._cv.notify_all()
-        self._dispatch()
+        self._dispatch(finished=job)
 
     def _wait(self, jobs: list[_Job]) -> None:
         """Until every job is done; a cancel stops every running server and raises ``Cancelled``."""
@@ -418,8 +430,12 @@ class AheadTrials:
 
     def _judge(self, job: _Job, reference: str | None) -> None:
         assert job.out is not None
-        self.inner.judge(job.out, job.trial.model_copy(update={"compare_to": reference}))
-        job.against = reference
+        try:
+            self.inner.judge(job.out, job.trial.model_copy(update={"compare_to": reference}))
+            job.against = reference
+        except Exception:  # in the background: judged again when the search asks for it
+            log.exception("judging trial %s against %s failed", job.trial.name, reference)
+            job.out.verdict, job.out.psnr_db_mean = None, None
 
     @contextmanager
     def _session(self, trial: Trial, gpus: int) -> Iterator[Any]:

@@ -55,11 +55,10 @@ class TuneRequest(StrictModel):
         default=None, gt=0, le=1e9, description="Budget: GPU-seconds (launch + benchmark x GPUs)."
     )
     max_parallel_trials: int | None = Field(
-        default=1, ge=1, le=64, description="Trials measured side by side on disjoint GPU sets (never two on one "
-        "GPU; finalists re-measured alone before any decision). 1 (default): one at a time, which measured as fast "
-        "on the emulated 4- and 8-GPU worlds (few candidates per stage; the re-measures cost what overlap saves); "
-        "None: as many as the free GPUs allow. With OMNITUNE_RAY_ADDRESS set, trials run as Ray tasks on the "
-        "cluster's nodes whatever this says.")
+        default=None, ge=1, le=64, description="Trials running at once on disjoint GPU sets of this host (never two "
+        "on one GPU), the next stage's likely candidates started ahead on GPUs the search leaves idle; launches "
+        "overlap, benchmarks run one at a time. None (default): as many as the free GPUs allow; 1: one trial at a "
+        "time. With OMNITUNE_RAY_ADDRESS set, trials run as Ray tasks on the cluster's nodes whatever this says.")
 
 
 class Outcome(BaseModel):
@@ -90,8 +89,8 @@ class Outcome(BaseModel):
     )
     repeat_run_id: str | None = Field(
         default=None,
-        description="Second measurement, taken when the first was within the "
-        "spread of the best so far (p50 is then pooled).",
+        description="Second measurement on the same server, taken when the first was within the "
+        "spread of the best so far or too noisy to decide on (p50s then pooled by inverse variance).",
     )
     request_settings: dict[str, Any] = Field(
         default_factory=dict, description="Request-level settings (steps, guidance) measured inside one server."
