@@ -3,8 +3,9 @@
 The real stack is found through OMNITUNE_REAL_VLLM_VENV (default ~/.cache/omnitune/real-vllm-0.30.0, installed by
 tests/install_real_vllm.sh). All real answers come from one real Python process per session (importing vLLM takes
 ~35 s or more): the real parser, OmniServeCommand.validate and the real diffusion config build for every startup
-case, and the real FastAPI app driven in process for every HTTP case. Without the real venv these tests FAIL: the
-contract must not silently go unchecked.
+case, and the real FastAPI app driven in process for every HTTP case. A later run on the same machine with the same
+probe, cases, fixture and real venv reads them from ~/.cache/omnitune/real-answers (``contract.answers_key``).
+Without the real venv these tests FAIL: the contract must not silently go unchecked.
 """
 
 from __future__ import annotations

@@ -49,15 +49,18 @@ def inspect_cli(tmp_path_factory):
         runs = [record_run(ws, shots(2, 1, 128, 96, noise)) for noise in (0.0, 4.0)]
     finally:
         ws.close()
-    # npx fetches the pinned Inspector once; its own `mcp-inspector` program is then run directly for each call
-    # (npx's package resolution costs more CPU than the call itself).
+    # npx fetches the pinned Inspector once; then each call runs its CLI client directly: `mcp-inspector --cli`
+    # (cli/build/cli.js) only parses its options and starts `node cli/build/index.js` with them, and npx's own
+    # package resolution costs more CPU than a call.
     found = subprocess.run([npx, "-y", f"--package={INSPECTOR}", "-c", "command -v mcp-inspector"], cwd=tmp, env=env,
                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert found.returncode == 0 and found.stdout.strip(), found.stderr[-2000:]
-    inspector = found.stdout.strip()
+    client = Path(found.stdout.strip()).resolve().with_name("index.js")
+    node = shutil.which("node")
+    assert client.is_file() and node, client
     with omnitune_http(tmp, "127.0.0.1", env_extra=served) as (port, _):
         def call(*args: str) -> dict:
-            proc = subprocess.run([inspector, "--cli", f"http://127.0.0.1:{port}/mcp", "--transport", "http", *args],
+            proc = subprocess.run([node, str(client), f"http://127.0.0.1:{port}/mcp", "--transport", "http", *args],
                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
                                   stdin=subprocess.DEVNULL)
             assert proc.returncode == 0, proc.stderr[-2000:]

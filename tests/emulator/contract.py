@@ -9,6 +9,7 @@ difference; the contract tests assert there are none.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ CASES = HERE / "reference" / "contract-cases.json"
 RECORDED = HERE / "reference" / "vllm-omni-0.30.0" / "real-answers.json"
 HELPER = HERE / "reference" / "tools" / "real_answers.py"
 DEFAULT_VENV = Path.home() / ".cache" / "omnitune" / "real-vllm-0.30.0"
+ANSWERS_CACHE = Path.home() / ".cache" / "omnitune" / "real-answers"
 
 
 def cases() -> dict:
@@ -32,14 +34,38 @@ def real_venv() -> Path:
     return Path(os.environ.get("OMNITUNE_REAL_VLLM_VENV") or DEFAULT_VENV)
 
 
+def answers_key(model: str) -> str:
+    """What the real answers depend on: the probe, the cases, the model folder's files and every package (name and
+    version) in the real venv. The same key gives the same answers: the probe is deterministic (tests/
+    test_emulator_real_contract.py compares them with the recorded ones on every run)."""
+    h = hashlib.sha256()
+    for f in [HELPER, CASES, *sorted(p for p in Path(model).rglob("*") if p.is_file())]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update("\n".join(sorted(p.name for p in real_venv().glob("lib/python*/site-packages/*.dist-info"))).encode())
+    return h.hexdigest()[:32]
+
+
 def ask_real(model: str, out: Path, timeout_s: float = 1200) -> dict:
-    """All real answers from ONE real Python process (importing vLLM costs ~35 s or more)."""
+    """All real answers from ONE real Python process (importing vLLM costs ~35 s or more of CPU), kept in
+    ~/.cache/omnitune/real-answers under ``answers_key`` so that a later run on the same machine with the same
+    inputs reads them instead (OMNITUNE_REAL_ANSWERS_REFRESH=1 asks the real stack again)."""
+    cached = ANSWERS_CACHE / f"{answers_key(model)}.json"
+    if cached.is_file() and not os.environ.get("OMNITUNE_REAL_ANSWERS_REFRESH"):
+        return json.loads(cached.read_text())
     python = real_venv() / "bin" / "python"
     done = subprocess.run([str(python), str(HELPER), str(CASES), model, str(out)], capture_output=True, text=True,
                           timeout=timeout_s)
     if done.returncode != 0 or not out.is_file():
         raise RuntimeError(f"real_answers.py exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return json.loads(out.read_text().replace(model, "MODEL"))
+    answers = out.read_text().replace(model, "MODEL")
+    try:  # written whole, then renamed: a concurrent run never reads half a file
+        ANSWERS_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(answers)
+        tmp.replace(cached)
+    except OSError:
+        pass  # a read-only home: asked again next time
+    return json.loads(answers)
 
 
 def emulator_startup(model: str) -> dict:

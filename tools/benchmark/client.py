@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnitune.tools.tls import tls_context
+
 SERVER_KEYS = ("inference_time_s", "peak_memory_mb", "stage_durations")
 
 
@@ -114,7 +116,7 @@ class OmniClient:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         pool = concurrency + 4
-        self.http = httpx.Client(base_url=self.base_url, transport=transport,
+        self.http = httpx.Client(base_url=self.base_url, transport=transport, verify=tls_context(),
                                  timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)),
                                  limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
 

@@ -28,6 +28,7 @@ from omnitune.tools.launch.validate import validate
 from omnitune.tools.servers import ServerRecord, get_server, list_server_records
 from omnitune.tools.settings import Settings
 from omnitune.tools.store import now
+from omnitune.tools.tls import tls_context
 from omnitune.tools.workspace import Workspace, new_id
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ class Launcher:
         host = "127.0.0.1" if self.settings.serve_host in ("0.0.0.0", "") else self.settings.serve_host
         url = f"http://{host}:{port}/health"
         last_report = -1.0
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, verify=tls_context()) as client:
             while True:
                 elapsed = time.monotonic() - start
                 code = popen.poll()
@@ -372,7 +373,8 @@ class Launcher:
     def _answers(record: ServerRecord) -> bool:
         import httpx
         try:
-            return httpx.get(f"{record.base_url}/health", timeout=HEALTH_PROBE_S).status_code == 200
+            answer = httpx.get(f"{record.base_url}/health", timeout=HEALTH_PROBE_S, verify=tls_context())
+            return answer.status_code == 200
         except httpx.HTTPError:
             return False
 
