@@ -204,5 +204,9 @@ async def test_a_duration_bounded_run_sends_for_that_long_and_counts_what_it_mea
     async with Client(build_server(emulator_settings(emulator, tmp_path))) as client:
         sid = await launch(client, enforce_eager=True)
         s = (await bench(client, sid, duration_s=0.5))["summary"]
-    # ~10 at 0.05 s each (fewer on a loaded machine); none sent after 0.5 s, the last one finished.
-    assert 5 <= s["requests_ok"] == s["requests_measured"] <= 11 and 0.5 <= s["measured_wall_s"] < 0.8
+    # ~10 at 0.05 s each, one at a time (how many a loaded machine sends is its business): every one counted, each
+    # at least 0.05 s long; it sent for 0.5 s and none after (the last one sent before 0.5 s finished by then plus
+    # its own latency, give or take a stall between the check and the send).
+    n, wall = s["requests_ok"], s["measured_wall_s"]
+    assert n == s["requests_measured"] and 1 <= n <= 11 and n * 0.05 <= wall
+    assert 0.5 <= wall < 0.5 + s["latency"]["max_s"] + 0.3, (wall, s["latency"])

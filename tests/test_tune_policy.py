@@ -243,6 +243,26 @@ def test_tensor_parallel_across_pcie_is_pruned_and_layouts_are_every_product(ws)
     assert {"usp=3 (3 GPUs)", "cfg_parallel_size=2xring=2 (4 GPUs)", "usp=2xring=2 (4 GPUs)"} <= layouts
 
 
+def test_a_threshold_giving_the_very_same_pictures_is_inert_even_if_a_busy_clock_says_faster(ws):
+    """The cache reused nothing (same pictures to the bit), so a 12% gain is the host's noise, not the setting's;
+    a threshold whose pictures only come close to the previous ones is still judged by its speed."""
+    world = load_world("lossy_cliff")
+
+    class BusyClock(WorldTrials):
+        def _measure(self, cfg, trial, gpus, launched):
+            out = super()._measure(cfg, trial, gpus, launched)
+            if trial.name == "tea_cache 0.05" and out.p50_s:
+                out.p50_s *= 0.88
+            return out
+
+    t = policy(ws, world, goal={"quality": "lossy"}, runner=None)
+    t = policy(ws, world, job_id="tune-busy", goal={"quality": "lossy"}, runner=BusyClock(world, t.req))
+    t.run()
+    c = names(t)
+    assert c["tea_cache 0.05"].status == "inert" and "does nothing" in (c["tea_cache 0.05"].reason or "")
+    assert c["tea_cache 0.1"].status == "measured"  # other pictures: a real gain
+
+
 def test_a_flag_the_server_log_says_it_ignored_is_inert_without_another_launch(ws):
     t = policy(ws, load_world("cfg4_qwen_image", model={"sp_plan": False, "uses_cfg": False}))
     t.run()

@@ -29,6 +29,12 @@ def same_pixels(a: Outcome, b: Outcome) -> bool:
         a.psnr_db_mean is not None and b.psnr_db_mean is not None and abs(a.psnr_db_mean - b.psnr_db_mean) < 0.05)
 
 
+def same_outputs(a: Outcome, b: Outcome) -> bool:
+    """The very same pictures: both identical to the baseline, or exactly the same mean PSNR from it (two different
+    sets of pictures practically never give the same float)."""
+    return a.verdict == b.verdict == "identical" or (a.psnr_db_mean is not None and a.psnr_db_mean == b.psnr_db_mean)
+
+
 SE_FLOOR = 0.005  # relative: three requests that happened to agree say no more than this about the p50
 NOISY = 0.03      # relative standard error above which a figure is measured again before anything rests on it
 
