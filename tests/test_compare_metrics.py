@@ -262,6 +262,26 @@ async def test_pictures_are_linked_shown_as_image_content_and_saved(settings, ws
     assert same.structured_content["worst_picture"] is None  # nothing differs: no worst-pair preview is drawn
 
 
+async def test_a_comparison_judged_without_pictures_says_the_same_and_points_to_the_one_that_draws_them(settings, ws):
+    """What a tune's screening uses (compare_runs(draw=False)): the same verdict and figures, no PNG written, and a
+    picture asked of it is refused with the call that draws it."""
+    base = record_run(ws, shots(3, 2, 96, 64))
+    cand = record_run(ws, shots(3, 2, 96, 64, noise=6.0))
+    quick = compare_runs(ws, base, cand, draw=False)
+    full = compare_runs(ws, base, cand)
+    same = ("verdict", "counts", "psnr_db_min", "psnr_db_mean", "ssim_min", "ssim_mean", "ms_ssim_min")
+    assert {k: getattr(quick, k) for k in same} == {k: getattr(full, k) for k in same}
+    assert [r.verdict for r in quick.pair_results] == [r.verdict for r in full.pair_results]
+    assert quick.contact_sheet is None and quick.worst_picture is None and quick.pictures == []
+    assert list(Path(quick.folder).glob("*.png")) == [] and (Path(quick.folder) / "comparison.json").is_file()
+    assert full.contact_sheet and Path(full.contact_sheet).is_file()
+    async with Client(build_server(settings)) as client:
+        for picture in ("contact_sheet", "worst_pair"):
+            refused = await client.call_tool("show_picture", {"picture": picture, "id": quick.id})
+            text = refused.content[0].text
+            assert refused.is_error and "judged without pictures" in text and f"baseline_run={base!r}" in text
+
+
 async def test_the_trade_off_joins_both_benchmarks(settings, ws):
     base = record_run(ws, shots(1, 2, 64, 64), summary=summary(2.0, 0.5, [30000.0, 1000.0], inference_p50_s=1.8),
                       config={"enforce_eager": True})

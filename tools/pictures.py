@@ -82,11 +82,23 @@ def _comparison_dir(ws: Workspace, comparison_id: str) -> Path:
     return inside(ws.runs_dir, Path(row["dir"]))
 
 
+def _drawn(ws: Workspace, comparison_id: str) -> Path:
+    """The comparison's folder, if its pictures were drawn (a tune's screening judges without them)."""
+    folder = _comparison_dir(ws, comparison_id)
+    saved = folder / "comparison.json"
+    done = json.loads(saved.read_text()) if saved.is_file() and not (folder / "contact-sheet.png").is_file() else {}
+    if done and done.get("contact_sheet") is None:
+        raise NotFoundError(f"comparison {comparison_id} was judged without pictures (a tune's screening).",
+                            f"compare_outputs(baseline_run={done['baseline_run']!r}, candidate_run="
+                            f"{done['candidate_run']!r}) compares the same runs and draws them.")
+    return folder
+
+
 def _file(ws: Workspace, picture: PictureKind, id: str, pair: int | None) -> Path:
     if picture == "contact_sheet":
-        return _comparison_dir(ws, id) / "contact-sheet.png"
+        return _drawn(ws, id) / "contact-sheet.png"
     if picture in ("worst_pair", "pair"):
-        folder = _comparison_dir(ws, id)
+        folder = _drawn(ws, id)
         if picture == "worst_pair":
             if (folder / "worst.png").is_file():
                 return folder / "worst.png"  # written only when the worst pair differs

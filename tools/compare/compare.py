@@ -80,7 +80,8 @@ class Comparison(BaseModel):
     thresholds: Thresholds
     across_steps: bool = False
     folder: str = Field(description="Folder with comparison.json and the pictures.")
-    contact_sheet: str = Field(description="Captioned grid of the worst pairs (PNG).")
+    contact_sheet: str | None = Field(description="Captioned grid of the worst pairs (PNG); None: judged without "
+                                      "pictures (a tune's screening: compare_outputs on its runs draws them).")
     worst_picture: str | None = Field(None, description="The worst pair's side-by-side scaled for viewing (PNG).")
     elapsed_s: float
     pictures: list[PictureLink] = Field(default_factory=list, description=(
@@ -127,11 +128,13 @@ def _next_step(verdict: Verdict, cmp_id: str) -> str:
 
 def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, thresholds: Thresholds | None = None,
                  across_steps: bool = False, amplify: float = 8.0, max_pictures: int | None = None,
-                 allow_differences: list[str] | None = None, workers: int | None = None) -> Comparison:
+                 allow_differences: list[str] | None = None, workers: int | None = None,
+                 draw: bool = True) -> Comparison:
     """Pair, measure and judge two runs; draw the pictures; save and return the comparison.
 
     ``max_pictures`` caps the full-size side-by-side PNGs written (None: one per pair); ``workers`` the
-    measuring processes (None: the CPU count when the work is large enough, else in this process).
+    measuring processes (None: the CPU count when the work is large enough, else in this process); ``draw=False``
+    judges without drawing anything (the PNG encoding is most of a comparison's CPU; a tune only needs verdicts).
     """
     from omnitune.tools.compare import pictures
     from omnitune.tools.compare.measure import PairJob
@@ -145,8 +148,9 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
     pairs = pair(base, cand, across_steps, allow_differences)
     cmp_id = new_id("cmp")
     folder = workspace.new_run_dir(cmp_id)
-    jobs = [PairJob(i, a, b, amplify, folder / f"pair-{i:03d}.png" if max_pictures is None or i < max_pictures
-                    else None, TILE_WIDTH) for i, (a, b) in enumerate(pairs)]
+    jobs = [PairJob(i, a, b, amplify, folder / f"pair-{i:03d}.png" if draw and (max_pictures is None or
+                                                                               i < max_pictures) else None,
+                    TILE_WIDTH if draw else None) for i, (a, b) in enumerate(pairs)]
     done = _run_jobs(jobs, workers)
     errors = [f"pair {j.index} ({j.base.path.name}): {r['error']}" for j, (r, _) in zip(jobs, done) if "error" in r]
     if errors:
@@ -168,13 +172,16 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
     order = sorted(range(len(results)), key=lambda i: (-rank(results[i].verdict), results[i].psnr_db or math.inf,
                                                        results[i].ssim))
     w = results[order[0]]
-    tiles = [pictures.captioned(done[i][1], _caption(results[i]), results[i].verdict) for i in order[:SHEET_TILES]]
-    sheet = folder / "contact-sheet.png"
-    rows = "rows: baseline / candidate / difference; " if w.kind == "video" else ""
-    legend = f"baseline | candidate | difference x{amplify:g} ({rows}worst pairs first; {len(tiles)} of {len(results)})"
-    sheet.write_bytes(pictures.png(pictures.captioned(pictures.contact_sheet(tiles), legend), compress_level=3))
-    preview = None
-    if w.verdict != "identical" and w.picture:
+    sheet = preview = None
+    if draw:
+        tiles = [pictures.captioned(done[i][1], _caption(results[i]), results[i].verdict)
+                 for i in order[:SHEET_TILES]]
+        sheet = folder / "contact-sheet.png"
+        rows = "rows: baseline / candidate / difference; " if w.kind == "video" else ""
+        legend = (f"baseline | candidate | difference x{amplify:g} ({rows}worst pairs first; {len(tiles)} of "
+                  f"{len(results)})")
+        sheet.write_bytes(pictures.png(pictures.captioned(pictures.contact_sheet(tiles), legend), compress_level=3))
+    if draw and w.verdict != "identical" and w.picture:
         from omnitune.tools.compare.metrics import load_image
         preview = folder / "worst.png"
         img = pictures.thumbnail(load_image(Path(w.picture)), PREVIEW_WIDTH)
@@ -191,9 +198,10 @@ def compare_runs(workspace: Workspace, baseline_run: str, candidate_run: str, th
         broken_pairs=sum(r.broken for r in results), psnr_db_min=min(psnrs) if psnrs else None,
         psnr_db_mean=sum(psnrs) / len(psnrs) if psnrs else None, ssim_min=min(r.ssim for r in results),
         ssim_mean=sum(r.ssim for r in results) / len(results), ms_ssim_min=min(multi) if multi else None, worst=w,
-        trade_off=trade, thresholds=t, across_steps=across_steps, folder=str(folder), contact_sheet=str(sheet),
-        worst_picture=str(preview) if preview else None, elapsed_s=time.perf_counter() - started,
-        pictures=comparison_links(cmp_id, [i for i in order[:SHEET_TILES] if results[i].picture]),
+        trade_off=trade, thresholds=t, across_steps=across_steps, folder=str(folder),
+        contact_sheet=str(sheet) if sheet else None, worst_picture=str(preview) if preview else None,
+        elapsed_s=time.perf_counter() - started,
+        pictures=comparison_links(cmp_id, [i for i in order[:SHEET_TILES] if results[i].picture]) if draw else [],
         next_step=_next_step(verdict, cmp_id), pair_results=results)
     (folder / "comparison.json").write_text(comparison.model_dump_json(indent=1))
     workspace.store.insert("comparisons", {

@@ -23,8 +23,8 @@ class PairJob:
     base: Output
     cand: Output
     amplify: float
-    picture: Path | None  # where to write the full-size side-by-side (None: not drawn)
-    tile_width: int       # width of the contact-sheet tile returned
+    picture: Path | None    # where to write the full-size side-by-side (None: not drawn)
+    tile_width: int | None  # width of the contact-sheet tile returned (None: metrics only, no tile)
 
 
 def quiet_stdout() -> None:
@@ -41,6 +41,7 @@ def _finite(v: float | None) -> float | None:
 
 def measure_pair(job: PairJob) -> tuple[dict, np.ndarray | None]:
     """(metrics, contact-sheet tile) of one pair; metrics hold ``error`` when the pair cannot be compared."""
+    drawn = job.picture is not None or job.tile_width is not None
     try:
         if job.base.kind == "video":
             fa, fb = m.load_video(job.base.path), m.load_video(job.cand.path)
@@ -48,17 +49,17 @@ def measure_pair(job: PairJob) -> tuple[dict, np.ndarray | None]:
                 return {"error": f"videos differ in shape: {len(fa)} frames of {fa[0].shape if fa else None} vs "
                                  f"{len(fb)} of {fb[0].shape if fb else None}"}, None
             r = m.video_metrics(fa, fb)
-            tile = pictures.frame_strip(fa, fb, job.amplify, include=r["worst_frame"])
+            tile = pictures.frame_strip(fa, fb, job.amplify, include=r["worst_frame"]) if drawn else None
         else:
             a, b = m.load_image(job.base.path), m.load_image(job.cand.path)
             if a.shape != b.shape:
                 return {"error": f"pictures differ in shape: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}"
                         }, None
             r = m.image_metrics(a, b)
-            tile = pictures.side_by_side(a, b, job.amplify)
+            tile = pictures.side_by_side(a, b, job.amplify) if drawn else None
     except (OSError, ValueError) as exc:  # unreadable or undecodable file (PIL and PyAV raise these)
         return {"error": f"could not decode {job.base.path.name} / {job.cand.path.name}: {exc}"}, None
-    if job.picture is not None:
+    if job.picture is not None and tile is not None:
         job.picture.write_bytes(pictures.png(tile))
     for k in ("psnr_db", "psnr_db_mean"):
         if k in r:
@@ -66,4 +67,6 @@ def measure_pair(job: PairJob) -> tuple[dict, np.ndarray | None]:
             r[k] = _finite(r[k])
     if "frame_psnr_db" in r:
         r["frame_psnr_db"] = [_finite(v) for v in r["frame_psnr_db"]]
+    if tile is None or job.tile_width is None:
+        return r, None
     return r, pictures.resize_to_width(tile, job.tile_width) if tile.shape[1] > job.tile_width else tile

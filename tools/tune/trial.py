@@ -228,7 +228,8 @@ class LaunchTrials:
             try:
                 cmp = compare_runs(self.ws, trial.compare_to, out.run_id,
                                    across_steps="num_inference_steps" in settings,
-                                   allow_differences=[k for k in settings if k != "num_inference_steps"] or None)
+                                   allow_differences=[k for k in settings if k != "num_inference_steps"] or None,
+                                   draw=False)  # verdicts only: drawing is most of a comparison's CPU
             except OmnituneError as exc:  # a comparison that cannot be made leaves the candidate unjudged
                 out.reason = "; ".join(x for x in (out.reason, f"not compared: {exc.problem}") if x)
                 return
