@@ -7,14 +7,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any, cast
 
 import anyio
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.tools.base import Tool
 
 from omnitune.server import (
     benchmark,
@@ -41,16 +45,49 @@ Start with detect_gpus. Every figure omnitune returns was measured here; nothing
 REGISTRARS = [gpus, capabilities, resources, jobs, lifecycle, benchmark, compare, pictures, tuning, prompts]
 
 
+class _ToolsInPlace:
+    """A registrar's view of a server built with its tools already in place: ``@tool`` adds nothing; resources
+    and prompts register as usual."""
+
+    def __init__(self, server: MCPServer) -> None:
+        self._server = server
+
+    def tool(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        return lambda fn: fn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+@functools.cache
+def _tools() -> tuple[Tool, ...]:
+    """Every tool with its policies, built once per process and shared by the servers built in it: the SDK derives
+    each tool's argument and output schemas with pydantic (most of a server's build), and no tool holds state of
+    its own server (each reaches the workspace through its Context)."""
+    scratch = MCPServer("omnitune")
+    for module in REGISTRARS:
+        module.register(scratch)
+    apply_policies(scratch)  # strict arguments and read-only, for every tool at once
+    return tuple(scratch._tool_manager.list_tools())  # the SDK's constructor takes them back as ``tools``
+
+
 def build_server(settings: Settings | None = None) -> MCPServer:
     """The MCP server; ``settings=None`` reads ``OMNITUNE_*`` variables when it starts."""
-    server = MCPServer("omnitune", version=VERSION, instructions=INSTRUCTIONS, lifespan=make_lifespan(settings))
+    server = MCPServer("omnitune", version=VERSION, instructions=INSTRUCTIONS, lifespan=make_lifespan(settings),
+                       tools=list(_tools()))
     for module in REGISTRARS:
-        module.register(server)
-    apply_policies(server)  # strict arguments and read-only, for every tool at once
+        module.register(cast(MCPServer, _ToolsInPlace(server)))
+    apply_policies(server, tools=False)  # the shared tools have theirs
     return server
 
 
-mcp = build_server()
+def __getattr__(name: str) -> MCPServer:
+    """``mcp``, the module-level server ``mcp dev``/``mcp run server/main.py`` load, built on first use (the
+    ``omnitune`` command builds its own, with its flags)."""
+    if name == "mcp":
+        globals()["mcp"] = server = build_server()
+        return server
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

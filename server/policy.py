@@ -91,13 +91,13 @@ def _prompt_errors(server: MCPServer) -> None:
     server.get_prompt = get_prompt  # type: ignore[method-assign]  # the SDK's handler calls self.get_prompt
 
 
-def apply_policies(server: MCPServer) -> None:
-    """Make every registered tool strict about its arguments and subject to the read-only rule; resources and
-    prompts report the caller's mistakes as such."""
+def apply_policies(server: MCPServer, tools: bool = True) -> None:
+    """Make every registered tool strict about its arguments and subject to the read-only rule (``tools=False``:
+    tools that already are); resources and prompts report the caller's mistakes as such."""
     for template in server._resource_manager.list_templates():
         template.fn = _resource_errors(template.fn)
     _prompt_errors(server)
-    for tool in server._tool_manager.list_tools():  # the SDK offers no public hook for the argument model
+    for tool in server._tool_manager.list_tools() if tools else ():  # no public hook for the argument model
         strict = cast(type[ArgModelBase], strict_subclass(tool.fn_metadata.arg_model))
         tool.fn_metadata.arg_model = strict
         tool.parameters = strict.model_json_schema(by_alias=True)

@@ -87,7 +87,9 @@ async def test_video_is_sent_as_multipart_detected_fast_and_saved_as_mp4(emulato
     # frames=1 keeps the known latency exact (the cost is per frame); the client adds little on top.
     assert 0.15 <= s["latency"]["p50_s"] < 0.15 + 0.1
     assert s["server"]["inference_time_s"]["count"] == 3 and s["server"]["peak_memory_mb_max"] > 0
-    assert s["video"]["detected_s"]["max_s"] - s["server"]["inference_time_s"]["min_s"] < 0.1
+    # seen within the 50 ms poll cap of finishing, not a fixed 2 s poll later (plus what a busy machine stalls: 0.13 s
+    # seen with both cores taken)
+    assert s["video"]["detected_s"]["max_s"] - s["server"]["inference_time_s"]["min_s"] < 0.3
     assert s["throughput_video_s_per_s"] == pytest.approx(s["throughput_requests_per_s"] * 1 / 8)
     outputs = rows(settings, "SELECT * FROM outputs WHERE run_id = ? ORDER BY path", out["run_id"])
     assert [o["path"] for o in outputs] == ["outputs/p000-s1-n0.mp4", "outputs/p000-s2-n0.mp4",
