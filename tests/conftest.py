@@ -18,9 +18,14 @@ H200 = {"name": "NVIDIA H200", "memory_mib": 143771, "compute_capability": [9, 0
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules marked ``slow`` first (stable otherwise): tests/run.sh hands whole modules to xdist workers in this
-    order, so the long ones start at once instead of leaving one worker busy after the others are done."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Modules marked ``slow(seconds=N)`` first, longest first (stable otherwise): tests/run.sh hands whole modules
+    to xdist workers in this order (``--no-loadscope-reorder``: xdist would otherwise hand out the modules with the
+    most tests first), so the long ones start at once instead of leaving one worker busy after the others are
+    done. N: the module's wall time seen on the 2-core machine, a hint only."""
+    def key(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        return -float(slow.kwargs.get("seconds", 30)) if slow else 0.0
+    items.sort(key=key)
 
 
 @pytest.fixture

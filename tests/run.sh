@@ -18,4 +18,4 @@ bash tests/install_real_vllm.sh
 # Byte-code caches on (some images set PYTHONDONTWRITEBYTECODE): the suite starts some hundred Python processes
 # (omnitune, the emulator) and pytest workers, each of which would otherwise compile the same sources again.
 unset PYTHONDONTWRITEBYTECODE
-exec .venv/bin/python -m pytest -n "${OMNITUNE_TEST_WORKERS:-4}" --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n "${OMNITUNE_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"

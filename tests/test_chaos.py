@@ -26,7 +26,7 @@ from tests.launch_helpers import ZIMAGE, emulator_processes, emulator_settings
 from tests.test_faults_shutdown import omnitune_child
 from tests.test_tune import IMAGE
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=55)]
 KINDS = ["omnitune_sigkill", "omnitune_sigterm", "client_close", "server_sigkill", "server_sigstop"]
 BENCH = {**IMAGE, "measured": 40, "warmup": 1}
 DECIDED = ("measured", "reused", "within_noise", "inert", "rejected_quality", "over_memory")

@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import FIXTURE_MODELS, H200, REFERENCE
 from tests.emulator.harness import make_emulator, start, wait_until
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(seconds=55)  # scheduled first: see tests/conftest.py
 
 ZIMAGE = str(FIXTURE_MODELS / "tiny-zimage")
 WAN = str(FIXTURE_MODELS / "tiny-wan")

@@ -18,7 +18,7 @@ from tests.conftest import FIXTURE_MODELS, H200
 from tests.emulator import contract
 from tests.emulator.harness import make_emulator, start
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(seconds=50)  # scheduled first: see tests/conftest.py
 
 MODEL = str(FIXTURE_MODELS / "tiny-zimage")
 CASES = contract.cases()

@@ -17,7 +17,7 @@ from tests.faults_helpers import SRC, db_rows, driver, stdio_params, until
 from tests.launch_helpers import QWEN, ZIMAGE, emulator_processes, emulator_settings, world
 from tests.test_benchmark import known_latency
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=60)]
 SLOW = {"sizes": ["64x64"], "measured": 4000, "warmup": 0, "num_inference_steps": 10}
 
 

@@ -17,7 +17,7 @@ from tests.launch_helpers import ZIMAGE, emulator_processes, emulator_settings, 
 from tests.test_benchmark import known_latency, launch
 from tests.test_tune import IMAGE
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=40)]
 WORKLOAD = {"sizes": ["16x16"], "num_inference_steps": 10, "warmup": 0}
 
 

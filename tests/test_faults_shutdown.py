@@ -19,7 +19,7 @@ from tests.launch_helpers import QWEN, ZIMAGE, emulator_processes, emulator_sett
 from tests.test_benchmark import known_latency
 from tests.test_tune import IMAGE
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=80)]
 
 
 def truthful_candidates(db) -> list:

@@ -16,7 +16,7 @@ from tests.launch_helpers import QWEN, emulator_processes, emulator_settings, wo
 from tests.test_benchmark import known_latency, launch
 from tests.test_tune import IMAGE
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=55)]
 WORKLOAD = {"sizes": ["16x16"], "num_inference_steps": 10, "warmup": 0}
 
 

@@ -26,7 +26,7 @@ from tests.emulator.harness import make_vllm_shim
 from tests.http_helpers import omnitune_http
 from tests.synthetic_runs import record_run, shots
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(seconds=70)  # scheduled first: see tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 INSPECTOR = "@modelcontextprotocol/inspector@0.15.0"

@@ -16,7 +16,7 @@ from omnitune.server.main import build_server
 from tests.conftest import FAKE_NVML_DIR
 from tests.launch_helpers import ZIMAGE, emulator_processes, emulator_settings, world
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=60)]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -26,7 +26,7 @@ import ray  # noqa: E402  (in the test extras: missing, these tests fail rather 
 from tests.conftest import FAKE_NVML_DIR, FIXTURE_MODELS, H200  # noqa: E402
 from tests.emulator.harness import REPO, make_emulator  # noqa: E402
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(seconds=55)  # scheduled first: see tests/conftest.py
 
 QWEN = str(FIXTURE_MODELS / "tiny-qwenimage")
 WORKLOAD = {"sizes": ["64x64"], "measured": 2, "warmup": 0, "num_inference_steps": 4}

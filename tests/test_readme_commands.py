@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(seconds=45)  # scheduled first: see tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 

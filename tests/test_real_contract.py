@@ -14,7 +14,7 @@ from omnitune.server.main import build_server
 from tests import real_contract
 from tests.launch_helpers import QWEN, emulator_settings, world
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(seconds=110)  # scheduled first: see tests/conftest.py
 
 # Read at import: the autouse fixture in conftest clears OMNITUNE_* before each test.
 VENV = os.environ.get("OMNITUNE_REAL_VLLM_VENV")

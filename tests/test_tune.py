@@ -20,7 +20,7 @@ from omnitune.server.main import build_server
 from tests.conftest import FAKE_NVML_DIR
 from tests.launch_helpers import QWEN, ZIMAGE, emulator_processes, emulator_settings
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=140)]
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / ".venv" / "vllm-omni-src" / "0.30.0"
 # 20 steps: requests long enough (0.1-0.5 s simulated) that a loaded 2-core machine's scheduling noise stays small;

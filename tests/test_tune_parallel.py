@@ -23,7 +23,7 @@ from omnitune.tools.tune.parallel import (
 from omnitune.tools.tune.placement import Ask, Topology, choose, fits_now, place, usable_gpus
 from tests.launch_helpers import QWEN, emulator_processes, emulator_settings, world
 
-pytestmark = pytest.mark.slow  # scheduled first: see tests/conftest.py
+pytestmark = pytest.mark.slow(seconds=30)  # scheduled first: see tests/conftest.py
 
 HOST = HostInfo(cpu_cores_logical=2, cpu_cores_physical=2, ram_total_mib=1, ram_available_mib=1, workspace="/",
                 workspace_disk_free_mib=None)

@@ -19,7 +19,7 @@ from omnitune.server.main import build_server
 from tests.launch_helpers import QWEN, emulator_settings
 from tests.test_tune import IMAGE, SRC
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=50)]
 # SP is inert (the server log says so), CFG parallel and TP give (almost) nothing: more GPUs per request do not pay
 NO_SCALING = {"model": {"sp_plan": False}, "cost": {"cfg_parallel_speedup": 1.0, "tp_efficiency": 0.5}}
 
