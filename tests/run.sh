@@ -12,10 +12,12 @@ bash tests/install_vllm_omni.sh
 # installed once and cached (about 5 minutes and 9 GB the first time).
 export OMNITUNE_REAL_VLLM_VENV="${OMNITUNE_REAL_VLLM_VENV:-$HOME/.cache/omnitune/real-vllm-0.30.0}"
 bash tests/install_real_vllm.sh
-# Modules spread over OMNITUNE_TEST_WORKERS processes (default 4 on 2 cores: most tests wait on servers and simulated
+# Modules spread over OMNITUNE_TEST_WORKERS processes (default 6 on 2 cores: most tests wait on servers and simulated
 # time); a module stays on one worker, so its module- and session-scoped fixtures (the real stack's answers, a Ray
 # cluster) are built once. OMNITUNE_TEST_WORKERS=0 runs everything in this process.
 # Byte-code caches on (some images set PYTHONDONTWRITEBYTECODE): the suite starts some hundred Python processes
 # (omnitune, the emulator) and pytest workers, each of which would otherwise compile the same sources again.
 unset PYTHONDONTWRITEBYTECODE
-exec .venv/bin/python -m pytest -n "${OMNITUNE_TEST_WORKERS:-4}" --dist loadfile --no-loadscope-reorder "$@"
+workers="${OMNITUNE_TEST_WORKERS:-6}"
+unset OMNITUNE_TEST_WORKERS  # omnitune refuses OMNITUNE_* variables it does not know (the Ray nodes inherit them)
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

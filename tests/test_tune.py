@@ -182,7 +182,9 @@ async def test_a_lossy_tune_cancelled_mid_search_resumes_to_the_cliff_and_the_in
     assert sum(c["resumed"] for c in r["candidates"]) >= 3 and r["winner"]["name"] == "cache_dit 0.24"
     assert emulator_processes(emulator) == []
     c = by_name(r)
-    assert c["tea_cache 0.05"]["status"] == "inert" and r["winner"]["verdict"] == "acceptable"
+    assert c["tea_cache 0.05"]["status"] == "inert" and r["winner"]["verdict"] == "acceptable", [
+        (o["name"], o["status"], o["p50_s"], o["verdict"], o["psnr_db_mean"], o["resumed"], o["reason"])
+        for o in r["candidates"]]
     assert c["tea_cache 0.4"]["status"] == "rejected_quality" and c["tea_cache 0.4"]["verdict"] == "degraded"
     assert "tea_cache 0.6" not in c and "cache_dit 0.6" not in c  # each backend's sweep stopped at its cliff
     assert c["cache_dit 0.32 (bisection)"]["status"] == "rejected_quality"  # refined between 0.24 and 0.4
