@@ -112,19 +112,23 @@ def test_raw_json_rpc_over_stdio_gets_clear_errors_for_a_missing_prompt_argument
         selector.register(proc.stdout, selectors.EVENT_READ)
         # Starting omnitune may take long on a busy machine: the clock for the typo'd call starts once the server
         # has answered initialize. From there, well under job_wait's 60 s default.
-        deadline = time.monotonic() + 120
+        # Read the pipe itself: answers that arrive together in one chunk would otherwise wait in readline's
+        # buffer where select cannot see them.
+        deadline, pending, fd = time.monotonic() + 120, b"", proc.stdout.fileno()
         while {2, 3} - set(answers) and time.monotonic() < deadline:
             if selector.select(timeout=0.5):
-                line = proc.stdout.readline()
-                if not line:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
                     break
-                message = json.loads(line)
-                if "id" in message:
-                    answers[message["id"]] = message
-                    if message["id"] == 1:
-                        deadline = time.monotonic() + 40
+                *lines, pending = (pending + chunk).split(b"\n")
+                for message in map(json.loads, filter(None, lines)):
+                    if "id" in message:
+                        answers[message["id"]] = message
+                        if message["id"] == 1:
+                            deadline = time.monotonic() + 40
     finally:
         _, stderr = proc.communicate(input="", timeout=30)  # closing stdin ends the stdio server
+    assert {2, 3} <= set(answers), (answers, stderr[-2000:])
     assert answers[2]["error"]["code"] == -32602 and "needs the argument(s) model" in answers[2]["error"]["message"]
     result = answers[3]["result"]
     assert result["isError"] is True and "did you mean 'timeout_s'" in result["content"][0]["text"]

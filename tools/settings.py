@@ -121,7 +121,7 @@ ENV_FIELDS: dict[str, str] = {
 
 
 # Variables of the test tooling (tests/install_real_vllm.sh, tests/run.sh), not omnitune settings: never an error.
-TEST_VARIABLES = {"REAL_VLLM_VENV", "REAL_VLLM", "REAL_VLLM_CHECK_S"}
+TEST_VARIABLES = {"REAL_VLLM_VENV", "REAL_VLLM", "REAL_VLLM_CHECK_S", "TEST_WORKERS"}
 
 
 def _parse_bool(name: str, raw: str) -> bool:

@@ -35,10 +35,11 @@ def real_venv() -> Path:
 
 
 def answers_key(model: str) -> str:
-    """What the real answers depend on: the probe, the cases, the model folder's files and every package (name and
-    version) in the real venv. The same key gives the same answers: the probe is deterministic (tests/
+    """What the real answers depend on: the probe, the cases, the model folder (its path too: the real server hides
+    a path under /tmp or /root in its error messages, not one under /work) and its files, and every package (name
+    and version) in the real venv. The same key gives the same answers: the probe is deterministic (tests/
     test_emulator_real_contract.py compares them with the recorded ones on every run)."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(model.encode() + b"\0")
     for f in [HELPER, CASES, *sorted(p for p in Path(model).rglob("*") if p.is_file())]:
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update("\n".join(sorted(p.name for p in real_venv().glob("lib/python*/site-packages/*.dist-info"))).encode())
