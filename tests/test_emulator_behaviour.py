@@ -408,9 +408,13 @@ def test_compile_pays_a_penalty_once_per_new_shape_and_eager_never(emu):
     finally:
         compiled.stop()
         eager.stop()
-    assert t[0] == pytest.approx(0.35, abs=0.03) and t[1] == pytest.approx(0.05, abs=0.02)
-    assert t[2] == pytest.approx(0.025 + 0.3, abs=0.03) and t[3] < 0.06 and t[4] < 0.07
-    assert all(x == pytest.approx(0.05, abs=0.02) for x in e)
+    # the server's own clock: never short of the simulated time, over it by what a starved process oversleeps
+    # (~30 ms seen with both cores busy), far below the 0.3 s penalty either way
+    def took(x: float, simulated: float) -> bool:
+        return simulated - 0.005 <= x < simulated + 0.1
+
+    assert took(t[0], 0.35) and took(t[1], 0.05) and took(t[2], 0.025 + 0.3) and took(t[3], 0.025)
+    assert took(t[4], 0.05) and all(took(x, 0.05) for x in e)
 
 
 def test_fp8_speeds_up_on_hopper_and_falls_back_to_no_gain_below_sm89(emu):
@@ -472,7 +476,7 @@ def test_guidance_off_halves_a_cfg_models_dit_work_and_changes_the_pixels_a_lot(
     assert explicit == default_t["_png"]  # the default guidance, sent or not, is the same picture
     assert lower[1]["_gen_s"] == pytest.approx(default_t["_gen_s"], rel=0.15)
     assert 30 < psnr(default, lower[0]) < 50  # a different scale changes the picture a little, not the time
-    assert off[1]["_gen_s"] == pytest.approx(default_t["_gen_s"] / 2, rel=0.15)
+    assert off[1]["_gen_s"] == pytest.approx(default_t["_gen_s"] / 2, abs=0.1)  # ~0.2 s: a starved sleep oversleeps
     assert psnr(default, off[0]) < 20 and off_true_cfg == off[1]["_png"]
     assert cfg2_off == pytest.approx(cfg2_on * 1.9 / 2, rel=0.15)  # CFG parallel has no second branch to split
 
