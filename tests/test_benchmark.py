@@ -163,7 +163,9 @@ async def test_concurrency_queues_on_a_serial_engine_and_throughput_matches_it(e
             seen.append(progress)
 
         s = (await bench(client, sid, measured=16, concurrency=4, progress=on_progress))["summary"]
-    assert s["requests_ok"] == 16 and seen == list(range(1, 18))  # strictly increasing, one per request
+    # strictly increasing to the last request (warm-up included); two requests finishing between two looks at the
+    # job are relayed as one notification, never a smaller value after a larger one
+    assert s["requests_ok"] == 16 and seen == sorted(set(seen)) and seen[-1] == 17 and set(seen) <= set(range(1, 18))
     # A serial engine caps throughput at 1/base (a loaded machine only lowers it); each waits behind three others.
     assert 0.7 / base < s["throughput_requests_per_s"] <= 1.02 / base
     assert 3 * base < s["latency"]["p50_s"] < 5 * base
