@@ -252,7 +252,7 @@ def test_sp_without_sp_plan_gives_no_speed_up(emu):
     finally:
         one.stop()
         two.stop()
-    assert t2 == pytest.approx(t1, rel=0.1)
+    assert took(t1, 0.15) and took(t2, 0.15), (t1, t2)  # Ulysses 2 applied would take ~0.09 s
 
 
 def test_a_server_is_one_replica_and_replicas_are_servers_behind_the_balancer(emu):
@@ -393,6 +393,12 @@ def test_video_model_fits_only_with_offload_in_the_video_offload_scenario(emu):
 
 # -- cost model -----------------------------------------------------------------------------------------------
 
+def took(x: float, simulated: float) -> bool:
+    """The server's own clock against the simulated time: never short of it, over it by at most what a starved
+    process oversleeps (~30 ms seen with both cores busy; a loaded host once made a 10% tolerance on 0.15 s fail)."""
+    return simulated - 0.005 <= x < simulated + 0.1
+
+
 def per_request(seconds: float, steps: int = 10, size: int = 64) -> dict:
     """Cost fields under which one eager 1-GPU request at size x size and ``steps`` steps takes ``seconds``."""
     return {"step_s_per_megapixel": seconds / (size * size / 1e6 * steps), "fixed_s": 0.0, "startup_s": 0.05}
@@ -408,27 +414,24 @@ def test_compile_pays_a_penalty_once_per_new_shape_and_eager_never(emu):
     finally:
         compiled.stop()
         eager.stop()
-    # the server's own clock: never short of the simulated time, over it by what a starved process oversleeps
-    # (~30 ms seen with both cores busy), far below the 0.3 s penalty either way
-    def took(x: float, simulated: float) -> bool:
-        return simulated - 0.005 <= x < simulated + 0.1
-
+    # far below the 0.3 s penalty either way
     assert took(t[0], 0.35) and took(t[1], 0.05) and took(t[2], 0.025 + 0.3) and took(t[3], 0.025)
     assert took(t[4], 0.05) and all(took(x, 0.05) for x in e)
 
 
 def test_fp8_speeds_up_on_hopper_and_falls_back_to_no_gain_below_sm89(emu):
+    # 0.4 s unquantized, 0.25 s at 1.6x: the two windows of took() do not overlap
     timings = {}
     for name, gpu in (("h200", H200), ("a100", A100)):
-        emu.write({"gpus": [gpu]}, cost={**per_request(0.2), "fp8_speedup": 1.6})
+        emu.write({"gpus": [gpu]}, cost={**per_request(0.4), "fp8_speedup": 1.6})
         base, fp8 = launch_all(emu, ZIMAGE, [["--enforce-eager"], ["--enforce-eager", "--quantization", "fp8"]])
         try:
             timings[name] = [image(s, num_inference_steps=10)[1]["_gen_s"] for s in (base, fp8)]
         finally:
             base.stop()
             fp8.stop()
-    assert timings["h200"][0] / timings["h200"][1] == pytest.approx(1.6, rel=0.1)
-    assert timings["a100"][0] / timings["a100"][1] == pytest.approx(1.0, rel=0.1)
+    assert took(timings["h200"][0], 0.4) and took(timings["h200"][1], 0.4 / 1.6), timings
+    assert took(timings["a100"][0], 0.4) and took(timings["a100"][1], 0.4), timings
 
 
 def test_vae_patch_parallel_splits_the_decode_over_the_gpus(emu):
@@ -442,8 +445,8 @@ def test_vae_patch_parallel_splits_the_decode_over_the_gpus(emu):
     finally:
         for s in servers:
             s.stop()
-    assert t[0] == pytest.approx(0.2, abs=0.02) and t[1] == pytest.approx(0.05, abs=0.02)
-    assert t[2] == pytest.approx(0.2, abs=0.02)  # world size 1: nothing to split over
+    assert took(t[0], 0.2) and took(t[1], 0.05), t
+    assert took(t[2], 0.2), t  # world size 1: nothing to split over
 
 
 def test_in_the_cfg_scenario_cfg_parallel_times_ulysses_beats_pure_ulysses(emu):
@@ -451,16 +454,18 @@ def test_in_the_cfg_scenario_cfg_parallel_times_ulysses_beats_pure_ulysses(emu):
     servers = launch_all(emu, ZIMAGE, [["--usp", "4"], ["--cfg-parallel-size", "2", "--usp", "2"],
                                        ["--enforce-eager"]])
     try:
-        t = [min(image(s, size="128x128", num_inference_steps=20)[1]["_gen_s"] for _ in range(2))
+        # ~0.34 s (Ulysses 4), ~0.29 s (CFG 2 x Ulysses 2), ~1 s (one GPU): the ~50 ms between the first two
+        # stays clear of a starved sleep's oversleep (the best of two requests each)
+        t = [min(image(s, size="256x256", num_inference_steps=40)[1]["_gen_s"] for _ in range(2))
              for s in servers]
     finally:
         for s in servers:
             s.stop()
-    assert t[1] < t[0] * 0.9 and t[0] < t[2] / 2
+    assert t[1] < t[0] - 0.02 and t[0] < t[2] / 2, t
 
 
 def test_guidance_off_halves_a_cfg_models_dit_work_and_changes_the_pixels_a_lot(emu):
-    emu.write({"gpus": [H200] * 2, "cost": {**per_request(0.2), "compile_penalty_s": 0.0}})
+    emu.write({"gpus": [H200] * 2, "cost": {**per_request(0.3), "compile_penalty_s": 0.0}})
     eager, cfg2 = launch_all(emu, ZIMAGE, [["--enforce-eager"], ["--enforce-eager", "--cfg-parallel-size", "2"]])
     try:
         default, default_t = image(eager, num_inference_steps=10)
@@ -474,11 +479,12 @@ def test_guidance_off_halves_a_cfg_models_dit_work_and_changes_the_pixels_a_lot(
         eager.stop()
         cfg2.stop()
     assert explicit == default_t["_png"]  # the default guidance, sent or not, is the same picture
-    assert lower[1]["_gen_s"] == pytest.approx(default_t["_gen_s"], rel=0.15)
+    assert took(default_t["_gen_s"], 0.3) and took(lower[1]["_gen_s"], 0.3)
     assert 30 < psnr(default, lower[0]) < 50  # a different scale changes the picture a little, not the time
-    assert off[1]["_gen_s"] == pytest.approx(default_t["_gen_s"] / 2, abs=0.1)  # ~0.2 s: a starved sleep oversleeps
+    assert took(off[1]["_gen_s"], 0.15)  # no second (unconditional) branch: half the DiT work
     assert psnr(default, off[0]) < 20 and off_true_cfg == off[1]["_png"]
-    assert cfg2_off == pytest.approx(cfg2_on * 1.9 / 2, rel=0.15)  # CFG parallel has no second branch to split
+    # CFG parallel at 1.9x with guidance; without it there is no second branch to split: the same 0.15 s
+    assert took(cfg2_on, 0.3 / 1.9) and took(cfg2_off, 0.15), (cfg2_on, cfg2_off)
 
 
 def test_guidance_does_nothing_for_a_model_without_cfg(emu):
@@ -489,7 +495,7 @@ def test_guidance_does_nothing_for_a_model_without_cfg(emu):
     finally:
         served.stop()
     assert on[1]["_png"] == off[1]["_png"]
-    assert off[1]["_gen_s"] == pytest.approx(on[1]["_gen_s"], rel=0.15)
+    assert took(on[1]["_gen_s"], 0.1) and took(off[1]["_gen_s"], 0.1)
 
 
 def test_in_the_lossy_cliff_scenario_a_low_threshold_is_inert_and_a_high_one_ruins_quality(emu):
@@ -503,9 +509,10 @@ def test_in_the_lossy_cliff_scenario_a_low_threshold_is_inert_and_a_high_one_rui
         for s in servers:
             s.stop()
     times = [g[1]["_gen_s"] for g in got]
-    assert got[1][1]["_png"] == got[0][1]["_png"] and times[1] == pytest.approx(times[0], rel=0.15)
-    assert psnr(got[0][0], got[2][0]) > 40 and times[2] < times[0] / 1.4
-    assert psnr(got[0][0], got[3][0]) < 20 and times[3] < times[2]
+    full = 0.4 * 128 * 128 / 1e6 * 50 + 0.002  # the scenario's step cost at 128x128, 50 steps, eager
+    assert got[1][1]["_png"] == got[0][1]["_png"] and took(times[0], full) and took(times[1], full), times
+    assert psnr(got[0][0], got[2][0]) > 40 and took(times[2], full / 1.55), times
+    assert psnr(got[0][0], got[3][0]) < 20 and took(times[3], full / 2.1), times
 
 
 def test_jitter_is_seeded(emu):
