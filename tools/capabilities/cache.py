@@ -2,7 +2,8 @@
 
 Each analysis records every file it parsed; a cached result is reused only while all of those files
 keep their mtimes (an edited checkout or an upgraded install is re-read). Kept in memory and in
-``<workspace>/cache/`` so that a restarted omnitune answers from disk.
+``<workspace>/cache/`` so that a restarted omnitune answers from disk; a new workspace in a process that already
+analysed the same package starts from that analysis (``seed``) instead of parsing it again.
 """
 
 from __future__ import annotations
@@ -33,13 +34,25 @@ class CacheData(BaseModel):
 class AnalysisCache:
     """Thread-safe cache of JSON-able analysis results for one located package."""
 
-    def __init__(self, root: Path, version: str, cache_dir: Path | None) -> None:
+    def __init__(self, root: Path, version: str, cache_dir: Path | None, seed: CacheData | None = None) -> None:
         self.root, self.version = root, version
         key = hashlib.sha256(str(root).encode()).hexdigest()[:12]
         self.path = cache_dir / f"capabilities-{version}-{key}.json" if cache_dir else None
         self._lock = threading.Lock()
         self._dirty = False
-        self.data = self._load() or CacheData(version=version, root=str(root))
+        loaded = self._load()
+        self.seeded = loaded is None and seed is not None and seed.version == version and \
+            seed.root == str(root) and self._valid(seed.files)
+        if self.seeded:
+            assert seed is not None
+            self._dirty = bool(seed.entries)  # written to this workspace too, for its next start
+        self.data = loaded or (seed if self.seeded else None) or CacheData(version=version, root=str(root))
+
+    def snapshot(self) -> CacheData:
+        """A copy to seed another workspace's cache with (entries are never changed once put: shared)."""
+        with self._lock:
+            return CacheData(version=self.version, root=str(self.root), files=dict(self.data.files),
+                             entries=dict(self.data.entries))
 
     def _load(self) -> CacheData | None:
         if self.path is None or not self.path.is_file():

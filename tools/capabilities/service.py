@@ -65,14 +65,21 @@ def _no_gc():
 class Analyzer:
     """All analyses of one located vllm-omni; parsing state is shared, results are cached."""
 
-    def __init__(self, located: Located, cache_dir: Path | None) -> None:
+    def __init__(self, located: Located, cache_dir: Path | None, seed: Analyzer | None = None) -> None:
+        """``seed``: an analyzer of the same package in this process (another workspace): its results are reused
+        while the files they read are unchanged, instead of parsing the package again."""
         self.located = located
-        self.cache = AnalysisCache(located.root, located.version, cache_dir)
+        same = seed is not None and seed.located == located
+        self.cache = AnalysisCache(located.root, located.version, cache_dir,
+                                   seed.cache.snapshot() if same and seed is not None else None)
         self._lock = threading.RLock()
         self._index: SourceIndex | None = None
         self._facts: VersionFacts | None = None
         self._registry: Registry | None = None
         self._objects: dict[str, BaseModel] = {}   # validated views of cache entries
+        if self.cache.seeded and seed is not None:
+            with seed._lock:
+                self._objects.update(seed._objects)
 
     def _cached(self, key: str, model: type[M]) -> M | None:
         obj = self._objects.get(key)
@@ -188,7 +195,9 @@ def analyzer(settings: Settings) -> Analyzer:
     with _GUARD:
         found = _ANALYZERS.get(key)
         if found is None or found.located != located:
-            found = _ANALYZERS[key] = Analyzer(located, cache_dir)
+            seed = next((a for k, a in reversed(_ANALYZERS.items()) if k[:2] == key[:2] and a.located == located),
+                        None)
+            found = _ANALYZERS[key] = Analyzer(located, cache_dir, seed)
         return found
 
 
