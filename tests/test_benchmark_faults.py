@@ -84,8 +84,9 @@ async def test_video_is_sent_as_multipart_detected_fast_and_saved_as_mp4(emulato
                           num_frames=1, fps=8, measured=3, video_mode=mode, seeds=[1, 2, 3], prompt_count=1)
     s = out["summary"]
     assert s["requests_ok"] == 3, s["failures"]
-    # frames=1 keeps the known latency exact (the cost is per frame); the client adds little on top.
-    assert 0.15 <= s["latency"]["p50_s"] < 0.15 + 0.1
+    # frames=1 keeps the known latency exact (the cost is per frame); the client adds little on top: at most the
+    # 50 ms poll cap, plus what a busy machine stalls (0.13 s seen; a fixed 2 s poll would be far beyond)
+    assert 0.15 <= s["latency"]["p50_s"] < 0.15 + 0.2
     assert s["server"]["inference_time_s"]["count"] == 3 and s["server"]["peak_memory_mb_max"] > 0
     # seen within the 50 ms poll cap of finishing, not a fixed 2 s poll later (plus what a busy machine stalls: 0.13 s
     # seen with both cores taken)
