@@ -172,6 +172,50 @@ def probe(settings: Settings, root: Path, model: str, config: dict, spare: int, 
     return f"{b / a - 1:+.1%} (alone {a:.4f} s, spread {spread:.1%}; beside a launch {b:.4f} s)"
 
 
+def probe_bench(settings: Settings, root: Path, model: str, config: dict, spare: int, repeats: int) -> str:
+    """Does a benchmark beside a benchmark move its figure? ``config``'s server on GPU 0 benchmarked alone and
+    while a second server (the same configuration on GPU ``spare``) is benchmarked over and over beside it,
+    interleaved ``repeats`` times: the medians, and the alone figures' own spread to judge the difference by."""
+    s = settings.model_copy(update={"workspace": root / "probe-bench"})
+    ws = Workspace.open(s)
+    launcher = Launcher(s, ws)
+    servers = [launcher.launch(ServeConfig.model_validate({"model": model, **config, "gpus": [g]})).server
+               for g in (0, spare)]
+    assert all(servers)
+    targets = [BenchmarkTarget.model_validate({"server_id": x.id}) for x in servers]  # type: ignore[union-attr]
+    alone: list[float] = []
+    beside: list[float] = []
+
+    def p50(k: int) -> float:
+        res = run_benchmark(ws, targets[k], Workload(**WORKLOAD))
+        return res.summary.latency.p50_s if res.summary and res.summary.latency else float("nan")
+
+    try:
+        for k in (0, 1):  # warm: the first request of a shape compiles
+            p50(k)
+        for _ in range(repeats):
+            alone.append(p50(0))
+            stop = threading.Event()
+
+            def other(stop: threading.Event = stop) -> None:
+                while not stop.is_set():
+                    p50(1)
+
+            company = threading.Thread(target=other)
+            company.start()
+            time.sleep(0.3)  # the other benchmark's requests in flight
+            beside.append(p50(0))
+            stop.set()
+            company.join()
+    finally:
+        for x in servers:
+            launcher.stop(x.id)  # type: ignore[union-attr]
+        ws.close()
+    a, b = statistics.median(alone), statistics.median(beside)
+    spread = (max(alone) - min(alone)) / a
+    return f"{b / a - 1:+.1%} (alone {a:.4f} s, spread {spread:.1%}; beside a benchmark {b:.4f} s)"
+
+
 def overlaps_disjoint(result: TuneResult) -> bool:
     """Every pair of trials that overlapped in time had disjoint GPUs (omnitune's own timeline)."""
     ran = [p for p in result.timeline if p.started_at and p.ended_at]
@@ -200,6 +244,8 @@ def run_world(n: int, startup_s: float, goal: str, repeats: int, probe_repeats: 
                       None)
         moved = probe(settings, root, base["model"], {**single, "gpus": [0]}, n - 1, probe_repeats) \
             if single and probe_repeats else "-"
+        moved_bench = probe_bench(settings, root, base["model"], single, n - 1, probe_repeats) \
+            if single and probe_repeats else "-"
     if fresh:  # medians of fresh alone launches, their spread as the error
         (ma, sa), (mb, sb) = ((statistics.median(v), statistics.pstdev(v) / len(v) ** 0.5) for v in fresh.values())
         same = agree((ma, sa), (mb, sb))
@@ -215,7 +261,7 @@ def run_world(n: int, startup_s: float, goal: str, repeats: int, probe_repeats: 
             f"({a.p50_s if a else 0:.3f} s) | {b.name if b else '-'} ({b.p50_s if b else 0:.3f} s) | "
             f"{verdict} | {seq.launches} / {par.launches} | {side} | {ahead} / {unused} | {benches} | "
             f"{len(seq_watch.shared) + len(par_watch.shared)} ({par_watch.samples} samples) | "
-            f"{'yes' if overlaps_disjoint(par) else 'NO'} | {moved} |")
+            f"{'yes' if overlaps_disjoint(par) else 'NO'} | {moved} | {moved_bench} |")
 
 
 def main() -> None:
@@ -225,7 +271,8 @@ def main() -> None:
     parser.add_argument("--goal", choices=["lossless", "lossy"], default="lossless")
     parser.add_argument("--repeats", type=int, default=3, help="fresh alone launches per winner when they differ")
     parser.add_argument("--probe-repeats", type=int, default=3,
-                        help="benchmarks alone / beside a launch, interleaved, for the interference probe (0: none)")
+                        help="benchmarks alone / beside a launch / beside a benchmark, interleaved, for the "
+                        "interference probes (0: none)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     # SIGTERM unwinds like Ctrl-C, so every server a trial started is stopped on the way out (a killed run of
@@ -234,8 +281,9 @@ def main() -> None:
     rows = ["| GPUs | sequential wall (s) | parallel wall (s) | parallel/sequential | sequential winner | "
             "parallel winner | same (or within noise) | launches seq/par | trials run beside another | "
             "started ahead: used / not used | benchmarks overlapping another | GPUs shared (emulator) | "
-            "overlapping trials disjoint (timeline) | a launch beside a benchmark moves its p50 |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "overlapping trials disjoint (timeline) | a launch beside a benchmark moves its p50 | "
+            "a benchmark beside a benchmark moves its p50 |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in args.gpus or [8, 4]:
         rows.append(run_world(n, args.startup_s, args.goal, args.repeats, args.probe_repeats))
         sys.stdout.write(rows[-1] + "\n")

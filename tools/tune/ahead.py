@@ -9,11 +9,15 @@ judged against the baseline then (``ready`` lists the finished ones: a layout me
 paid for). Trials run ahead that the search never asks for are stopped when it ends, charged to its budget and
 noted in the report; they decide nothing.
 
-Honest figures: only launches overlap. Benchmarks take one host-wide slot (``BenchSlot``), so every figure is
-measured with no other benchmark of this tune running (a launch, a stop or a picture comparison of another trial
-may run beside it: benchmarks/tune_parallel.py measures that this does not move a figure beyond the host's
-noise). Nothing has to be launched again to be re-measured alone. Asked trials go first, in the slot and for
-GPUs; a trial run ahead never takes GPUs an asked one is waiting for.
+Honest figures: benchmarks of trials on disjoint GPU sets run side by side (``BenchSlot``); each figure's window
+and the benchmarks beside it are in the timeline. A figure measured beside another benchmark that is contested
+(within the spread of the best so far, as the search last said it or as measured here, or its requests too spread
+to decide on) is measured again alone on the same still-running server: no relaunch. Agreeing within the noise,
+the two are pooled; if not, the alone figure is the one and every later benchmark of the tune runs alone (the
+host showed it interferes). A figure far from the best is kept: benchmarks/tune_parallel.py measures that a
+benchmark (or a launch) beside a benchmark moves its figure by no more than the host's own noise, so no decision
+beyond the noise rests on the company. Asked trials go first for GPUs, and for the slot when a benchmark must run
+alone; a trial run ahead never takes GPUs an asked one is waiting for.
 
 Safety as ``parallel.ParallelRunner``: no GPU is ever leased to two trials, GPUs other omnitune servers hold or
 other processes fill are left alone, every server a trial started is stopped however it ends (a sweep after each

@@ -54,7 +54,7 @@ class Placement(BaseModel):
     beside: list[str] = Field(default_factory=list, description="Trials that overlapped it in time.")
     ahead: bool = Field(default=False, description="Started ahead of the search, on GPUs nothing asked for needed.")
     bench_beside: list[str] | None = Field(default=None, description="Trials whose benchmark ran while this one's "
-                                           "did (None: not tracked; always empty where benchmarks take one slot).")
+                                           "did (None: not tracked; empty: measured with no other benchmark).")
 
 
 class TrialsCancelled(Exception):
