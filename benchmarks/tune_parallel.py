@@ -5,12 +5,14 @@ time (``max_parallel_trials=1``), then side by side and ahead of the search on d
 (``max_parallel_trials=None``, the default). Printed per world: wall time of each and their ratio (target:
 parallel at most 40% of sequential), both winners and whether they agree (same configuration, or, re-launched
 alone and interleaved ``--repeats`` times each, p50s within the noise), launches, trials started ahead (taken by
-the search / never asked for), benchmarks that overlapped another (0: one benchmark at a time), GPUs shared by two
-live servers at any moment (sampled every 20 ms from the emulator's per-server state files, independent of
-omnitune's own bookkeeping; target 0), and a probe: one server benchmarked alone and while another server starts
-beside it, interleaved ``--probe-repeats`` times (does a launch beside a benchmark move its figure? compared
-with the alone figures' own spread). A launch costs ``--startup-s`` seconds in the emulator (real launches take
-minutes, which is what makes parallel trials worth it).
+the search / never asked for), benchmarks that overlapped another's, GPUs shared by two live servers at any
+moment (sampled every 20 ms from the emulator's per-server state files, independent of omnitune's own
+bookkeeping; target 0), and two probes, each interleaved ``--probe-repeats`` times and judged against the alone
+figures' own spread (the host's noise): one server benchmarked alone and while another server starts beside it
+(does a launch beside a benchmark move its figure?), and alone and while a second server is benchmarked over and
+over beside it (does a benchmark beside a benchmark move it? the evidence under letting benchmarks overlap). A
+launch costs ``--startup-s`` seconds in the emulator (real launches take minutes, which is what makes parallel
+trials worth it).
 
     .venv/bin/python benchmarks/tune_parallel.py [--gpus 8 --gpus 4] [--startup-s 3] [--goal lossless|lossy]
 

@@ -33,6 +33,10 @@ from omnitune.tools.tune.replicas import Balancer, replicas_of, serve_fields
 from omnitune.tools.tune.stats import agree, noisy, p50_se, pooled
 from omnitune.tools.workspace import Workspace
 
+# A figure measured beside another trial's benchmark and at most this much slower than the best so far is measured
+# again alone on its server: company can only slow a figure, and on a loaded 2-core host a candidate ~5% better
+# (CFG parallel over PCIe) lost to one GPU once this way (benchmarks/tune_efficiency.py, comm-bound world).
+BESIDE_SLACK = 0.10
 # Log lines where vLLM-Omni says it carries on without a flag (the flag is then inert: no other launch needed).
 IGNORED_MARKERS = ("SP hooks not applied", "ignored", "ignoring", "has no effect", "falling back")
 
@@ -236,9 +240,10 @@ class LaunchTrials:
                 return
             out.verdict, out.psnr_db_mean = cmp.verdict, cmp.psnr_db_mean
 
-    def worth_repeating(self, out: Outcome, trial: Trial) -> str | None:
+    def worth_repeating(self, out: Outcome, trial: Trial, beside: bool = False) -> str | None:
         """Why ``out`` is measured again on its server (None: it is not): too close to the best so far to call,
-        or too noisy to rest anything on."""
+        or too noisy to rest anything on. ``beside``: measured beside another benchmark, which can only have
+        slowed it, so a figure up to BESIDE_SLACK slower than the best is close too."""
         if not out.p50_s or (trial.floor and out.verdict and out.verdict not in ACCEPT[trial.floor]):
             return None  # nothing measured, or rejected on quality whatever its speed
         if noisy(out):
@@ -246,6 +251,8 @@ class LaunchTrials:
         near = min((x for x in (trial.repeat_near, self.near()) if x), default=None)
         if near and abs(out.p50_s / near - 1) < trial.repeat_band:
             return "within the spread of the best so far"
+        if near and beside and 1 <= out.p50_s / near < 1 + max(trial.repeat_band, BESIDE_SLACK):
+            return "slower than the best so far by less than a benchmark beside it might have cost"
         return None
 
     def beside_check(self, out: Outcome, alone: Outcome, beside: list[str], why: str) -> None:
@@ -426,8 +433,8 @@ class _Session(AbstractContextManager):
         reason = ("request-level, measured inside one server: " + json.dumps(trial.request)) if trial.request else None
         out = self.r.read(trial, result.run_id or "", "measured", reason)
         self.r.judge(out, trial)
-        why = self.r.worth_repeating(out, trial)
         beside: list[str] = sorted(getattr(window, "beside", None) or ())
+        why = self.r.worth_repeating(out, trial, bool(beside))
         if why:  # too close to call, or too noisy: measure again here (alone, if it had company) and pool
             with self.r.bench_slot(alone=bool(beside)):
                 again_id = self._benchmark(workload).run_id
