@@ -17,25 +17,33 @@ trials worth it).
     .venv/bin/python benchmarks/tune_parallel.py [--gpus 8 --gpus 4] [--startup-s 3] [--goal lossless|lossy]
 
 Where the time goes (8 GPUs, 3 s launches, the emulator sleep-bound: a trial is ~3.7 s launch of which 3 s is the
-simulated load, ~1.4 s benchmark, ~0.3-1 s picture comparison; the CPU-bound parts are the emulator's process
-start and the comparison): one trial at a time, 6-7 trials in a chain, ~30-40 s. Side by side: the baseline, the
-FP8 recipe and both 2-GPU layouts start together (the last three ahead of the search), their four benchmarks
-run one after another (~6 s), then each wider layout the cost model asks for is a wave of its own (6- and 8-GPU
-layouts cannot share 8 GPUs), ~4.5 s each. So the wall time is about (first wave + one wave per wider round) and
-the ratio is bound by the number of wider rounds the search takes, 1-3 here, decided on noisy figures.
+simulated load, ~1-2.4 s benchmark, ~0.3-1 s picture comparison; the CPU-bound parts are the emulator's process
+start and the comparison): one trial at a time, 6-7 trials in a chain, ~30-32 s. Side by side: the baseline, the
+FP8 recipe and both 2-GPU layouts start together (the last three ahead of the search), their four benchmarks run
+side by side (~2.5 s; before, one after another, ~7.5 s), the first wider layout the priors favour (CFG 2 x
+Ulysses 3, 6 GPUs) is hinted with that wave and starts as soon as six GPUs are free, not after the search has read
+the 2-GPU results, and a trial run ahead that ends hands its GPUs on at once (before, they waited for the
+search's next call). What is left: a figure beside another benchmark that is noisy or close to the best is
+measured again alone (serially, ~1.5 s each: 0-3 per run here), and each further wider round is a wave of its
+own (two 6-GPU layouts cannot share 8 GPUs). Lower bounds at these costs: one wider round ~10.5 s (~34%), two
+~15 s (~48%). 4 GPUs: the six trials hold ~13 GPU-slots of ~5 s, ~65 GPU-s on 4 GPUs, ~16 s: ~54% of a 30 s
+chain at best, so 40% is out of reach there for this search whatever the overlap.
 
-Runs on this 2-core host shared with other engineers, 2026-11-30 (load average in brackets):
-19:18 (2.4-3.1): 8 GPUs 32.1 vs 14.0 s (44%), 4 GPUs 29.4 vs 23.6 s (80%); 20:07 (8.1-8.3): 57% / 85%;
-20:17 (4.3-5.3): 8 GPUs 41.9 vs 26.5 s (63%, winners 12% apart on the re-measure, within its 22% spread),
-4 GPUs 37.1 vs 27.1 s (73%); 20:42 (0.1-0.5): 8 GPUs 25.9 vs 17.5 s (68%, 5 vs 6 launches), 4 GPUs 31.1 vs
-22.4 s (72%). Same winner otherwise; 0 benchmarks overlapping, 0 GPUs shared, every trial
-started ahead was taken by the search; over these probes a launch beside a benchmark moved its p50 by -3.4% to
-+2.3% with no consistent sign (the alone figures' own spread 0.3-22%). With 10 s launches (20:13, load 7.8-4.2):
-62.5 vs 51.2 s (82%): the parallel search took two more wider rounds than the sequential one (7 vs 5 launches).
-The 40% target is not met: a first wave plus one wave per wider round is at best ~45% of a 6-trial chain here,
-and how many wider rounds each tune takes (1-3) is decided on figures a few % apart, so it differs between the
-two tunes of one run and moves the ratio by +-15 points.
-Before (16:04, finalists re-launched alone): 120% and 119%.
+Runs on this 2-core host shared with other engineers, 2026-11-30 (load average in brackets), parallel / sequential
+wall time: before this change (main at 82c0418), 22:49 (0.8-1.5): 8 GPUs 18.2 / 31.0 s (59%), 4 GPUs 21.0 / 29.9 s
+(70%); earlier sessions 44-68% (8 GPUs) and 72-85% (4 GPUs), one benchmark at a time. After: 23:15 (5.5 -> 0.5): 8
+GPUs 24.7 / 32.1 s (77%: 7 vs 6 launches, the parallel tune took an 8-GPU round more, and its winner, CFG 2 x Ring
+4, was 3.6% slower than the sequential one's on the re-measure, beyond that re-measure's noise; 2 benchmarks of that
+tune overlapped another's, which ones was not traced, so the overlap is not ruled out as a cause beside the load); 4
+GPUs 18.8 / 30.0 s (63%). 23:52 (7.1 -> 1.8): 8 GPUs 15.2 / 31.1 s (49%, two wider rounds, same winner), 4 GPUs 19.7
+/ 29.6 s (67%, same winner). Single parallel tunes on 8 GPUs traced at 23:04 (load 5) and 23:19 (0.5), before the
+10% slack: 10.2 s and 13.8 s (one wider round each; the latter with three noisy figures measured again alone),
+against ~31 s sequential: 33% and 44%. 0 GPUs shared, overlapping trials always on disjoint GPUs, every trial
+started ahead taken by the search. Probes: a benchmark beside a benchmark moved the p50 by -0.6% to +0.2% (the alone
+spread 0.7-2.5%), a launch beside a benchmark by -0.2% to +0.4% (spread 0.3-4.1%): within the host's noise. The 40%
+target is met only in runs where the search takes one wider round (8 GPUs); with two rounds it is ~50%, and on 4
+GPUs it is bound at ~54% by the GPU-time of the trials themselves. Before (16:04, finalists re-launched alone): 120%
+and 119%.
 """
 
 from __future__ import annotations
