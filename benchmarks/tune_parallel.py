@@ -36,14 +36,15 @@ GPUs 24.7 / 32.1 s (77%: 7 vs 6 launches, the parallel tune took an 8-GPU round 
 4, was 3.6% slower than the sequential one's on the re-measure, beyond that re-measure's noise; 2 benchmarks of that
 tune overlapped another's, which ones was not traced, so the overlap is not ruled out as a cause beside the load); 4
 GPUs 18.8 / 30.0 s (63%). 23:52 (7.1 -> 1.8): 8 GPUs 15.2 / 31.1 s (49%, two wider rounds, same winner), 4 GPUs 19.7
-/ 29.6 s (67%, same winner). Single parallel tunes on 8 GPUs traced at 23:04 (load 5) and 23:19 (0.5), before the
-10% slack: 10.2 s and 13.8 s (one wider round each; the latter with three noisy figures measured again alone),
-against ~31 s sequential: 33% and 44%. 0 GPUs shared, overlapping trials always on disjoint GPUs, every trial
-started ahead taken by the search. Probes: a benchmark beside a benchmark moved the p50 by -0.6% to +0.2% (the alone
-spread 0.7-2.5%), a launch beside a benchmark by -0.2% to +0.4% (spread 0.3-4.1%): within the host's noise. The 40%
-target is met only in runs where the search takes one wider round (8 GPUs); with two rounds it is ~50%, and on 4
-GPUs it is bound at ~54% by the GPU-time of the trials themselves. Before (16:04, finalists re-launched alone): 120%
-and 119%.
+/ 29.6 s (67%, same winner). 00:00 (8.4 -> 2.5): 8 GPUs 17.0 / 40.0 s (43%: the sequential tune slowed by the load;
+two wider rounds, same winner), 4 GPUs 18.5 / 30.2 s (61%, same winner). Single parallel tunes on 8 GPUs traced at
+23:04 (load 5) and 23:19 (0.5), before the 10% slack: 10.2 s and 13.8 s (one wider round each; the latter with three
+noisy figures measured again alone), against ~31 s sequential: 33% and 44%. 0 GPUs shared, overlapping trials always
+on disjoint GPUs, every trial started ahead taken by the search. Probes: a benchmark beside a benchmark moved the
+p50 by -0.8% to +0.2% (the alone spread 0.7-3.6%), a launch beside a benchmark by -0.2% to +0.4% (spread 0.3-4.1%):
+within the host's noise. The 40% target is met only in runs where the search takes one wider round (8 GPUs); with
+two rounds it is ~50% at equal load, and on 4 GPUs it is bound at ~54% by the GPU-time of the trials themselves. Before (16:04,
+finalists re-launched alone): 120% and 119%.
 """
 
 from __future__ import annotations
