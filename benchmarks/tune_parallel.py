@@ -43,8 +43,8 @@ noisy figures measured again alone), against ~31 s sequential: 33% and 44%. 0 GP
 on disjoint GPUs, every trial started ahead taken by the search. Probes: a benchmark beside a benchmark moved the
 p50 by -0.8% to +0.2% (the alone spread 0.7-3.6%), a launch beside a benchmark by -0.2% to +0.4% (spread 0.3-4.1%):
 within the host's noise. The 40% target is met only in runs where the search takes one wider round (8 GPUs); with
-two rounds it is ~50% at equal load, and on 4 GPUs it is bound at ~54% by the GPU-time of the trials themselves. Before (16:04,
-finalists re-launched alone): 120% and 119%.
+two rounds it is ~50% at equal load, and on 4 GPUs it is bound at ~54% by the GPU-time of the trials themselves.
+Before (16:04, finalists re-launched alone): 120% and 119%.
 """
 
 from __future__ import annotations
