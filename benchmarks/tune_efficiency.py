@@ -17,10 +17,17 @@ same configuration picked by both is measured once: one set of figures, not two 
 
     .venv/bin/python benchmarks/tune_efficiency.py [--repeats 3] [--world NAME ...]
 
-Last run (2026-11-30 20:22-20:40, 2-core host shared with other engineers, load average 0.3-4.8): every world
-100.0% of the grid's best (the same configuration as the grid's); GPU-seconds offload+SP 25% (8 / 64 launches),
-cache cliff 15% (14 / 51), per-request OOM 26% (6 / 28), comm-bound 7% (5 / 66), TP-only 9% (6 / 65); 0 refused,
-0 OOM the estimate knew. Before this session (same day, 18:27 and 18:58): offload+SP 18% and 114% (the grid's
+With benchmarks side by side and the first wider round hinted with the first wave (2026-11-30 23:20-23:50, load
+average 2.2-6.7): offload+SP 97.7% of the grid's best at 17% of its GPU-seconds (8 / 64 launches), cache cliff
+100.0% / 13% (14 / 51), per-request OOM 96.8% / 18% (6 / 28), comm-bound 94.7% / 5% (5 / 66: one GPU kept over CFG
+parallel ~5% faster, its figure measured beside another benchmark; since then a figure beside another up to 10%
+slower than the best is measured again alone: 23:55-23:59, load 1.7-7.3, 100.0% / 5%, 6 / 66), TP-only 100.0% / 11%
+(6 / 65); 0 refused, 0 OOM the estimate knew. Main at 82c0418, same day 23:07 (load 1.5-5.9, stopped after the first
+world to save time): offload+SP 100.0% / 14% (6 / 64).
+Last run before that (2026-11-30 20:22-20:40, 2-core host shared with other engineers, load average 0.3-4.8): every
+world 100.0% of the grid's best (the same configuration as the grid's); GPU-seconds offload+SP 25% (8 / 64
+launches), cache cliff 15% (14 / 51), per-request OOM 26% (6 / 28), comm-bound 7% (5 / 66), TP-only 9% (6 / 65); 0
+refused, 0 OOM the estimate knew. Before this session (same day, 18:27 and 18:58): offload+SP 18% and 114% (the grid's
 winner re-measured slower), cache cliff 14% / 98.3%, per-request OOM: no result (since 79f6dff a run whose every
 request fails is 'failed', which the tune read as no measurement, so it found nothing), comm-bound 7% / 99.8%,
 TP-only 6% / 99.8% (a 3-head model folder in a 24-head world: TP 4 planned by neither).

@@ -2,7 +2,8 @@
 runner that takes a little time per launch and per benchmark, so that trials really overlap in threads.
 
 Each test states the world and asserts decisions and invariants (the same winner as one trial at a time, no GPU
-leased twice, benchmarks never overlapping, every launch charged, the budget kept), never a speed read off a clock.
+leased twice, benchmarks overlapping only on disjoint GPU sets and never beside one taken alone, every launch
+charged, the budget kept), never a speed read off a clock.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from contextlib import nullcontext
 import pytest
 
 from omnitune.tools.settings import Settings
-from omnitune.tools.tune.ahead import AheadTrials
+from omnitune.tools.tune.ahead import AheadTrials, BenchSlot
 from omnitune.tools.tune.models import Cancelled
 from omnitune.tools.workspace import Workspace
 from tests.tune_fakes import WorldTrials, gpu_report, load_world, policy
@@ -49,7 +50,7 @@ class Slow(WorldTrials):
         self.lock = threading.Lock()
         self.live: dict[int, list[int]] = {}
         self.shared: list[str] = []
-        self.windows: list[tuple[float, float]] = []
+        self.windows: list[tuple[float, float, tuple[int, ...]]] = []
         self.started: list[str] = []
 
     def run(self, trial, gpus):
@@ -65,7 +66,7 @@ class Slow(WorldTrials):
                 t0 = time.monotonic()
                 time.sleep(self.delay)
                 with self.lock:
-                    self.windows.append((t0, time.monotonic()))
+                    self.windows.append((t0, time.monotonic(), tuple(gpus)))
             with self.lock:  # run ids are numbered: one at a time
                 return super().run(trial, gpus)
         finally:
@@ -73,29 +74,38 @@ class Slow(WorldTrials):
                 del self.live[me]
 
 
-def ahead_tuner(ws, world, job_id="tune-ahead", max_parallel=None, cancelled=lambda: False, **request):
+def ahead_tuner(ws, world, job_id="tune-ahead", max_parallel=None, cancelled=lambda: False, overlap=True, **request):
     t = policy(ws, world, job_id=job_id, **request)
     t.ledger.reusable_run = lambda key: None  # measure afresh (another test tune in this workspace measured it)
     inner = Slow(world, t.req)
-    t.runner = AheadTrials(inner, t.ledger, max_parallel, cancelled, report=gpu_report(world), sweeper=NoSweep())
+    t.runner = AheadTrials(inner, t.ledger, max_parallel, cancelled, report=gpu_report(world), sweeper=NoSweep(),
+                           overlap_benchmarks=overlap)
     return t, inner
 
 
-def test_side_by_side_and_ahead_the_search_decides_as_one_at_a_time(ws):
+def overlapping(windows):
+    return [(a, b) for i, a in enumerate(windows) for b in windows[i + 1:] if a[0] < b[1] and b[0] < a[1]]
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_side_by_side_and_ahead_the_search_decides_as_one_at_a_time(ws, overlap):
     world = load_world("cfg4_qwen_image", gpus=[H200] * 8)
     one = policy(ws, world, job_id="sequential")
     best_one = one.run()
-    t, inner = ahead_tuner(ws, world)
+    t, inner = ahead_tuner(ws, world, overlap=overlap)
     best = t.run()
     assert best is not None and best_one is not None and best.name == best_one.name
     assert inner.shared == []  # no GPU was ever given to two trials at once
     # judged against the baseline, started before it was measured or not
     assert all(o.verdict for o in t.outcomes if o.p50_s and o.stage != "baseline")
-    windows = sorted(inner.windows)
-    assert all(a[1] <= b[0] for a, b in zip(windows, windows[1:], strict=False))  # one benchmark at a time
+    together = overlapping(sorted(inner.windows))
+    assert all(set(a[2]).isdisjoint(b[2]) for a, b in together)  # benchmarks side by side on disjoint GPUs only
     timeline = t.runner.timeline
-    overlapped = [p for p in timeline if p.beside]
-    assert overlapped and all(p.bench_beside == [] for p in timeline if p.bench_beside is not None)
+    assert [p for p in timeline if p.beside]
+    if overlap:  # the first wave's benchmarks ran together, and the timeline says which ran beside which
+        assert together and any(p.bench_beside for p in timeline)
+    else:  # one benchmark at a time
+        assert together == [] and all(p.bench_beside == [] for p in timeline if p.bench_beside is not None)
     used_early = [p for p in timeline if p.ahead and p.status == "done"]
     assert used_early  # started before the search asked, then taken by it
     # every launch is charged: those the search took through its ledger, those it never asked for at the end
@@ -162,3 +172,65 @@ def test_a_comparison_failing_off_the_search_thread_is_made_again_when_asked_nev
     best = t.run()
     assert failed and best is not None
     assert all(o.verdict for o in t.outcomes if o.p50_s and o.stage != "baseline")
+
+
+# -- the benchmark slot: side by side, or alone ------------------------------------------------------------------
+def slot_of(overlap=True) -> BenchSlot:
+    return BenchSlot(lambda: threading.current_thread().name, lambda job: (0, 0), lambda *a: None, str, overlap)
+
+
+def in_thread(fn, name: str) -> threading.Thread:
+    th = threading.Thread(target=fn, name=name, daemon=True)
+    th.start()
+    return th
+
+
+def test_benchmarks_side_by_side_know_who_ran_beside_them_and_one_taken_alone_waits_for_them_and_keeps_others_out():
+    slot = slot_of()
+    entered, release, windows = {}, threading.Event(), {}
+
+    def bench(alone=False):
+        def body():
+            with slot(alone=alone) as window:
+                entered[threading.current_thread().name] = time.monotonic()
+                windows[threading.current_thread().name] = window
+                release.wait(10)
+        return body
+
+    a, b = in_thread(bench(), "a"), in_thread(bench(), "b")
+    deadline = time.monotonic() + 10
+    while len(entered) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert set(entered) == {"a", "b"}  # side by side: both in at once
+    c = in_thread(bench(alone=True), "c")
+    time.sleep(0.3)
+    d = in_thread(bench(), "d")  # a shared one arriving while one alone waits: after it
+    time.sleep(0.3)
+    assert "c" not in entered and "d" not in entered
+    release.set()
+    for th in (a, b, c, d):
+        th.join(10)
+    assert windows["a"].beside == {"b"} and windows["b"].beside == {"a"}
+    assert windows["c"].beside == set() and windows["c"].alone  # nothing ran beside the one taken alone
+    assert entered["c"] < entered["d"]
+
+
+def test_a_revoked_slot_runs_every_later_benchmark_alone():
+    slot = slot_of()
+    slot.revoke("a figure beside another disagreed with the same server alone")
+    with slot() as window:
+        assert window.alone
+    assert slot.revoked and not slot.overlap
+
+
+def test_a_trial_run_ahead_that_ends_frees_its_gpus_for_the_next_one_without_the_search_asking(ws):
+    world = load_world("cfg4_qwen_image", gpus=[H200] * 2)
+    t, inner = ahead_tuner(ws, world)
+    wide = [t.trial(name, "lossless", "layout", {**cfg, "gpus": [0, 1]}, "lossless")
+            for name, cfg in (("cfg", {"cfg_parallel_size": 2}), ("usp", {"usp": 2}))]
+    t.runner.ahead(wide)  # both need the two GPUs: one after the other
+    deadline = time.monotonic() + 20
+    while len(inner.started) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert inner.started == ["cfg", "usp"] and inner.shared == []
+    t.runner.close()

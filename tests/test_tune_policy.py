@@ -396,3 +396,34 @@ def test_a_trial_lost_with_its_node_stops_the_tune_after_its_batch_and_only_it_r
     relaunched = [n for n, _ in fake(again).launched]
     assert victim in relaunched and not set(relaunched) & ({n for n, _ in first.runner.launched} - {victim})
     assert any("1 trial(s) lost with a Ray node run again" in n for n in again.notes)
+
+
+class Hints(WorldTrials):
+    """``WorldTrials`` that records what the search says it will probably ask next (``ahead``)."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.hints: list[list[str]] = []
+
+    def ahead(self, trials, reserve=0) -> None:
+        self.hints.append([t.name for t in trials])
+
+
+def test_the_first_wider_round_is_hinted_with_the_first_wave_and_a_baseline_out_of_memory_withdraws_the_hints(ws):
+    world = load_world("cfg4_qwen_image", gpus=[{"name": "NVIDIA H200", "memory_mib": 143771,
+                                                 "compute_capability": [9, 0]}] * 8)
+    probe = policy(ws, world, job_id="probe")
+    runner = Hints(world, probe.req)
+    runner.concurrency = 4
+    t = policy(ws, world, job_id="hinted", runner=runner)
+    t.ledger.reusable_run = lambda key: None
+    t.run()
+    first = runner.hints[0]  # before the baseline: the recipe, the narrowest layouts, then the first wider round
+    assert first[0] == "compile+fp8" and any("(2 GPUs)" in n for n in first)
+    assert any(int(n.split("(")[-1].split()[0]) > 2 for n in first if "GPUs)" in n)
+    oom = load_world("video_offload")
+    runner = Hints(oom, policy(ws, oom, job_id="probe-oom", workload=VIDEO).req)
+    t = policy(ws, oom, job_id="hinted-oom", workload=VIDEO, runner=runner)
+    t.run()
+    assert names(t)["baseline"].cause == "out_of_memory"
+    assert [] in runner.hints[1:]  # what was hinted assumed the baseline fits as it is

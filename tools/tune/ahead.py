@@ -9,11 +9,15 @@ judged against the baseline then (``ready`` lists the finished ones: a layout me
 paid for). Trials run ahead that the search never asks for are stopped when it ends, charged to its budget and
 noted in the report; they decide nothing.
 
-Honest figures: only launches overlap. Benchmarks take one host-wide slot (``BenchSlot``), so every figure is
-measured with no other benchmark of this tune running (a launch, a stop or a picture comparison of another trial
-may run beside it: benchmarks/tune_parallel.py measures that this does not move a figure beyond the host's
-noise). Nothing has to be launched again to be re-measured alone. Asked trials go first, in the slot and for
-GPUs; a trial run ahead never takes GPUs an asked one is waiting for.
+Honest figures: benchmarks of trials on disjoint GPU sets run side by side (``BenchSlot``); each figure's window
+and the benchmarks beside it are in the timeline. A figure measured beside another benchmark that is contested
+(within the spread of the best so far, as the search last said it or as measured here, or its requests too spread
+to decide on) is measured again alone on the same still-running server: no relaunch. Agreeing within the noise,
+the two are pooled; if not, the alone figure is the one and every later benchmark of the tune runs alone (the
+host showed it interferes). A figure far from the best is kept: benchmarks/tune_parallel.py measures that a
+benchmark (or a launch) beside a benchmark moves its figure by no more than the host's own noise, so no decision
+beyond the noise rests on the company. Asked trials go first for GPUs, and for the slot when a benchmark must run
+alone; a trial run ahead never takes GPUs an asked one is waiting for.
 
 Safety as ``parallel.ParallelRunner``: no GPU is ever leased to two trials, GPUs other omnitune servers hold or
 other processes fill are left alone, every server a trial started is stopped however it ends (a sweep after each
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omnitune.tools.gpus import GpuReport, detect_gpus
-from omnitune.tools.tune.models import Cancelled, Outcome
+from omnitune.tools.tune.models import ACCEPT, Cancelled, Outcome
 from omnitune.tools.tune.parallel import CANCEL_WAIT_S, Placement, ServerSweeper
 from omnitune.tools.tune.placement import Ask, Topology, fits_now, usable_gpus
 from omnitune.tools.tune.trial import LaunchTrials, Trial
@@ -61,40 +65,72 @@ class _Job:
     charged: bool = False              # its launch is in the ledger
 
 
+@dataclass(eq=False)
+class Window:
+    """One benchmark's stay in the slot: ``beside`` names the trials whose benchmarks overlapped it (filled in by
+    each one that enters while it runs, so complete once it ends)."""
+
+    job: Any
+    alone: bool
+    beside: set[str] = field(default_factory=set)
+
+
 class BenchSlot:
-    """One benchmark at a time on the host; asked trials' benchmarks before those of trials run ahead.
+    """Benchmarks on the host: side by side (trials on disjoint GPU sets), or ``alone`` (no other benchmark of this
+    tune running: the baseline, a contested figure's repeat). An ``alone`` waiter goes before every shared one;
+    among ``alone`` waiters, asked trials' before those run ahead. ``overlap=False``: every benchmark alone.
 
     ``current()`` names the calling thread's job (None: the search's own thread), ``rank(job)`` orders waiters
-    (read at each release: a trial run ahead that the search asks for meanwhile moves up) and ``done(job, start,
-    end)`` records each benchmark's window."""
+    (read at each release: a trial run ahead that the search asks for meanwhile moves up), ``name(job)`` labels it
+    and ``done(job, start, end)`` records each benchmark's window."""
 
     def __init__(self, current: Callable[[], Any], rank: Callable[[Any], tuple[int, int]],
-                 done: Callable[[Any, float, float], None]) -> None:
-        self.current, self.rank, self.done = current, rank, done
+                 done: Callable[[Any, float, float], None], name: Callable[[Any], str] = str,
+                 overlap: bool = True) -> None:
+        self.current, self.rank, self.done, self.name, self.overlap = current, rank, done, name, overlap
         self._cv = threading.Condition()
-        self._busy = False
-        self._waiting: list[tuple[int, Any]] = []  # (ticket, job)
+        self._active: list[Window] = []
+        self._waiting: list[tuple[int, Window]] = []  # (ticket, window)
         self._tickets = 0
+        self.revoked: str | None = None
+
+    def revoke(self, why: str) -> None:
+        """A figure measured beside another benchmark disagreed with the same server's alone one: every later
+        benchmark of this tune runs alone."""
+        with self._cv:
+            self.overlap, self.revoked = False, self.revoked or why
+
+    def _may_enter(self, entry: tuple[int, Window]) -> bool:
+        if any(w.alone for w in self._active):
+            return False
+        alone = [e for e in self._waiting if e[1].alone]
+        if not entry[1].alone:
+            return not alone  # a benchmark alone waits for the running ones to end: none may slip in before it
+        first = min(alone, key=lambda e: (*self.rank(e[1].job), e[0]))
+        return not self._active and first is entry
 
     @contextmanager
-    def __call__(self) -> Iterator[None]:
-        job = self.current()
+    def __call__(self, alone: bool = False) -> Iterator[Window]:
+        window = Window(self.current(), alone or not self.overlap)
         with self._cv:
             self._tickets += 1
-            entry = (self._tickets, job)
+            entry = (self._tickets, window)
             self._waiting.append(entry)
-            while self._busy or min(self._waiting, key=lambda e: (*self.rank(e[1]), e[0])) is not entry:
+            while not self._may_enter(entry):
                 self._cv.wait(POLL_S)
             self._waiting.remove(entry)
-            self._busy = True
+            for other in self._active:
+                other.beside.add(self.name(window.job))
+                window.beside.add(self.name(other.job))
+            self._active.append(window)
         start = time.time()
         try:
-            yield
+            yield window
         finally:
             with self._cv:
-                self._busy = False
+                self._active.remove(window)
                 self._cv.notify_all()
-            self.done(job, start, time.time())
+            self.done(window.job, start, time.time())
 
 
 class AheadTrials:
@@ -102,7 +138,7 @@ class AheadTrials:
 
     def __init__(self, inner: LaunchTrials, ledger: Any, max_parallel: int | None,
                  cancelled: Callable[[], bool] = lambda: False, report: GpuReport | None = None,
-                 sweeper: ServerSweeper | None = None) -> None:
+                 sweeper: ServerSweeper | None = None, overlap_benchmarks: bool = True) -> None:
         self.inner, self.ledger, self.max_parallel, self.cancelled = inner, ledger, max_parallel, cancelled
         self.report = report or detect_gpus(inner.ws.root)
         self.topology = Topology.of(self.report)
@@ -118,8 +154,11 @@ class AheadTrials:
         self._windows: list[tuple[Placement, float, float]] = []  # benchmark windows, for the timeline
         self._closed = False
         self._pool = ThreadPoolExecutor(max_workers=max(2, len(self.report.gpus)), thread_name_prefix="trial")
-        self.slot = BenchSlot(lambda: getattr(self._local, "job", None), self._rank, self._window)
-        inner.bench_slot = self.slot
+        self.slot = BenchSlot(lambda: getattr(self._local, "job", None), self._rank, self._window,
+                              lambda j: "search" if j is None else j.place.trial, overlap_benchmarks)
+        # the best p50 so far: the search's (its newest trials carry it) or one measured here that passed its floor
+        self._near: float | None = None
+        inner.bench_slot, inner.near = self.slot, lambda: self._near
         self.concurrency = self.width(2)
 
     def width(self, gpus: int) -> int:
@@ -134,6 +173,7 @@ class AheadTrials:
     def run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]:
         """Results in the batch's order; a trial already run (or running) ahead is taken, not launched again."""
         self._settle()
+        self._heard([t for t, _ in batch])
         jobs = [self._ask(t, len(g)) for t, g in batch]
         self._dispatch()
         self._wait(jobs)
@@ -157,6 +197,7 @@ class AheadTrials:
                 if j.state == "waiting" and not j.asked:
                     self._drop(j)
             known = {j.key for j in self._jobs if j.state != "dropped" and not j.hold}  # asked once is enough
+            self._heard(trials)
             for t in trials:
                 key = self.ledger.key(t.config, t.request)
                 if key not in known:
@@ -179,6 +220,13 @@ class AheadTrials:
         """A trial with this key is running or done ahead: asking for it costs no launch."""
         with self._cv:
             return any(j.key == key and not j.asked and j.state in ("running", "done") for j in self._jobs)
+
+    def _heard(self, trials: Sequence[Trial]) -> None:
+        """The search's best p50 so far, as its newest trials carry it (it only gets faster)."""
+        near = [t.repeat_near for t in trials if t.repeat_near]
+        if near:
+            with self._cv:
+                self._near = min([*near, *([self._near] if self._near else [])])
 
     def _settle(self) -> None:
         """Called from the search's thread: what was handed to it before is in its ledger now (it records each
@@ -227,8 +275,14 @@ class AheadTrials:
         ran = [p for p in self.timeline if p.started_at]
         if ran:
             early = sum(1 for j in self._jobs if j.asked and not j.hold and j.place.ahead)
+            beside = sum(1 for p in ran if p.bench_beside)
+            how = "one benchmark at a time" if not beside else (
+                f"{beside} benchmark(s) beside another's (figures close to the best are measured again alone "
+                f"on the same server)")
             self.notes.append(f"{len(ran)} trial(s) on disjoint GPU sets, {sum(1 for p in ran if p.beside)} of them "
-                              f"side by side, {early} started ahead of the search; one benchmark at a time")
+                              f"side by side, {early} started ahead of the search; {how}")
+            if self.slot.revoked:
+                self.notes.append(self.slot.revoked)
 
     # -- internals ------------------------------------------------------------------------------------
     def _add(self, trial: Trial, key: str, asked: bool, hold: bool = False) -> _Job:
@@ -284,7 +338,8 @@ class AheadTrials:
         """Start what fits now: asked trials first (in order); trials ahead only when no asked one waits, and not
         when ``finished`` (a trial's thread, its GPUs just freed) was the last the search was waiting for: the
         search is reading its result and may say something else (a baseline out of memory, say) before the GPUs
-        are given to a trial it hinted earlier."""
+        are given to a trial it hinted earlier. A trial run ahead that ends frees its GPUs for the next at once
+        (the search was not waiting for it)."""
         with self._cv:
             waiting = [j for j in self._jobs if j.state == "waiting"]
             if not waiting or self.cancelled():
@@ -300,8 +355,9 @@ class AheadTrials:
             if len(started) < len(asked):
                 return
             left = [g for g in free if not any(g in j.leased for j in started)]
-            if finished is not None and not any(j is not finished and (j.asked or j.hold)
-                                                and j.state in ("waiting", "running") for j in self._jobs):
+            if finished is not None and finished.asked and not any(
+                    j is not finished and (j.asked or j.hold) and j.state in ("waiting", "running")
+                    for j in self._jobs):
                 return
             room = self._room()
             ahead = [j for j in waiting if not j.asked][:max(0, room)]
@@ -376,7 +432,11 @@ class AheadTrials:
                                   cause="crashed", config=job.trial.config, reason=why, launched=not fut.cancelled())
                 self._leased -= set(job.leased)
             else:
-                job.out = fut.result()
+                job.out = out = fut.result()
+                floor = job.trial.floor
+                if out.p50_s and out.status == "measured" and not (floor and out.verdict and
+                                                                   out.verdict not in ACCEPT[floor]):
+                    self._near = min(out.p50_s, self._near or out.p50_s)  # a later figure close to it is contested
             job.state = "done"
             self._cv.notify_all()
         self._dispatch(finished=job)

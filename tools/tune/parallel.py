@@ -18,7 +18,6 @@ and alone figures agree within the noise.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -30,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from omnitune.tools.gpus import GpuReport, detect_gpus
 from omnitune.tools.tune.placement import Ask, Topology, fits_now, usable_gpus
+from omnitune.tools.tune.stats import agree
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class Placement(BaseModel):
     beside: list[str] = Field(default_factory=list, description="Trials that overlapped it in time.")
     ahead: bool = Field(default=False, description="Started ahead of the search, on GPUs nothing asked for needed.")
     bench_beside: list[str] | None = Field(default=None, description="Trials whose benchmark ran while this one's "
-                                           "did (None: not tracked; always empty where benchmarks take one slot).")
+                                           "did (None: not tracked; empty: measured with no other benchmark).")
 
 
 class TrialsCancelled(Exception):
@@ -218,15 +218,6 @@ class ParallelRunner(Generic[T, R]):
                 p.beside = [q.trial for q, start, end in spans
                             if q is not p and start < p.ended_at and p.started_at < end]
                 p.alone = not p.beside
-
-
-def agree(side: tuple[float, float | None], alone: tuple[float, float | None], noise: float = NOISE) -> bool:
-    """Two (p50, standard error) figures agree: within ``noise`` or twice their combined relative error."""
-    (a, sa), (b, sb) = side, alone
-    if not (a and b):
-        return False
-    spread = math.hypot((sa or 0) / a, (sb or 0) / b)
-    return abs(a / b - 1) <= max(noise, 2 * spread)
 
 
 def finalists(scores: Sequence[tuple[float, float | None] | None], keep: int = 2, noise: float = NOISE) -> list[int]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import TYPE_CHECKING
 
-from omnitune.tools.tune.models import Outcome
+if TYPE_CHECKING:  # models imports parallel, which imports agree from here
+    from omnitune.tools.tune.models import Outcome
 
 
 def p50_se(latencies: list[float]) -> float | None:
@@ -52,3 +54,12 @@ def pooled(first: Outcome, second: Outcome, why: str = "within the spread of the
         first.p50_s = (w[0] * first.p50_s + w[1] * second.p50_s) / sum(w)
         first.p50_se_s, first.repeat_run_id = 1 / math.sqrt(sum(w)), second.run_id
         first.reason = f"measured twice ({why}); p50 pooled"
+
+
+def agree(side: tuple[float, float | None], alone: tuple[float, float | None], noise: float = 0.02) -> bool:
+    """Two (p50, standard error) figures agree: within ``noise`` or twice their combined relative error."""
+    (a, sa), (b, sb) = side, alone
+    if not (a and b):
+        return False
+    spread = math.hypot((sa or 0) / a, (sb or 0) / b)
+    return abs(a / b - 1) <= max(noise, 2 * spread)

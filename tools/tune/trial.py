@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
@@ -30,9 +30,13 @@ from omnitune.tools.search_space import replica_gpus
 from omnitune.tools.servers import ServerRecord, get_server
 from omnitune.tools.tune.models import ACCEPT, Cancelled, Cause, Outcome, TuneRequest
 from omnitune.tools.tune.replicas import Balancer, replicas_of, serve_fields
-from omnitune.tools.tune.stats import noisy, p50_se, pooled
+from omnitune.tools.tune.stats import agree, noisy, p50_se, pooled
 from omnitune.tools.workspace import Workspace
 
+# A figure measured beside another trial's benchmark and at most this much slower than the best so far is measured
+# again alone on its server: company can only slow a figure, and on a loaded 2-core host a candidate ~5% better
+# (CFG parallel over PCIe) lost to one GPU once this way (benchmarks/tune_efficiency.py, comm-bound world).
+BESIDE_SLACK = 0.10
 # Log lines where vLLM-Omni says it carries on without a flag (the flag is then inert: no other launch needed).
 IGNORED_MARKERS = ("SP hooks not applied", "ignored", "ignoring", "has no effect", "falling back")
 
@@ -139,8 +143,10 @@ class LaunchTrials:
         self.ws, self.launcher, self.req, self.job_id = workspace, launcher, request, job_id
         self.workload = tune_workload(request.workload)  # make_tuner sets the throughput objective's fill
         self.cancel = cancel  # the job's: set at a shutdown or job_cancel, it also stops a benchmark in flight
-        # held around every benchmark: a runner with trials side by side makes it one benchmark at a time
-        self.bench_slot: Callable[[], AbstractContextManager[object]] = nullcontext
+        # held around every benchmark (``alone``: no other benchmark of this tune beside it): a runner with trials
+        # side by side sets it (ahead.BenchSlot), and ``near``, the search's best p50 so far as it last heard it
+        self.bench_slot: Callable[..., AbstractContextManager[Any]] = _no_slot
+        self.near: Callable[[], float | None] = lambda: None
 
     def stopped(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -235,16 +241,43 @@ class LaunchTrials:
                 return
             out.verdict, out.psnr_db_mean = cmp.verdict, cmp.psnr_db_mean
 
-    def worth_repeating(self, out: Outcome, trial: Trial) -> str | None:
+    def worth_repeating(self, out: Outcome, trial: Trial, beside: bool = False) -> str | None:
         """Why ``out`` is measured again on its server (None: it is not): too close to the best so far to call,
-        or too noisy to rest anything on."""
+        or too noisy to rest anything on. ``beside``: measured beside another benchmark, which can only have
+        slowed it, so a figure up to BESIDE_SLACK slower than the best is close too."""
         if not out.p50_s or (trial.floor and out.verdict and out.verdict not in ACCEPT[trial.floor]):
             return None  # nothing measured, or rejected on quality whatever its speed
         if noisy(out):
             return "its requests' spread was too wide to decide on"
-        if trial.repeat_near and abs(out.p50_s / trial.repeat_near - 1) < trial.repeat_band:
+        near = min((x for x in (trial.repeat_near, self.near()) if x), default=None)
+        if near and abs(out.p50_s / near - 1) < trial.repeat_band:
             return "within the spread of the best so far"
+        if near and beside and 1 <= out.p50_s / near < 1 + max(trial.repeat_band, BESIDE_SLACK):
+            return "slower than the best so far by less than a benchmark beside it might have cost"
         return None
+
+    def beside_check(self, out: Outcome, alone: Outcome, beside: list[str], why: str) -> None:
+        """``out`` was measured beside other trials' benchmarks and is contested (``why``); ``alone`` is the same
+        server measured again with no other benchmark running. Agreeing within the noise, the two are pooled;
+        otherwise the alone figure is the one, and every later benchmark of this tune runs alone."""
+        side = (out.p50_s, out.p50_se_s)
+        note = f"measured beside {', '.join(beside)}'s benchmark(s): p50 {out.p50_s or 0:.4f} s (run {out.run_id})"
+        if not (out.p50_s and alone.p50_s):
+            out.reason = "; ".join(x for x in (out.reason, note, "measuring it again alone failed") if x)
+            return
+        if agree((out.p50_s, out.p50_se_s), (alone.p50_s, alone.p50_se_s)):
+            pooled(out, alone, f"{why}; again alone, within the noise of the figure beside")
+            out.reason = f"{out.reason}; {note}"
+            return
+        for k in ("p50_s", "std_s", "p50_se_s", "throughput", "peak_memory_mib", "vae_share"):
+            setattr(out, k, getattr(alone, k))
+        out.repeat_run_id = alone.run_id
+        out.reason = "; ".join(x for x in (note, f"again alone ({why}): {alone.p50_s:.4f} s, beyond the noise of it: "
+                                           "the alone figure is the one") if x)
+        revoke = getattr(self.bench_slot, "revoke", None)
+        if revoke is not None:
+            revoke(f"a figure measured beside another benchmark ({out.name}: {side[0]:.4f} s) disagreed with the "
+                   f"same server alone ({alone.p50_s:.4f} s): every later benchmark of this tune ran alone")
 
 
 class _Session(AbstractContextManager):
@@ -369,7 +402,7 @@ class _Session(AbstractContextManager):
         t0 = time.monotonic()
         workload = workload_with(self.r.workload, trial.request)
         try:
-            with self.r.bench_slot():
+            with self.r.bench_slot() as window:
                 result = self._benchmark(workload)
         except OmnituneError as exc:  # the server died or stopped answering: a failed candidate, not a failed tune
             if self.r.stopped():  # ...unless the tune's own stop took it down: replayed as failed, a winner is lost
@@ -401,11 +434,19 @@ class _Session(AbstractContextManager):
         reason = ("request-level, measured inside one server: " + json.dumps(trial.request)) if trial.request else None
         out = self.r.read(trial, result.run_id or "", "measured", reason)
         self.r.judge(out, trial)
-        why = self.r.worth_repeating(out, trial)
-        if why:  # too close to call, or too noisy: measure again here and pool
-            with self.r.bench_slot():
+        beside: list[str] = sorted(getattr(window, "beside", None) or ())
+        why = self.r.worth_repeating(out, trial, bool(beside))
+        if why:  # too close to call, or too noisy: measure again here (alone, if it had company) and pool
+            with self.r.bench_slot(alone=bool(beside)):
                 again_id = self._benchmark(workload).run_id
-            pooled(out, self.r.read(trial, again_id or ""), why)
+            again = self.r.read(trial, again_id or "")
+            if beside:
+                self.r.beside_check(out, again, beside, why)
+            else:
+                pooled(out, again, why)
+        elif beside:
+            out.reason = "; ".join(x for x in (out.reason, f"measured beside {', '.join(beside)}'s benchmark(s), "
+                                               "not close enough to the best so far to change a decision") if x)
         n = len(self.gpus)
         out.gpu_seconds = (time.monotonic() - t0) * n + (self.launch_s * n if self.measured == 0 else 0.0)
         out.launched = self.measured == 0
@@ -413,6 +454,12 @@ class _Session(AbstractContextManager):
         out.server_warnings = ignored_flags(get_server(self.r.ws.store, self.server.id))
         self.measured += 1
         return out
+
+
+@contextmanager
+def _no_slot(alone: bool = False) -> Iterator[None]:
+    """One trial at a time: every benchmark is alone."""
+    yield None
 
 
 def ignored_flags(server: ServerRecord) -> list[str]:

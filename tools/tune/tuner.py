@@ -73,6 +73,7 @@ class Tuner(Decisions):
         self.baseline = self.measure(self.trial("baseline", "baseline", "baseline", base_cfg))
         if self.fits(self.baseline) or not self.memory_pressure(self.baseline):
             return {}
+        self.ahead([])  # what was hinted assumed it fits as it is: nothing more of it is started
         for c in [c for c in self.plan.candidates if c.kind == "offload" and gpus_of(c.config) == 1]:
             offload = {k: v for k, v in c.config.items() if k != "gpus"}
             trial = self.measure(self.trial(f"baseline + {c.name}", "baseline", "offload", {**base_cfg, **offload}))
@@ -195,9 +196,13 @@ class Tuner(Decisions):
             return
         first = [single[-1]] if self.plan.fp8_native and len(single) > 1 else single
         trials = [self.trial(c.name, "lossless", c.kind, c.config, "lossless") for c in first]
-        narrow, _ = self._layout_pool(first[-1].config if self.plan.fp8_native else {}, {})
+        narrow, rest = self._layout_pool(first[-1].config if self.plan.fp8_native else {}, {})
         width = max(SCREEN, getattr(self.runner, "concurrency", 1))
-        self.ahead(trials + [self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in narrow[:width]])
+        picks = narrow[:width]
+        # and the first wider round if the narrowest scale as the priors say: started as their GPUs free up, not
+        # after the search has read them (a wave of its own on the critical path otherwise)
+        wider = self._wider(rest, max([1.0, *(self.cost.gain(cfg) for _, cfg in picks)])) if picks else []
+        self.ahead(trials + [self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in picks + wider])
 
     def _ready(self, pairs: list[tuple[Candidate, dict]]) -> list[tuple[Candidate, dict]]:
         """Those of ``pairs`` a runner has already measured ahead of the search (asking for them launches
