@@ -234,6 +234,13 @@ def overlaps_disjoint(result: TuneResult) -> bool:
                if p.started_at < q.ended_at and q.started_at < p.ended_at)  # type: ignore[operator]
 
 
+def floor(result: TuneResult, n: int) -> float:
+    """The least wall time any schedule of ``result``'s launched trials could take on ``n`` GPUs: their GPU-seconds
+    (GPUs held x trial time) spread over every GPU at once (no dependency between trials assumed)."""
+    return sum(len(o.gpus or o.config.get("gpus") or [0]) * (o.ended_at - o.started_at)
+               for o in result.candidates if o.launched and o.started_at and o.ended_at) / n
+
+
 def run_world(n: int, startup_s: float, goal: str, repeats: int, probe_repeats: int) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -268,7 +275,8 @@ def run_world(n: int, startup_s: float, goal: str, repeats: int, probe_repeats: 
     ahead = sum(1 for p in ran if p.ahead and p.status != "not_used")
     unused = sum(1 for p in ran if p.status == "not_used")
     benches = sum(1 for p in ran if p.bench_beside)
-    return (f"| {n} | {seq_wall:.1f} | {par_wall:.1f} | {par_wall / seq_wall:.0%} | {a.name if a else '-'} "
+    return (f"| {n} | {seq_wall:.1f} | {par_wall:.1f} | {par_wall / seq_wall:.0%} | {floor(seq, n) / seq_wall:.0%} | "
+            f"{a.name if a else '-'} "
             f"({a.p50_s if a else 0:.3f} s) | {b.name if b else '-'} ({b.p50_s if b else 0:.3f} s) | "
             f"{verdict} | {seq.launches} / {par.launches} | {side} | {ahead} / {unused} | {benches} | "
             f"{len(seq_watch.shared) + len(par_watch.shared)} ({par_watch.samples} samples) | "
@@ -289,12 +297,13 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so every server a trial started is stopped on the way out (a killed run of
     # this script once left an emulated server behind)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    rows = ["| GPUs | sequential wall (s) | parallel wall (s) | parallel/sequential | sequential winner | "
+    rows = ["| GPUs | sequential wall (s) | parallel wall (s) | parallel/sequential | floor: the sequential trials' "
+            "GPU-seconds / GPUs, of its wall | sequential winner | "
             "parallel winner | same (or within noise) | launches seq/par | trials run beside another | "
             "started ahead: used / not used | benchmarks overlapping another | GPUs shared (emulator) | "
             "overlapping trials disjoint (timeline) | a launch beside a benchmark moves its p50 | "
             "a benchmark beside a benchmark moves its p50 |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in args.gpus or [8, 4]:
         rows.append(run_world(n, args.startup_s, args.goal, args.repeats, args.probe_repeats))
         sys.stdout.write(rows[-1] + "\n")
