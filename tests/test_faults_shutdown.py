@@ -17,7 +17,7 @@ from omnitune.server.main import build_server
 from tests.faults_helpers import SRC, auntil, db_rows, stdio_params, until
 from tests.launch_helpers import QWEN, ZIMAGE, emulator_processes, emulator_settings, world
 from tests.test_benchmark import known_latency
-from tests.test_tune import IMAGE
+from tests.test_tune import CLEAR_CLIFF, IMAGE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow(seconds=80)]
 
@@ -36,8 +36,7 @@ def truthful_candidates(db) -> list:
 
 async def test_closing_the_client_mid_tune_cancels_it_first_and_resume_finds_the_undisturbed_winner(
         emulator, tmp_path):
-    # ~0.3 s requests (twice the scenario's): Cache-DiT 0.24 beats 0.12 beyond a busy machine's noise
-    emulator.write("lossy_cliff", cost={"step_s_per_megapixel": 0.8})
+    emulator.write("lossy_cliff", cost=CLEAR_CLIFF)  # its winner clear of a loaded host's noise (tests/test_tune.py)
     settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
     db = settings.db_path
     request = {"model": QWEN, "goal": {"quality": "lossy"}, "workload": {**IMAGE, "measured": 6}}

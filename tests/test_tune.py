@@ -25,6 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / ".venv" / "vllm-omni-src" / "0.30.0"
 # 20 steps: requests long enough (0.1-0.5 s simulated) that a loaded 2-core machine's scheduling noise stays small;
 # 3 measured requests everywhere (videos too): the median and its MAD-based error then shrug off one stalled request
+# The lossy_cliff world with ~0.3 s requests (twice the scenario's) and Cache-DiT 0.24 at 2.6x instead of 2.1x: the
+# winner, Cache-DiT 0.24, beats TeaCache 0.3 (1.75x) and Cache-DiT 0.12 by ~140 ms, beyond a loaded host's noise
+# (35 ms, then 70 ms between them were lost to stalls). Same qualities, so the same cliffs and bisections.
+CLEAR_CLIFF = {"step_s_per_megapixel": 0.8, "cache_dit": [
+    [0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.6, 3.0], [0.4, 2.8, 30.0]]}
 IMAGE = {"sizes": ["256x256"], "measured": 3, "warmup": 1, "num_inference_steps": 20}
 
 
@@ -115,10 +120,7 @@ def test_guidance_is_pruned_for_a_pipeline_without_cfg_and_steps_need_a_step_cou
 
 
 async def test_a_tune_whose_omnitune_is_sigkilled_resumes_under_its_own_id(emulator, tmp_path):
-    # ~0.3 s requests (twice the scenario's) and Cache-DiT 0.24 at 2.6x instead of 2.1x: it beats TeaCache 0.3 by
-    # ~140 ms, beyond a busy machine's noise (35 ms, then 70 ms between them were lost to stalls on a loaded host)
-    emulator.write("lossy_cliff", cost={"step_s_per_megapixel": 0.8, "cache_dit": [
-        [0.0, 1.0, 0.0], [0.08, 1.5, 1.0], [0.12, 1.8, 2.0], [0.24, 2.6, 3.0], [0.4, 2.8, 30.0]]})
+    emulator.write("lossy_cliff", cost=CLEAR_CLIFF)
     settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC)
     request = {"model": QWEN, "goal": {"quality": "lossy"}, "workload": IMAGE}
     driver = subprocess.Popen([sys.executable, str(REPO / "tests" / "orphan_driver.py"), settings.model_dump_json(),
@@ -160,8 +162,7 @@ async def test_a_tune_whose_omnitune_is_sigkilled_resumes_under_its_own_id(emula
 
 
 async def test_a_lossy_tune_cancelled_mid_search_resumes_to_the_cliff_and_the_inert_threshold(emulator, tmp_path):
-    # Requests of ~0.3 s instead of 0.15: Cache-DiT 0.24 beats 0.12 by ~50 ms, beyond a busy machine's noise
-    emulator.write("lossy_cliff", cost={"step_s_per_megapixel": 0.8})
+    emulator.write("lossy_cliff", cost=CLEAR_CLIFF)
     async with Client(build_server(emulator_settings(emulator, tmp_path, vllm_omni_source=SRC))) as client:
         job = await client.call_tool("tune_start", {"request": {"model": QWEN, "goal": {"quality": "lossy"},
                                                                 "workload": IMAGE}})
