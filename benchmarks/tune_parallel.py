@@ -45,6 +45,16 @@ p50 by -0.8% to +0.2% (the alone spread 0.7-3.6%), a launch beside a benchmark b
 within the host's noise. The 40% target is met only in runs where the search takes one wider round (8 GPUs); with
 two rounds it is ~50% at equal load, and on 4 GPUs it is bound at ~54% by the GPU-time of the trials themselves.
 Before (16:04, finalists re-launched alone): 120% and 119%.
+
+2026-12-01, this host quiet (load < 1), the column ``floor`` added: the sequential tune's trials' GPU-seconds over
+the GPUs, as a share of its wall, the least any schedule of those trials could take. main before merging the
+benchmark overlap (02:40): 8 GPUs 12.7 / 30.6 s (42%), 4 GPUs 21.1 / 28.9 s (73%); a traced 8-GPU run 21.3 / 28.8 s
+(74%: three wider rounds, 7 launches against 6). After (03:36 and 04:19): 8 GPUs 8.9 / 24.4 s (36%, one wider
+round) and 13.0 / 24.6 s (53%, floor 26%: one wider round more than the sequential tune, 6 launches against 5);
+4 GPUs 17.9 / 28.6 s (63%) and 17.2 / 27.5 s (63%, floor 51%). Same winners; 0 GPUs shared; a launch or a benchmark
+beside a benchmark moved a p50 by -0.1% to +0.7%. So on 8 GPUs the ratio is set by how many dependent wider rounds
+the search takes (one: ~35%; two: ~50%), on 4 GPUs by the trials' own GPU-time (floor ~51-54%): 40% is met on 8
+GPUs only when the search takes one wider round, and is out of reach on 4 GPUs for the same trials.
 """
 
 from __future__ import annotations
