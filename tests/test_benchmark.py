@@ -68,8 +68,9 @@ async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and
     # Images: the real server reports no inference_time_s, only stage_durations in ms (as on a real H200).
     assert s["server"]["inference_time_s"] is None
     assert set(s["server"]["stage_durations_mean_s"]) == {"queue_wait_ms", "stage_0_gen_ms"}
-    # the emulator's own clock around its simulated compute: never short of it, over by its sleep's overshoot
-    assert 0 <= s["server"]["stage_durations_mean_s"]["stage_0_gen_ms"] - truth * 1000 < 25
+    # the emulator's own clock around its simulated compute: never short of it, over by its sleep's overshoot (a few
+    # ms quiet; 34 ms seen in one request of a starved process: the took() bound of tests/test_emulator_behaviour.py)
+    assert 0 <= s["server"]["stage_durations_mean_s"]["stage_0_gen_ms"] - truth * 1000 < 100
     assert s["cold_latency_s"] is not None and s["warmup_latencies_s"] == [s["cold_latency_s"]]
     assert s["throughput_images_per_s"] == pytest.approx(1 / lat["mean_s"], rel=0.05)
     # One progress notification per request (1 warm-up + 4 measured), each with the total.
