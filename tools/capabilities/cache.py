@@ -41,12 +41,9 @@ class AnalysisCache:
         self._lock = threading.Lock()
         self._dirty = False
         loaded = self._load()
-        self.seeded = loaded is None and seed is not None and seed.version == version and \
-            seed.root == str(root) and self._valid(seed.files)
-        if self.seeded:
-            assert seed is not None
-            self._dirty = bool(seed.entries)  # written to this workspace too, for its next start
-        self.data = loaded or (seed if self.seeded else None) or CacheData(version=version, root=str(root))
+        self.seeded = loaded is None and seed is not None and self._valid(seed.files)
+        self.data = loaded or (seed if self.seeded and seed is not None else CacheData(version=version, root=str(root)))
+        self._dirty = self.seeded and bool(self.data.entries)  # written to this workspace too, for its next start
 
     def snapshot(self) -> CacheData:
         """A copy to seed another workspace's cache with (entries are never changed once put: shared)."""

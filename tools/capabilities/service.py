@@ -66,12 +66,10 @@ class Analyzer:
     """All analyses of one located vllm-omni; parsing state is shared, results are cached."""
 
     def __init__(self, located: Located, cache_dir: Path | None, seed: Analyzer | None = None) -> None:
-        """``seed``: an analyzer of the same package in this process (another workspace): its results are reused
-        while the files they read are unchanged, instead of parsing the package again."""
+        """``seed``: an analyzer of the same located package in this process (another workspace's): its results are
+        reused while the files they read are unchanged, instead of parsing the package again."""
         self.located = located
-        same = seed is not None and seed.located == located
-        self.cache = AnalysisCache(located.root, located.version, cache_dir,
-                                   seed.cache.snapshot() if same and seed is not None else None)
+        self.cache = AnalysisCache(located.root, located.version, cache_dir, seed.cache.snapshot() if seed else None)
         self._lock = threading.RLock()
         self._index: SourceIndex | None = None
         self._facts: VersionFacts | None = None

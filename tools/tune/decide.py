@@ -17,10 +17,11 @@ from omnitune.tools.tune.ledger import Ledger
 from omnitune.tools.tune.memory import MemoryModel
 from omnitune.tools.tune.models import ACCEPT, Cancelled, NodeLost, Outcome, TuneRequest
 from omnitune.tools.tune.replicas import replicas_of
+from omnitune.tools.tune.stats import NOISE as NOISE_REL
 from omnitune.tools.tune.stats import noise
 from omnitune.tools.tune.trial import Trial, TrialRunner
 
-NOISE = 1.02  # "faster" must beat the best by more than this factor
+NOISE = 1 + NOISE_REL  # "faster" must beat the best by more than this factor
 Progress = Callable[[float, float | None, str], None]
 
 

@@ -29,12 +29,11 @@ from pydantic import BaseModel, Field
 
 from omnitune.tools.gpus import GpuReport, detect_gpus
 from omnitune.tools.tune.placement import Ask, Topology, fits_now, usable_gpus
-from omnitune.tools.tune.stats import agree
+from omnitune.tools.tune.stats import NOISE, agree
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
-NOISE = 0.02  # relative difference always inside the noise (as the tuner's NOISE)
 CANCEL_WAIT_S = 60.0  # how long cancelled trials get to return once their servers are stopped
 
 

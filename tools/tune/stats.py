@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # models imports parallel, which imports agree from here
     from omnitune.tools.tune.models import Outcome
 
+NOISE = 0.02  # a relative difference always inside the noise: the tuner, the finalists, agreeing figures
+
 
 def p50_se(latencies: list[float]) -> float | None:
     """Standard error of the median, from the MAD: one stalled request on a busy host must not make every
@@ -56,7 +58,7 @@ def pooled(first: Outcome, second: Outcome, why: str = "within the spread of the
         first.reason = f"measured twice ({why}); p50 pooled"
 
 
-def agree(side: tuple[float, float | None], alone: tuple[float, float | None], noise: float = 0.02) -> bool:
+def agree(side: tuple[float, float | None], alone: tuple[float, float | None], noise: float = NOISE) -> bool:
     """Two (p50, standard error) figures agree: within ``noise`` or twice their combined relative error."""
     (a, sa), (b, sb) = side, alone
     if not (a and b):
