@@ -44,7 +44,9 @@ def register(mcp: MCPServer) -> None:
         Baseline: eager on one GPU; else offloaded; else the fewest GPUs whose TP fits (all under
         goal.vram_limit_mib, if set). Then lossless candidates (compile + FP8, the parallel layouts the GPUs and
         the model allow), then lossy settings swept gentle to aggressive, each compared with the baseline and
-        stopped at the quality cliff, then request-level steps and guidance measured inside one server. With
+        stopped at the quality cliff (on one GPU with the winning layout's other settings, side by side; the
+        best then measured and judged on the layout), then request-level steps and guidance measured inside
+        one server. With
         goal.objective 'throughput', every trial keeps the GPUs busy (as many requests in flight as GPUs) and
         replicas of the best configuration are tried too (independent servers on disjoint GPUs, requests spread
         over them: more images per second, the same latency per request).

@@ -1,7 +1,8 @@
 """The tune's search policy: which candidates to measure, in which order, and what their outcomes decide.
 
 baseline -> lossless (one GPU, then parallel layouts ranked by the cost model; for the throughput objective,
-replicas of the best at each width) -> lossy (each cache backend swept to its quality cliff, then bisected) ->
+replicas of the best at each width) -> lossy (each cache backend swept to its quality cliff, then bisected, on one
+GPU with the best layout's settings where that was measured, and the best confirmed on the layout) ->
 request-level settings (steps, guidance) inside one server.
 The policy launches nothing itself: it asks a :class:`~tools.tune.trial.TrialRunner` (``run_many`` for a
 stage's screening, a ``session`` for request variants) through :class:`~tools.tune.decide.Decisions`, which
@@ -18,7 +19,7 @@ from omnitune.tools.tune.decide import NOISE, Cancelled, Decisions, Progress
 from omnitune.tools.tune.models import ACCEPT, Outcome
 from omnitune.tools.tune.replicas import replicas_of
 from omnitune.tools.tune.stats import noise, same_outputs, same_pixels
-from omnitune.tools.tune.trial import request_settings
+from omnitune.tools.tune.trial import Trial, request_settings
 
 __all__ = ["NOISE", "Cancelled", "Progress", "Tuner"]
 # A setting whose pixels match the previous one's skips no work, so any speed difference is launch-to-launch
@@ -31,6 +32,10 @@ SCREEN = 2            # narrowest layouts screened together first (the priors' b
 PRIOR_SLACK = 1.15    # how far an unmeasured dimension may beat its prior
 BISECTIONS = 2        # threshold refinements between the last passing and the first failing rung
 REPLICA_EFF = 0.95    # throughput per replica, of one server's (3.83x on 4 replicas in vLLM-Omni #4707)
+CONFIRM_FALLBACKS = 1  # gentler passing settings tried on the layout when the one-GPU sweep's best fails there
+# What spreads one configuration over GPUs (dropped, the rest on one GPU is the lossy sweep's stand-in)
+SPREAD = ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size", "vae_patch_parallel_size", "replicas")
+CACHE = ("cache_backend", "cache_config")
 SP_IGNORED = "SP hooks not applied"
 
 
@@ -45,12 +50,21 @@ class Tuner(Decisions):
     def _search(self) -> Outcome | None:
         lossy = self.req.goal.quality == "lossy"
         self.reserve = 1 if lossy and any(c.kind == "request" for c in self.plan.candidates) else 0
+        # and one to confirm on the winning layout what the cache sweep found on one GPU (released if it runs
+        # on the layout itself)
+        self._kept = 1 if lossy and self.plan.gpus > 1 else 0
+        self.reserve += self._kept
+        self._later: list[Trial] = []  # hinted behind every hint of the lossless stage (idle GPUs only)
         self._ahead_first()
         extra = self._baseline()
         if not self.baseline or self.baseline.status not in ("measured", "reused"):
             return None
         self.best = self.baseline
         extra = self._single_gpu(extra)
+        if lossy and not extra and self.best and gpus_of(self.best.config) == 1 and self.plan.gpus > 1:
+            # the cache sweep runs on this one-GPU configuration whatever layout wins (see _lossy_sweep): its
+            # first rungs can use GPUs the layout rounds leave idle
+            self._later = self._rungs(self.best.config, self.req.goal.quality_floor)
         self._layouts(extra)
         if lossy:
             self._ahead_lossy()
@@ -213,16 +227,28 @@ class Tuner(Decisions):
     def _ahead_layouts(self, picks: list[tuple[Candidate, dict]]) -> None:
         self.ahead([self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in picks])
 
+    def ahead(self, trials: list[Trial]) -> None:
+        super().ahead([*trials, *getattr(self, "_later", [])])
+
     def _ahead_lossy(self) -> None:
-        """Each cache backend's first rungs on the best lossless configuration (each backend is swept anyway)."""
+        """Each cache backend's first rungs where the sweep will run them (each backend is swept anyway)."""
         assert self.best is not None
-        base = {k: v for k, v in self.best.config.items() if k not in ("cache_backend", "cache_config")}
+        on = self._proxy(self.best) or self.best
+        self._later = []
+        self.ahead(self._rungs(on.config, self.req.goal.quality_floor))
+
+    def _rungs(self, config: dict, floor: str) -> list[Trial]:
+        """Each cache backend's first rungs on ``config``, as many per backend as run at once."""
+        base = {k: v for k, v in config.items() if k not in CACHE}
         wave = self._width(gpus_of(base))
-        firsts: dict[str, list[Candidate]] = {}
+        return [self.trial(d.name, "lossy", "cache", {**base, **d.config}, floor)
+                for ladder in self._ladders().values() for d in ladder[:wave]]
+
+    def _ladders(self) -> dict[str, list[Candidate]]:
+        backends: dict[str, list[Candidate]] = {}
         for c in [c for c in self.plan.candidates if c.kind == "cache"]:
-            firsts.setdefault(c.config["cache_backend"], []).append(c)
-        self.ahead([self.trial(d.name, "lossy", "cache", {**base, **d.config}, self.req.goal.quality_floor)
-                    for ladder in firsts.values() for d in ladder[:wave]])
+            backends.setdefault(c.config["cache_backend"], []).append(c)
+        return backends
 
     def _width(self, gpus: int) -> int:
         """Trials of ``gpus`` GPUs the runner measures at once (1: one at a time)."""
@@ -303,20 +329,33 @@ class Tuner(Decisions):
 
     # -- lossy --------------------------------------------------------------------------------------
     def _lossy_sweep(self, floor: str) -> None:
-        """Each cache backend on the best lossless configuration, gentle to aggressive: settings that do
-        nothing are flagged inert and each sweep stops at its quality cliff. Then the winning backend's
-        threshold is bisected between its last passing and its first failing rung."""
+        """Each cache backend, gentle to aggressive: settings that do nothing are flagged inert and each sweep
+        stops at its quality cliff; the fastest backend's threshold is then bisected between its last passing and
+        its first failing rung.
+
+        Where the best lossless configuration spreads over GPUs and the same settings were measured on one GPU,
+        the sweep runs there: parallel layouts compute the same pictures (vLLM-Omni: lossless), so a threshold's
+        quality and its place on the speed ladder carry over, and rungs on one GPU each run side by side (a
+        6-GPU layout on 8 GPUs takes them one at a time, each holding six GPUs). The fastest passing setting of
+        each backend within the noise of the best is then measured and judged on the layout itself."""
         assert self.best is not None
         lossless = self.best
-        base = {k: v for k, v in lossless.config.items() if k not in ("cache_backend", "cache_config")}
-        backends: dict[str, list[Candidate]] = {}
-        for c in [c for c in self.plan.candidates if c.kind == "cache"]:
-            backends.setdefault(c.config["cache_backend"], []).append(c)
+        proxy = self._proxy(lossless)
+        if proxy is None:  # swept on the configuration itself: nothing to confirm
+            self.reserve, self._kept = self.reserve - self._kept, 0
+        on = proxy or lossless
+        base = {k: v for k, v in on.config.items() if k not in CACHE}
         brackets: dict[str, tuple[str, float, float, Outcome]] = {}
+        passes: dict[str, list[Outcome]] = {}
+        backends = self._ladders()
         wave = self._width(gpus_of(base))  # rungs side by side: at most one wave is measured past the cliff
+        self._later = []
+        spent = False
         for b, (backend, ladder) in enumerate(backends.items()):
+            if spent:
+                break
             key = next(iter(ladder[0].config["cache_config"]))
-            previous, passed = lossless, None
+            previous, passed = on, None
             queued: list[Outcome] = []
             for i, c in enumerate(ladder):
                 value = c.config["cache_config"][key]
@@ -327,7 +366,8 @@ class Tuner(Decisions):
                                                 for d in ladder[i:i + wave]])
                 out = queued.pop(0)
                 if out.status == "skipped_budget":
-                    return
+                    spent = True
+                    break
                 if out.cause in ("refused", "launch_gate"):
                     break  # the backend itself is refused: no other threshold will start
                 verdict = self._judge_lossy(out, previous, floor)
@@ -338,28 +378,106 @@ class Tuner(Decisions):
                     break
                 if verdict in ("pass", "inert"):
                     passed = value
-                    previous = out if verdict == "pass" else previous
-            for o in queued:  # measured in the same side-by-side wave as the cliff: no decision taken on them
-                self.accept(o, floor)
-                o.reason = (o.reason or "") + "; measured in the wave that found the cliff, not considered"
-        winner = self.best.config.get("cache_backend")
-        if winner in brackets:
-            self._bisect(winner, *brackets[winner], base, floor)
+                    if verdict == "pass":
+                        previous = out
+                        passes.setdefault(backend, []).append(out)
+            self._past_cliff(queued, floor)
+        fastest = self._fastest([o for outs in passes.values() for o in outs])
+        winner = (fastest.config.get("cache_backend") if fastest else None) if proxy else \
+            self.best.config.get("cache_backend")
+        if winner in brackets and not spent:
+            last = self._bisect(winner, *brackets[winner], base, floor)
+            if last is not None:
+                passes[winner].append(last)
+        self.reserve, self._kept = self.reserve - self._kept, 0
+        if proxy is not None and passes:
+            self._confirm(passes, lossless, floor)
+
+    def _proxy(self, lossless: Outcome) -> Outcome | None:
+        """``lossless``'s settings on one GPU, measured and passed (None: it is on one GPU, or they were not)."""
+        if gpus_of(lossless.config) <= 1:
+            return None
+        one = {**{k: v for k, v in lossless.config.items() if k not in SPREAD + CACHE}, "gpus": [0]}
+        key = self.ledger.key(one)
+        return next((o for o in self.outcomes if o.p50_s and not o.request_settings
+                     and o.status in ("measured", "reused", "within_noise")
+                     and not (o.verdict and o.verdict not in ACCEPT["lossless"]) and o.config.get("gpus") == [0]
+                     and self.ledger.key(o.config) == key), None)
+
+    def _fastest(self, outs: list[Outcome]) -> Outcome | None:
+        top: Outcome | None = None
+        for o in outs:
+            if top is None or self.better(o, top):
+                top = o
+        return top
+
+    def _speed(self, out: Outcome) -> float:
+        return -(out.throughput or 0) if self.req.goal.objective == "throughput" else (out.p50_s or 1e18)
+
+    def _confirm(self, passes: dict[str, list[Outcome]], lossless: Outcome, floor: str) -> None:
+        """The one-GPU sweep's fastest passing setting of each backend (those within the noise of the fastest)
+        measured on ``lossless``'s layout and judged there; one rejected there falls back to its backend's next
+        gentler passing setting, up to CONFIRM_FALLBACKS times."""
+        base = {k: v for k, v in lossless.config.items() if k not in CACHE}
+        ranked = {b: sorted(outs, key=self._speed) for b, outs in passes.items()}
+        tops = sorted(((b, outs[0]) for b, outs in ranked.items()), key=lambda t: self._speed(t[1]))
+        queue = [(b, o) for b, o in tops if o is tops[0][1] or not self.better(tops[0][1], o)]
+        tries = dict.fromkeys(ranked, 0)
+        while queue:
+            trials = [self.trial(f"{o.name} on {lossless.name}", "lossy", "cache",
+                                 {**base, **{k: o.config[k] for k in CACHE}}, floor) for _, o in queue]
+            again = []
+            for (b, o), out in zip(queue, self.measure_many(trials), strict=True):
+                if out.status == "skipped_budget":
+                    return
+                if self.consider(out, floor):
+                    continue
+                gentler = ranked[b][ranked[b].index(o) + 1:]
+                if out.status == "rejected_quality" and gentler and tries[b] < CONFIRM_FALLBACKS:
+                    tries[b] += 1
+                    out.reason = (out.reason or "") + f"; on one GPU it passed: {gentler[0].name} tried instead"
+                    again.append((b, gentler[0]))
+            queue = again
+
+    def _past_cliff(self, queued: list[Outcome], floor: str) -> None:
+        for o in queued:  # measured in the same side-by-side wave as the cliff: no decision taken on them
+            self.accept(o, floor)
+            o.reason = (o.reason or "") + "; measured in the wave that found the cliff, not considered"
 
     def _bisect(self, backend: str, key: str, passed: float, failed: float, previous: Outcome, base: dict,
-                floor: str) -> None:
-        """The passing threshold closest to the cliff: halve the interval between the last pass and first fail."""
+                floor: str) -> Outcome | None:
+        """The passing threshold closest to the cliff: halve the interval between the last pass and first fail
+        BISECTIONS times; a runner that measures that many at once gets the points bisection could visit in one
+        wave. Returns the last setting that passed (None: none did)."""
+        def trial(mid: float) -> Trial:
+            return self.trial(f"{backend} {mid} (bisection)", "lossy", "cache",
+                              {**base, "cache_backend": backend, "cache_config": {key: mid}}, floor)
+
+        last = None
+        n = 2 ** BISECTIONS
+        if self._width(gpus_of(base)) >= n - 1 and self.ledger.budget_left() - self.reserve >= n - 1:
+            points = [round(passed + (failed - passed) * i / n, 4) for i in range(1, n)]
+            outs = self.measure_many([trial(p) for p in points])
+            for k, out in enumerate(outs):
+                verdict = self._judge_lossy(out, previous, floor)
+                if verdict == "pass":
+                    previous = last = out
+                elif verdict != "inert":
+                    self._past_cliff(outs[k + 1:], floor)
+                    break
+            return last
         for _ in range(BISECTIONS):
             mid = round((passed + failed) / 2, 4)
-            cfg = {**base, "cache_backend": backend, "cache_config": {key: mid}}
-            out = self.measure(self.trial(f"{backend} {mid} (bisection)", "lossy", "cache", cfg, floor))
+            out = self.measure(trial(mid))
             verdict = self._judge_lossy(out, previous, floor)
             if verdict == "cliff":
                 failed = mid
             elif verdict in ("pass", "inert"):
                 passed, previous = mid, out
+                last = out if verdict == "pass" else last
             else:
                 break
+        return last
 
     def _judge_lossy(self, out: Outcome, previous: Outcome, floor: str) -> str:
         """'cliff' (rejected on quality), 'inert' (same pixels, no gain), 'pass' or 'other' (failed, budget)."""
