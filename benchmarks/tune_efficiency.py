@@ -94,6 +94,11 @@ WORLDS: dict[str, tuple[str, dict, str, dict, dict]] = {
                                                      "cost": {**FAST, "pcie_efficiency_factor": 0.55,
                                                               "cfg_parallel_speedup": 1.05}},
                                  "tiny-qwenimage", {}, IMAGE),
+    # the cache cliff between rungs again, on a model whose best lossless configuration is a 4-GPU layout: the
+    # tune sweeps the thresholds on one GPU and confirms on the layout, the grid measures each on the layout
+    "cache on a layout (4xH200)": ("lossy_cliff", {"gpus": [H200] * 4, "cost": {**FAST, "cache_dit": [
+        [0.0, 1.0, 0.0], [0.24, 2.0, 2.0], [0.3, 2.6, 3.0], [0.4, 2.8, 40.0]]}}, "tiny-qwenimage",
+        {"quality": "lossy"}, IMAGE),
     "TP-only model (4xH200)": ("cfg4_qwen_image", {"gpus": [H200] * 4, "model": {"sp_plan": False, "tp_divides": 24},
                                                    "cost": {**FAST, "tp_efficiency": 0.85,
                                                             "cfg_parallel_speedup": 1.0}},

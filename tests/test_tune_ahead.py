@@ -131,7 +131,9 @@ def test_a_lossy_sweep_keeps_its_launch_for_steps_and_guidance_with_trials_ahead
     best_one = one.run()
     t, inner = ahead_tuner(ws, world, goal={"quality": "lossy"})
     best = t.run()
-    assert best is not None and best_one is not None and best.name == best_one.name
+    # the same configuration (the sequential tune sweeps the caches on the layout: on one GPU it would take
+    # longer; side by side on four, the tune sweeps them on one GPU and confirms on the layout)
+    assert best is not None and best_one is not None and best.config == best_one.config
     assert inner.shared == [] and len(inner.started) <= t.req.max_launches
     assert all(o.verdict for o in t.outcomes if o.p50_s and o.stage != "baseline")
     request_level = [o for o in t.outcomes if o.request_settings]

@@ -446,7 +446,8 @@ class LayoutDrift(WorldTrials):
 
 
 def test_a_multi_gpu_lossy_tune_sweeps_caches_on_one_gpu_and_confirms_the_best_on_the_layout(ws):
-    world = load_world("lossy_cliff", gpus=[H200] * 4)
+    # launches take 3 s and requests ~0.3 s on one GPU: a threshold on one GPU takes little longer than on four
+    world = load_world("lossy_cliff", gpus=[H200] * 4, cost={"startup_s": 3.0})
     t = policy(ws, world, goal={"quality": "lossy"})
     best = t.run()
     rungs = [cfg for name, cfg in fake(t).launched if cfg.get("cache_backend") and " on " not in name]
@@ -466,7 +467,7 @@ def test_a_multi_gpu_lossy_tune_sweeps_caches_on_one_gpu_and_confirms_the_best_o
 
 
 def test_a_cache_setting_that_fails_on_the_layout_falls_back_to_the_next_gentler_one(ws):
-    world = load_world("lossy_cliff", gpus=[H200] * 4)
+    world = load_world("lossy_cliff", gpus=[H200] * 4, cost={"startup_s": 3.0})
     probe = policy(ws, world, job_id="probe", goal={"quality": "lossy"})
     t = policy(ws, world, goal={"quality": "lossy"}, runner=LayoutDrift(world, probe.req))
     best = t.run()
@@ -475,3 +476,15 @@ def test_a_cache_setting_that_fails_on_the_layout_falls_back_to_the_next_gentler
     assert failed.status == "rejected_quality" and "cache_dit 0.12 tried instead" in (failed.reason or "")
     assert best is not None and best.name == "cache_dit 0.12 on cfg_parallel_size=2xusp=2 (4 GPUs)"
     assert best.verdict == "acceptable" and best.config["gpus"] == [0, 1, 2, 3]
+
+
+def test_caches_are_swept_on_the_layout_where_one_gpu_would_take_much_longer(ws):
+    # launches take 0.1 s: a threshold's time is its requests, ~3.4x longer on one GPU than on the 4-GPU layout
+    world = load_world("lossy_cliff", gpus=[H200] * 4, cost={"startup_s": 0.1})
+    t = policy(ws, world, goal={"quality": "lossy"})
+    best = t.run()
+    rungs = [cfg for _, cfg in fake(t).launched if cfg.get("cache_backend")]
+    assert len(rungs) >= 9 and all(cfg["gpus"] == [0, 1, 2, 3] for cfg in rungs)
+    assert not any(" on " in o.name for o in t.outcomes)  # nothing to confirm
+    assert any("swept on cfg_parallel_size=2xusp=2 (4 GPUs) itself" in n for n in t.notes)
+    assert best is not None and best.config["gpus"] == [0, 1, 2, 3] and best.config.get("cache_backend")

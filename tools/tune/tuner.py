@@ -33,6 +33,10 @@ PRIOR_SLACK = 1.15    # how far an unmeasured dimension may beat its prior
 BISECTIONS = 2        # threshold refinements between the last passing and the first failing rung
 REPLICA_EFF = 0.95    # throughput per replica, of one server's (3.83x on 4 replicas in vLLM-Omni #4707)
 CONFIRM_FALLBACKS = 1  # gentler passing settings tried on the layout when the one-GPU sweep's best fails there
+# A cache sweep on one GPU may take up to this much longer per threshold than on the layout (wall time, with as many
+# side by side as the runner runs at once): it holds one GPU where the layout holds k. Beyond it (a long video on
+# one GPU, one trial at a time) the sweep runs on the layout.
+PROXY_WALL = 1.5
 # What spreads one configuration over GPUs (dropped, the rest on one GPU is the lossy sweep's stand-in)
 SPREAD = ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size", "vae_patch_parallel_size", "replicas")
 CACHE = ("cache_backend", "cache_config")
@@ -61,9 +65,9 @@ class Tuner(Decisions):
             return None
         self.best = self.baseline
         extra = self._single_gpu(extra)
-        if lossy and not extra and self.best and gpus_of(self.best.config) == 1 and self.plan.gpus > 1:
-            # the cache sweep runs on this one-GPU configuration whatever layout wins (see _lossy_sweep): its
-            # first rungs can use GPUs the layout rounds leave idle
+        if lossy and not extra and self.best and gpus_of(self.best.config) == 1 and self._sweep_here(self.best):
+            # the cache sweep will likely run on this one-GPU configuration whatever layout wins (see
+            # _lossy_sweep): its first rungs can use GPUs the layout rounds leave idle
             self._later = self._rungs(self.best.config, self.req.goal.quality_floor)
         self._layouts(extra)
         if lossy:
@@ -341,6 +345,10 @@ class Tuner(Decisions):
         assert self.best is not None
         lossless = self.best
         proxy = self._proxy(lossless)
+        if proxy is not None and not self._sweep_here(proxy, lossless):
+            self.notes.append(f"cache settings swept on {lossless.name} itself: on one GPU ({proxy.name}) each "
+                              f"threshold would take more than {PROXY_WALL:g}x its wall time there")
+            proxy = None
         if proxy is None:  # swept on the configuration itself: nothing to confirm
             self.reserve, self._kept = self.reserve - self._kept, 0
         on = proxy or lossless
@@ -390,6 +398,11 @@ class Tuner(Decisions):
             if last is not None:
                 passes[winner].append(last)
         self.reserve, self._kept = self.reserve - self._kept, 0
+        if proxy is not None:
+            self.notes.append(f"cache settings swept on one GPU ({proxy.name}: the settings of {lossless.name} "
+                              "without its layout, whose pictures are the same); "
+                              + ("the fastest passing one of each backend within the noise of the best measured "
+                                 "and judged on the layout" if passes else "none passed, nothing to confirm"))
         if proxy is not None and passes:
             self._confirm(passes, lossless, floor)
 
@@ -403,6 +416,29 @@ class Tuner(Decisions):
                      and o.status in ("measured", "reused", "within_noise")
                      and not (o.verdict and o.verdict not in ACCEPT["lossless"]) and o.config.get("gpus") == [0]
                      and self.ledger.key(o.config) == key), None)
+
+    def _sweep_here(self, one: Outcome, layout: Outcome | None = None) -> bool:
+        """Whether a cache sweep on ``one`` (one GPU) takes at most PROXY_WALL x the wall time per threshold of the
+        same on ``layout`` (None: on the layout the cost model predicts fastest), each as many side by side as run
+        at once. A trial's time: its measured launch and benchmark, or its requests at its p50."""
+        if self.plan.gpus <= 1 or not one.p50_s:
+            return False
+        wl = self.req.workload
+        requests = wl.warmup + (wl.measured or 3)
+        one_s = (one.gpu_seconds or 0.0) if one.launched else 0.0
+        one_s = max(one_s, requests * one.p50_s)
+        launch = one_s - requests * one.p50_s
+        if layout is not None:
+            k, p50 = gpus_of(layout.config), layout.p50_s or one.p50_s
+            measured = (layout.gpu_seconds or 0.0) / k if layout.launched else 0.0
+            layout_s = measured if measured and one.launched else launch + requests * p50
+        else:
+            pool = [c.config for c in self.plan.candidates if c.kind == "layout" and gpus_of(c.config) > 1]
+            if not pool:
+                return False
+            top = max(pool, key=self.cost.gain)
+            k, layout_s = gpus_of(top), launch + requests * one.p50_s / max(self.cost.gain(top), 1.0)
+        return one_s / self._width(1) <= PROXY_WALL * layout_s / self._width(k)
 
     def _fastest(self, outs: list[Outcome]) -> Outcome | None:
         top: Outcome | None = None
