@@ -14,7 +14,7 @@ over beside it (does a benchmark beside a benchmark move it? the evidence under 
 launch costs ``--startup-s`` seconds in the emulator (real launches take minutes, which is what makes parallel
 trials worth it).
 
-    .venv/bin/python benchmarks/tune_parallel.py [--gpus 8 --gpus 4] [--startup-s 3] [--goal lossless|lossy]
+    .venv/bin/python benchmarks/tune_parallel.py [--gpus 8 --gpus 4] [--startup-s 3] [--goal lossless --goal lossy]
 
 Where the time goes (8 GPUs, 3 s launches, the emulator sleep-bound: a trial is ~3.7 s launch of which 3 s is the
 simulated load, ~1-2.4 s benchmark, ~0.3-1 s picture comparison; the CPU-bound parts are the emulator's process
@@ -285,7 +285,8 @@ def run_world(n: int, startup_s: float, goal: str, repeats: int, probe_repeats: 
     ahead = sum(1 for p in ran if p.ahead and p.status != "not_used")
     unused = sum(1 for p in ran if p.status == "not_used")
     benches = sum(1 for p in ran if p.bench_beside)
-    return (f"| {n} | {seq_wall:.1f} | {par_wall:.1f} | {par_wall / seq_wall:.0%} | {floor(seq, n) / seq_wall:.0%} | "
+    return (f"| {goal} | {n} | {seq_wall:.1f} | {par_wall:.1f} | {par_wall / seq_wall:.0%} | "
+            f"{floor(seq, n) / seq_wall:.0%} | "
             f"{a.name if a else '-'} "
             f"({a.p50_s if a else 0:.3f} s) | {b.name if b else '-'} ({b.p50_s if b else 0:.3f} s) | "
             f"{verdict} | {seq.launches} / {par.launches} | {side} | {ahead} / {unused} | {benches} | "
@@ -297,7 +298,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--gpus", type=int, action="append", help="GPUs of the emulated host (default: 8 and 4)")
     parser.add_argument("--startup-s", type=float, default=3.0, help="emulated launch time per server")
-    parser.add_argument("--goal", choices=["lossless", "lossy"], default="lossless")
+    parser.add_argument("--goal", choices=["lossless", "lossy"], action="append",
+                        help="quality goal of both tunes (default: lossless and lossy)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh alone launches per winner when they differ")
     parser.add_argument("--probe-repeats", type=int, default=3,
                         help="benchmarks alone / beside a launch / beside a benchmark, interleaved, for the "
@@ -307,18 +309,19 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so every server a trial started is stopped on the way out (a killed run of
     # this script once left an emulated server behind)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    rows = ["| GPUs | sequential wall (s) | parallel wall (s) | parallel/sequential | floor: the sequential trials' "
-            "GPU-seconds / GPUs, of its wall | sequential winner | "
+    rows = ["| goal | GPUs | sequential wall (s) | parallel wall (s) | parallel/sequential | floor: the sequential "
+            "trials' GPU-seconds / GPUs, of its wall | sequential winner | "
             "parallel winner | same (or within noise) | launches seq/par | trials run beside another | "
             "started ahead: used / not used | benchmarks overlapping another | GPUs shared (emulator) | "
             "overlapping trials disjoint (timeline) | a launch beside a benchmark moves its p50 | "
             "a benchmark beside a benchmark moves its p50 |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for n in args.gpus or [8, 4]:
-        rows.append(run_world(n, args.startup_s, args.goal, args.repeats, args.probe_repeats))
-        sys.stdout.write(rows[-1] + "\n")
-        sys.stdout.flush()
-    sys.stdout.write(f"cfg4_qwen_image world on n H200 (NVSwitch), launch {args.startup_s} s, goal {args.goal}\n")
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for goal in args.goal or ["lossless", "lossy"]:
+        for n in args.gpus or [8, 4]:
+            rows.append(run_world(n, args.startup_s, goal, args.repeats, args.probe_repeats))
+            sys.stdout.write(rows[-1] + "\n")
+            sys.stdout.flush()
+    sys.stdout.write(f"cfg4_qwen_image world on n H200 (NVSwitch), launch {args.startup_s} s\n")
     sys.stdout.write("\n".join(rows) + "\n")
 
 
