@@ -55,6 +55,20 @@ round) and 13.0 / 24.6 s (53%, floor 26%: one wider round more than the sequenti
 beside a benchmark moved a p50 by -0.1% to +0.7%. So on 8 GPUs the ratio is set by how many dependent wider rounds
 the search takes (one: ~35%; two: ~50%), on 4 GPUs by the trials' own GPU-time (floor ~51-54%): 40% is met on 8
 GPUs only when the search takes one wider round, and is out of reach on 4 GPUs for the same trials.
+
+Lossy goal (2026-12-01, quiet host). Before: the cache sweep ran on the winning layout (6 GPUs of 8, 4 of 4), one
+threshold at a time: 8 GPUs 84.1 / 60.2 s parallel (72%, floor 57%), 4 GPUs 79.6 / 71.7 s (90%, floor 81%). Now
+the thresholds are swept on one GPU with the layout's other settings (side by side, the first ones started during
+the layout rounds, bisection points in one wave) and the best is confirmed on the layout: 8 GPUs 90.2 / 31.6 s (35%)
+and 87.4 / 34.7 s (40%, floor 24-25%), same winner or within the noise; 4 GPUs 87.5 / 43.3 s (49%) and 87.2 / 43.5 s
+(50%, floor 39%: bound by the trials' own GPU-time again); 0 GPUs shared. In the second 4-GPU run the parallel tune
+kept Cache-DiT 0.24 where the sequential one took 0.28 (bisection): 2.6% slower on the re-measure, the two
+thresholds' one-GPU figures being within the noise of each other (only each backend's fastest is confirmed on the
+layout). Lossless in the same run: 8 GPUs 28.3 / 12.9 s (46%, two wider rounds), 4 GPUs 27.8 / 17.4 s (63%).
+The second wider round was CFG 2 x TP 3, alive only on its prior's slack while Ulysses and Ring had both come in at
+85-90% of theirs. Since the cost model predicts a splitting dimension never measured from how the measured ones
+compared with their priors (tools/tune/costmodel.py), both tunes skip it: 8 GPUs lossless 24.2 / 8.9 s (37%, 5
+launches each, same winner).
 """
 
 from __future__ import annotations

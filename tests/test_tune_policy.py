@@ -488,3 +488,19 @@ def test_caches_are_swept_on_the_layout_where_one_gpu_would_take_much_longer(ws)
     assert not any(" on " in o.name for o in t.outcomes)  # nothing to confirm
     assert any("swept on cfg_parallel_size=2xusp=2 (4 GPUs) itself" in n for n in t.notes)
     assert best is not None and best.config["gpus"] == [0, 1, 2, 3] and best.config.get("cache_backend")
+
+
+def test_a_splitting_dimension_never_measured_is_predicted_from_how_the_measured_ones_did():
+    from omnitune.tools.tune.costmodel import PRIOR, CostModel
+    cost = CostModel(uses_cfg=True, nvlink=True)
+    assert cost.efficiency("tensor_parallel_size") == PRIOR["tensor_parallel_size"]  # nothing measured: the prior
+    cost.learn({"ring": 2, "gpus": [0, 1]}, 2 * 0.9 * PRIOR["ring"])  # Ring at 90% of its prior
+    cost.learn({"usp": 4, "gpus": list(range(4))}, 4 * (0.8 * PRIOR["usp"]) ** 2)  # Ulysses at 80% of its prior
+    assert cost.efficiency("tensor_parallel_size") == pytest.approx(PRIOR["tensor_parallel_size"] * (0.9 * 0.8) ** 0.5)
+    assert cost.efficiency("ring") == pytest.approx(0.9 * PRIOR["ring"])  # a measured one keeps its own figure
+    # so CFG 2 x TP 3 on top of a measured CFG gain is predicted below what the priors alone said
+    cost.learn({"cfg_parallel_size": 2, "gpus": [0, 1]}, 1.8)
+    prior_only = 1.8 * 3 * PRIOR["tensor_parallel_size"] ** math.log2(3)
+    assert cost.gain({"cfg_parallel_size": 2, "tensor_parallel_size": 3}) < 0.9 * prior_only
+    cost.mark_inert(("usp", "ring"))  # dimensions the server ignored say nothing about TP
+    assert cost.efficiency("tensor_parallel_size") == PRIOR["tensor_parallel_size"]

@@ -4,6 +4,9 @@ Each parallel dimension keeps a fraction of the ideal gain per doubling (n GPUs 
 parallel a fixed factor. Priors are the guide's; PCIe lowers them (no NVLink: every exchange crosses the host).
 Each measured layout with one dimension sets that dimension's efficiency, so 2-GPU scaling predicts 4 and 8;
 a dimension the server said it ignored (SP without ``_sp_plan``) gains nothing, without another launch.
+The dimensions that split the DiT's work (Ulysses, Ring, TP) pay for the same interconnect and the same model
+shape: one not measured yet is predicted from its prior scaled as the measured ones compared with theirs
+(Ulysses and Ring at 85-90% of their priors predict TP at ~88% of its own, not at its prior).
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ PRIOR = {"usp": 0.85, "ring": 0.75, "tensor_parallel_size": 0.7}
 PCIE_FACTOR = 0.8
 CFG_PRIOR = 1.85
 SP_DIMENSIONS = ("usp", "ring")
+SPLIT = ("usp", "ring", "tensor_parallel_size")  # split the DiT's work: each exchange crosses the interconnect
 
 
 class CostModel:
     def __init__(self, uses_cfg: bool, nvlink: bool | None) -> None:
         factor = PCIE_FACTOR if nvlink is False else 1.0
         self.eff = {k: v * factor for k, v in PRIOR.items()}
+        self.prior = dict(self.eff)
         self.cfg_gain = CFG_PRIOR if uses_cfg else 1.0
         self.inert: set[str] = set()
         self.learned: set[str] = set()
@@ -34,8 +39,18 @@ class CostModel:
         for k, v in layout_of(config).items():
             if k in self.inert:
                 continue
-            g *= self.cfg_gain if k == "cfg_parallel_size" else v * self.eff[k] ** math.log2(v)
+            g *= self.cfg_gain if k == "cfg_parallel_size" else v * self.efficiency(k) ** math.log2(v)
         return g
+
+    def efficiency(self, k: str) -> float:
+        """Kept per doubling: measured, or the prior scaled as the measured splitting dimensions compare with
+        theirs (geometric mean of their ratios)."""
+        if k in self.learned or k not in SPLIT:
+            return self.eff[k]
+        ratios = [self.eff[d] / self.prior[d] for d in SPLIT if d in self.learned and d not in self.inert]
+        if not ratios:
+            return self.eff[k]
+        return min(1.0, self.eff[k] * math.prod(ratios) ** (1 / len(ratios)))
 
     def optimistic(self, config: dict, slack: float) -> float:
         """The predicted gain, with ``slack`` where a dimension is still on its prior (never measured)."""
