@@ -17,6 +17,13 @@ same configuration picked by both is measured once: one set of figures, not two 
 
     .venv/bin/python benchmarks/tune_efficiency.py [--repeats 3] [--world NAME ...]
 
+2026-12-01, quiet host, lossy caches swept on one GPU (05:45-06:10): offload+SP 100.0% / 22% (8 / 64 launches), cache
+cliff 100.0% / 15% (14 / 51), per-request OOM 100.0% / 33% and, run again, 26% (6 / 28: the same six launches; the
+GPU-seconds of trials side by side vary with the host), comm-bound 100.0% / 6% (6 / 66), TP-only 100.0% / 7% (6 /
+65), the new world "cache on a layout" 98.9% / 14% (23 / 103; the grid's winner adds HSDP, within the noise). After the
+cost model scaled unmeasured splitting dimensions by the measured ones (07:30-07:42): comm-bound 100.0% / 6% (5 / 66),
+TP-only 100.0% / 8% (6 / 65), offload+SP 100.0% / 29% (10 / 64); 0 refused, 0 OOM the estimate knew, everywhere.
+
 With benchmarks side by side and the first wider round hinted with the first wave (2026-11-30 23:20-23:50, load
 average 2.2-6.7): offload+SP 97.7% of the grid's best at 17% of its GPU-seconds (8 / 64 launches), cache cliff
 100.0% / 13% (14 / 51), per-request OOM 96.8% / 18% (6 / 28), comm-bound 94.7% / 5% (5 / 66: one GPU kept over CFG
