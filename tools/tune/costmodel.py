@@ -17,6 +17,7 @@ PRIOR = {"usp": 0.85, "ring": 0.75, "tensor_parallel_size": 0.7}
 PCIE_FACTOR = 0.8
 CFG_PRIOR = 1.85
 SP_DIMENSIONS = ("usp", "ring")
+LAYOUT = ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size")  # the dimensions a layout multiplies
 SPLIT = ("usp", "ring", "tensor_parallel_size")  # split the DiT's work: each exchange crosses the interconnect
 
 
@@ -92,8 +93,7 @@ class CostModel:
 
 
 def layout_of(config: dict) -> dict[str, int]:
-    return {k: int(config[k]) for k in ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size")
-            if int(config.get(k, 1) or 1) > 1}
+    return {k: int(config[k]) for k in LAYOUT if int(config.get(k, 1) or 1) > 1}
 
 
 def gpus_of(config: dict) -> int:

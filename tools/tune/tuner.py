@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 
 from omnitune.tools.plan import Candidate
-from omnitune.tools.tune.costmodel import SP_DIMENSIONS, gpus_of
+from omnitune.tools.tune.costmodel import LAYOUT, SP_DIMENSIONS, gpus_of
 from omnitune.tools.tune.decide import NOISE, Cancelled, Decisions, Progress
 from omnitune.tools.tune.models import ACCEPT, Outcome
 from omnitune.tools.tune.replicas import replicas_of
@@ -38,7 +38,7 @@ CONFIRM_FALLBACKS = 1  # gentler passing settings tried on the layout when the o
 # one GPU, one trial at a time) the sweep runs on the layout.
 PROXY_WALL = 1.5
 # What spreads one configuration over GPUs (dropped, the rest on one GPU is the lossy sweep's stand-in)
-SPREAD = ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size", "vae_patch_parallel_size", "replicas")
+SPREAD = (*LAYOUT, "vae_patch_parallel_size", "replicas")
 CACHE = ("cache_backend", "cache_config")
 SP_IGNORED = "SP hooks not applied"
 
