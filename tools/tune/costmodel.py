@@ -7,6 +7,10 @@ a dimension the server said it ignored (SP without ``_sp_plan``) gains nothing, 
 The dimensions that split the DiT's work (Ulysses, Ring, TP) pay for the same interconnect and the same model
 shape: one not measured yet is predicted from its prior scaled as the measured ones compared with theirs
 (Ulysses and Ring at 85-90% of their priors predict TP at ~88% of its own, not at its prior).
+A layout measured already is predicted from that measurement, not from its dimensions: the same layout held
+another way (layerwise offload, HSDP) from it, times what the two ways were seen to cost against each other on
+another layout (unseen: the same, with the prior's slack; never faster than the layout measured resident, since
+offloading or sharding weights that fit only adds work).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ CFG_PRIOR = 1.85
 SP_DIMENSIONS = ("usp", "ring")
 LAYOUT = ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size")  # the dimensions a layout multiplies
 SPLIT = ("usp", "ring", "tensor_parallel_size")  # split the DiT's work: each exchange crosses the interconnect
+HOLD = ("enable_layerwise_offload", "enable_cpu_offload", "use_hsdp")  # ways of holding the weights of one layout
 
 
 class CostModel:
@@ -30,12 +35,16 @@ class CostModel:
         self.inert: set[str] = set()
         self.learned: set[str] = set()
         self.refused: list[set[tuple[str, int]]] = []  # layouts the engine refused: (dimension, degree) pairs
+        self.seen: dict[frozenset, dict[str, float]] = {}  # layout -> way of holding its weights -> gain measured
 
     def gain(self, config: dict) -> float:
         """Predicted speed-up of ``config``'s layout over the same settings on one GPU (0: the engine refused a
         layout it contains, so it refuses this one too)."""
         if any(r <= set(layout_of(config).items()) for r in self.refused):
             return 0.0
+        seen = self._seen(config)
+        if seen is not None:
+            return seen[0]
         g = 1.0
         for k, v in layout_of(config).items():
             if k in self.inert:
@@ -54,15 +63,40 @@ class CostModel:
         return min(1.0, self.eff[k] * math.prod(ratios) ** (1 / len(ratios)))
 
     def optimistic(self, config: dict, slack: float) -> float:
-        """The predicted gain, with ``slack`` where a dimension is still on its prior (never measured)."""
-        unmeasured = set(layout_of(config)) - self.learned - self.inert
+        """The predicted gain, with ``slack`` where a dimension is still on its prior (never measured), or where the
+        layout was measured only held another way and the two ways were never compared."""
+        seen = self._seen(config)
+        unmeasured = (not seen[1]) if seen is not None else bool(set(layout_of(config)) - self.learned - self.inert)
         return self.gain(config) * (slack if unmeasured else 1.0)
+
+    def _seen(self, config: dict) -> tuple[float, bool] | None:
+        """From the measurements of this very layout: (gain, whether backed by evidence for its way of holding
+        the weights); None when the layout was never measured."""
+        seen = self.seen.get(frozenset(layout_of(config).items()))
+        if not seen:
+            return None
+        hold = hold_of(config)
+        if hold in seen:
+            return seen[hold], True
+        if "" in seen:  # offloading or sharding weights that fit resident only adds work: at most as fast
+            return seen[""] * min(1.0, self.relative(hold, "") or 1.0), True
+        guesses = [(g * r, True) if (r := self.relative(hold, other)) is not None else (g, False)
+                   for other, g in seen.items()]
+        return max(guesses)
+
+    def relative(self, hold: str, other: str) -> float | None:
+        """How ``hold`` compared with ``other`` on the layouts measured both ways (geometric mean; None: never)."""
+        ratios = [s[hold] / s[other] for s in self.seen.values() if hold in s and other in s and s[other] > 0]
+        return math.prod(ratios) ** (1 / len(ratios)) if ratios else None
 
     def learn(self, config: dict, observed: float) -> None:
         """``observed``: measured speed-up over the one-GPU reference. Sets the one dimension it varies, or the one
         dimension of a combined layout not measured yet (the others' learned gains divided out: Ulysses seen only
         beside CFG parallel still tells what Ulysses gives, so a wider layout leaning on it is predicted from
-        evidence, not from its prior)."""
+        evidence, not from its prior). The layout itself keeps its best figure per way of holding the weights."""
+        if layout_of(config):
+            seen = self.seen.setdefault(frozenset(layout_of(config).items()), {})
+            seen[hold_of(config)] = max(observed, seen.get(hold_of(config), 0.0))
         layout = {k: v for k, v in layout_of(config).items() if k not in self.inert}
         if len(layout) > 1:
             unknown = [k for k in layout if k not in self.learned]
@@ -94,6 +128,11 @@ class CostModel:
 
 def layout_of(config: dict) -> dict[str, int]:
     return {k: int(config[k]) for k in LAYOUT if int(config.get(k, 1) or 1) > 1}
+
+
+def hold_of(config: dict) -> str:
+    """How a layout holds its weights: resident (""), or its offload and sharding flags."""
+    return "+".join(k for k in HOLD if config.get(k))
 
 
 def gpus_of(config: dict) -> int:

@@ -4,7 +4,8 @@ Weights come from the model folder's safetensors headers (sizes and dtypes only:
 JSON header are read, never the tensors). Per GPU: the DiT (halved by FP8 from 16-bit, divided by TP and by
 HSDP's shards) plus the encoders and VAE; model-level offload keeps the larger part, layerwise offload a
 small resident share. Activations grow with pixels x frames (x2 for CFG run as one batch), divide over the
-sequence-parallel group, and shrink with VAE tiling; their scale is learned from measured peaks.
+sequence-parallel group, and shrink with VAE tiling; their scale is learned from measured peaks (and
+floored by out-of-memory on the requests), the offloads' resident shares once the activations are known.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class MemoryModel:
         self.weights, self.capacity = weights, capacity_mib
         self.mp, self.frames, self.uses_cfg = megapixels, max(frames, 1), uses_cfg
         self.act = float(self.ACT_PRIOR_MIB)
-        self.ratio: dict[str, float] = {}  # measured / estimated, per way of holding the weights
+        self.act_floor = 0.0  # activations at least this (an out-of-memory on the requests said so)
+        self.act_from = ""    # what set ``act``: "resident" (weights exact), "offload" (the offload's prior share)
+        self.held: dict[str, float] = {}  # measured / estimated resident weights, per way of offloading them
         self.calibrated = False
 
     def _parts(self, config: dict) -> tuple[float, float]:
@@ -108,41 +111,49 @@ class MemoryModel:
         return "layerwise" if config.get("enable_layerwise_offload") else "cpu" if config.get("enable_cpu_offload") \
             else "resident"
 
-    def _raw(self, config: dict) -> float | None:
+    def _held(self, config: dict) -> float | None:
+        """Weights on each GPU, corrected by what launches with the same way of offloading measured."""
         w = self.weights_mib(config)
-        return None if w is None else w + self.act * self._act_units(config) + self.OVERHEAD_MIB
+        return None if w is None else w * self.held.get(self._mode(config), 1.0)
 
     def estimate(self, config: dict) -> float | None:
-        raw = self._raw(config)
-        return None if raw is None else raw * self.ratio.get(self._mode(config), 1.0)
+        w = self._held(config)
+        return None if w is None else w + self.act * self._act_units(config) + self.OVERHEAD_MIB
 
     def doomed(self, config: dict, limit_mib: float | None = None) -> bool:
         """Surely over the GPU (or the goal's limit): the weights (exact, from the headers) plus the least the
         activations may take (half the prior until a measurement calibrates them) already exceed it."""
-        w, caps = self.weights_mib(config), [c for c in (self.capacity, limit_mib) if c]
+        w, caps = self._held(config), [c for c in (self.capacity, limit_mib) if c]
         if w is None or not caps:
             return False
         low = w + self.act * self._act_units(config) * (0.9 if self.calibrated else 0.5) + self.OVERHEAD_MIB
-        return low * self.ratio.get(self._mode(config), 1.0) > min(caps)
+        return low > min(caps)
 
     def learn(self, config: dict, peak_mib: float | None) -> None:
-        """A measured peak (above the level before launch): with the weights resident it sets the activation
-        scale; with offload, the correction for that way of holding the weights."""
+        """A measured peak (above the level before launch) = weights held + activations + overhead. With the
+        weights resident (exact from the headers) it sets the activation scale. With offload and no resident
+        measurement yet (a model that fits only offloaded), it sets the activation scale too, the offload's
+        resident share taken at its prior: one unknown per measurement, and an activation prior is the worse
+        guess of the two (charging the gap to the offload would count it again for every other offload).
+        With offload and the activations known, it corrects that way of holding the weights."""
         w, units = self.weights_mib(config), self._act_units(config)
         if w is None or not peak_mib or units <= 0:
             return
-        if self._mode(config) == "resident":
-            self.act = max(0.0, (peak_mib - w - self.OVERHEAD_MIB) / units)
-        raw = self._raw(config)
-        if raw:
-            self.ratio[self._mode(config)] = peak_mib / raw
+        mode = self._mode(config)
+        if mode == "resident" or self.act_from != "resident":
+            held = w * self.held.get(mode, 1.0)
+            self.act = max(self.act_floor, (peak_mib - held - self.OVERHEAD_MIB) / units)
+            self.act_from = "resident" if mode == "resident" else "offload"
+        elif w > 0:
+            self.held[mode] = min(4.0, max(0.0, peak_mib - self.act * units - self.OVERHEAD_MIB) / w)
         self.calibrated = True
 
     def learn_oom(self, config: dict) -> None:
         """Out of memory on the requests although the weights fit: activations are larger than the GPU left them
         (a floor on their scale, so the next estimate will not repeat the mistake)."""
-        w, units = self.weights_mib(config), self._act_units(config)
+        w, units = self._held(config), self._act_units(config)
         if w is None or not self.capacity or units <= 0:
             return
-        self.act = max(self.act, 1.1 * (self.capacity - w - self.OVERHEAD_MIB) / units)
+        self.act_floor = max(self.act_floor, 1.1 * (self.capacity - w - self.OVERHEAD_MIB) / units)
+        self.act = max(self.act, self.act_floor)
         self.calibrated = True
