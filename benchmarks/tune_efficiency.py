@@ -106,6 +106,14 @@ WORLDS: dict[str, tuple[str, dict, str, dict, dict]] = {
     "cache on a layout (4xH200)": ("lossy_cliff", {"gpus": [H200] * 4, "cost": {**FAST, "cache_dit": [
         [0.0, 1.0, 0.0], [0.24, 2.0, 2.0], [0.3, 2.6, 3.0], [0.4, 2.8, 40.0]]}}, "tiny-qwenimage",
         {"quality": "lossy"}, IMAGE),
+    # every layout must offload or shard (a 38 GiB DiT on 24 GB GPUs): layerwise offload and HSDP on each layout
+    "offload or HSDP (4xL4 image)": ("lossy_cliff", {"gpus": [L4] * 4, "topology": "pcie", "cost": FAST},
+                                     "tiny-qwenimage", {}, {**IMAGE, "sizes": ["512x512"]}),
+    # out of memory on every request on one GPU, and on two unless offloaded: what fits is learned from the peaks
+    "per-request OOM (4xL4)": ("lossy_cliff", {"gpus": [L4] * 4, "topology": "pcie", "cost": FAST,
+                                               "model": {"dit_gib": 8.0, "text_encoder_gib": 4.0},
+                                               "memory": {"activation_gib_per_megapixel": 14.0}},
+                               "tiny-qwenimage", {}, {**IMAGE, "sizes": ["1024x1024"], "num_inference_steps": 4}),
     "TP-only model (4xH200)": ("cfg4_qwen_image", {"gpus": [H200] * 4, "model": {"sp_plan": False, "tp_divides": 24},
                                                    "cost": {**FAST, "tp_efficiency": 0.85,
                                                             "cfg_parallel_speedup": 1.0}},

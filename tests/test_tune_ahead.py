@@ -236,3 +236,21 @@ def test_a_trial_run_ahead_that_ends_frees_its_gpus_for_the_next_one_without_the
         time.sleep(0.02)
     assert inner.started == ["cfg", "usp"] and inner.shared == []
     t.runner.close()
+
+
+def test_a_wider_layout_is_not_started_ahead_behind_a_round_of_one_trial_that_holds_its_gpus(ws):
+    # a 38 GiB DiT on 4 L4s: each wider round is one 4-GPU trial; a 4-GPU layout hinted behind it could only start
+    # when it ends, when the search decides anyway: started ahead there, it was a launch spent on a guess
+    L4 = {"name": "NVIDIA L4", "memory_mib": 23034, "compute_capability": [8, 9]}
+    world = load_world("lossy_cliff", gpus=[L4] * 4, topology="pcie")
+    t, inner = ahead_tuner(ws, world, weights=True, workload={"sizes": ["512x512"], "measured": 3, "warmup": 1,
+                                                              "num_inference_steps": 20})
+    best = t.run()
+    assert best is not None and len(best.config["gpus"]) == 4 and inner.shared == []
+    timeline = t.runner.timeline
+    wide = [p for p in timeline if p.started_at and len(p.gpus) == 4]
+    assert len(wide) >= 2 and all(p.status != "not_used" for p in timeline)
+    # started ahead: only the first wider round, hinted while the narrower trials ran beside it; every later
+    # 4-GPU trial was asked for by the search (the one hinted behind Ulysses 4 was started on a guess before)
+    assert [p.trial for p in wide if p.ahead] == [wide[0].trial]
+    assert t.ledger.launches == len(inner.started)

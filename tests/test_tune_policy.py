@@ -546,3 +546,20 @@ def test_a_layout_measured_one_way_predicts_it_held_another_way_once_the_two_way
     cost.learn({"usp": 2, "gpus": [0, 1]}, 1.95)
     assert cost.optimistic({"usp": 2, "gpus": [0, 1], "use_hsdp": True}, 1.15) == pytest.approx(1.95)
 
+
+
+def test_on_two_gpus_a_layout_the_priors_give_no_chance_after_the_first_is_not_launched(ws):
+    # nothing wider to predict: CFG 2 (the priors' best) first; Ulysses 2 over PCIe cannot beat what it measured
+    world = load_world("cfg4_qwen_image", gpus=[A100] * 2, topology="pcie")
+    t = policy(ws, world)
+    best = t.run()
+    two = [cfg for _, cfg in fake(t).launched if len(cfg.get("gpus") or [0]) == 2]
+    assert best is not None and best.config.get("cfg_parallel_size") == 2 and len(two) == 1
+
+
+def test_on_two_gpus_the_other_layouts_get_their_chance_where_the_first_disappoints(ws):
+    world = load_world("cfg4_qwen_image", gpus=[A100] * 2, topology="pcie", cost={"cfg_parallel_speedup": 1.05})
+    t = policy(ws, world)
+    best = t.run()
+    assert any(cfg.get("usp") == 2 for _, cfg in fake(t).launched)
+    assert best is not None and best.config.get("usp") == 2

@@ -160,7 +160,7 @@ class Tuner(Decisions):
         assert self.best is not None
         ref = self.best
         first, rest = self._layout_pool(ref.config, extra)
-        width = max(SCREEN, getattr(self.runner, "concurrency", 1))
+        width = self._screen_width(first, rest)
         guess = max([self._gain(ref), *(self.cost.gain(cfg) for _, cfg in first[:width])])
         self._ahead_layouts(self._wider(rest, guess))  # if the narrowest scale as the model says
         self._screen(first[:width], ref)
@@ -173,7 +173,7 @@ class Tuner(Decisions):
                 break
             rest = [p for p in rest if p not in pick]
             guess = max([target, *(self.cost.gain(cfg) for _, cfg in pick)])
-            self._ahead_layouts(self._wider(rest, guess))  # the next round, if these scale as predicted
+            self._ahead_layouts(self._wider(rest, guess), beside=pick)  # the next round, if these scale as predicted
             self._screen(pick, ref)
         late = self._ready(first + rest)  # measured ahead on idle GPUs, never asked for: evidence already paid for
         if late:
@@ -183,6 +183,16 @@ class Tuner(Decisions):
             top = max(self.cost.gain(cfg) for _, cfg in rest)
             self.notes.append(f"{len(rest)} wider layout(s) not launched: the cost model fitted to the measured ones "
                               f"predicts at most {top:.2f}x over one GPU, against {self._gain(ref):.2f}x measured")
+
+    def _screen_width(self, first: list[tuple[Candidate, dict]], rest: list[tuple[Candidate, dict]]) -> int:
+        """How many of the narrowest layouts are screened before the search reads any: the priors' best two (or as
+        many as run at once), so that two dimensions' scaling predicts the wider layouts. With no wider layout
+        (2 GPUs), only the narrowest compete: as many as run at once, then the rest only where the priors leave
+        them a chance against what was measured (a 2-GPU host measured Ulysses 2 after CFG 2 had already
+        beaten what its prior allowed it)."""
+        if rest or not first:
+            return max(SCREEN, getattr(self.runner, "concurrency", 1))
+        return max(1, self._width(gpus_of(first[0][1])))
 
     def _layout_pool(self, ref: dict, extra: dict) -> tuple[list[tuple[Candidate, dict]], list[tuple[Candidate, dict]]]:
         """The layouts on top of ``ref`` (its quantization kept): the narrowest, best prior first, and the wider."""
@@ -215,7 +225,7 @@ class Tuner(Decisions):
         first = [single[-1]] if self.plan.fp8_native and len(single) > 1 else single
         trials = [self.trial(c.name, "lossless", c.kind, c.config, "lossless") for c in first]
         narrow, rest = self._layout_pool(first[-1].config if self.plan.fp8_native else {}, {})
-        width = max(SCREEN, getattr(self.runner, "concurrency", 1))
+        width = self._screen_width(narrow, rest)
         picks = narrow[:width]
         # and the first wider round if the narrowest scale as the priors say: started as their GPUs free up, not
         # after the search has read them (a wave of its own on the critical path otherwise)
@@ -228,7 +238,15 @@ class Tuner(Decisions):
         keys = getattr(self.runner, "ready", lambda: set())()
         return [p for p in pairs if self.ledger.key(p[1]) in keys]
 
-    def _ahead_layouts(self, picks: list[tuple[Candidate, dict]]) -> None:
+    def _ahead_layouts(self, picks: list[tuple[Candidate, dict]],
+                       beside: list[tuple[Candidate, dict]] | None = None) -> None:
+        """Hint ``picks`` to run ahead of the search. Not where the round ``beside`` is one trial and a pick cannot
+        start until it ends: the search decides then anyway (in the time a comparison takes), and a trial started
+        in its place is a launch spent on a guess (4 L4s: a 4-GPU layout started behind each 4-GPU one, 11 GPU-s
+        of 112 never asked for)."""
+        if beside and len(beside) == 1:
+            free = self.plan.gpus - gpus_of(beside[0][1])
+            picks = [p for p in picks if gpus_of(p[1]) <= free]
         self.ahead([self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in picks])
 
     def ahead(self, trials: list[Trial]) -> None:
