@@ -17,6 +17,26 @@ same configuration picked by both is measured once: one set of figures, not two 
 
     .venv/bin/python benchmarks/tune_efficiency.py [--repeats 3] [--world NAME ...]
 
+2026-12-01 midday, two more worlds: "offload or HSDP (4xL4 image)" (a 38 GiB DiT on 24 GB GPUs: every layout
+offloads or shards) and "per-request OOM (4xL4)". Stand-ins for hidden worlds of the same kinds (2-4 L4s, 2 A100s
+over PCIe, another cache cliff) run on main at d979dde (10:50-11:10): per-request OOM 4xL4 87.7% of the grid's best
+(10 / 68 launches), offload or HSDP 100.0% / 45% of its GPU-seconds (9 / 66), offload+SP on 2xL4 100.0% / 35% (4 /
+26), comm-bound 2xA100 100.0% / 19% (5 / 25), a TeaCache cliff 100.0% / 13%. Three faults, each reproduced in a
+test before its fix. (1) An offloaded peak with nothing resident measured was charged to the offload, so every
+later offloaded estimate came out above that very peak (FP8 + offload, Ulysses 2 + offload skipped as bound to run
+out of memory: the 87.7%). (2) A layout measured once was still predicted from its dimensions' best efficiency,
+and the same layout held another way (HSDP instead of offload) was launched again. (3) On 2 GPUs Ulysses 2 was
+launched after CFG 2 had already beaten all its prior allowed it, and on 4 GPUs a 4-GPU layout was started ahead
+behind each single 4-GPU round (a guess launched when the search decides anyway). With (1) and (2) (e76f1a5,
+11:28-11:58): offload+SP 101.1% / 24% (9 / 64), cache cliff 100.0% / 15% (14 / 51), per-request OOM 2xL4 100.0% /
+31% (6 / 28; 50%, 8 launches, in a run at 11:05), comm-bound 100.0% / 5% (5 / 66), cache on a layout 100.0% / 10%
+(22 / 103), offload or HSDP 100.0% / 48% (9 / 66: two knife-edge rounds and a 4-GPU trial started ahead, never
+asked for; 5 launches in two of three traces), per-request OOM 4xL4 100.0% / 25% (13 / 68), TP-only 100.0% / 6%
+(6 / 65). With (3) too (c287d30, 12:02-12:20): offload or HSDP 100.0% / 29% (7 / 66), per-request OOM 2xL4 100.0% /
+19% (5 / 28), per-request OOM 4xL4 100.4% / 12% (9 / 68), offload+SP 100.0% / 20% (7 / 64); 0 refused, 0 OOM the
+estimate knew, everywhere. One world's GPU-seconds vary by a launch or two between runs (figures side by side,
+close calls measured again alone, predictions within the noise of the target).
+
 2026-12-01, quiet host, lossy caches swept on one GPU (05:45-06:10): offload+SP 100.0% / 22% (8 / 64 launches), cache
 cliff 100.0% / 15% (14 / 51), per-request OOM 100.0% / 33% and, run again, 26% (6 / 28: the same six launches; the
 GPU-seconds of trials side by side vary with the host), comm-bound 100.0% / 6% (6 / 66), TP-only 100.0% / 7% (6 /

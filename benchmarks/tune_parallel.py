@@ -69,6 +69,15 @@ The second wider round was CFG 2 x TP 3, alive only on its prior's slack while U
 85-90% of theirs. Since the cost model predicts a splitting dimension never measured from how the measured ones
 compared with their priors (tools/tune/costmodel.py), both tunes skip it: 8 GPUs lossless 24.2 / 8.9 s (37%, 5
 launches each, same winner).
+
+After the cost model predicts a measured layout from its own figure and the search stops hinting a wider layout
+behind a round of one trial that holds its GPUs (c287d30, 12:20-12:35, quiet host), all four in one run: lossless
+8 GPUs 24.6 / 9.0 s (36%, floor 26%), 4 GPUs 23.4 / 12.9 s (55%, floor 47%; 5 launches each, one 4-GPU round
+fewer); lossy 8 GPUs 84.8 / 30.8 s (36%, floor 22%), 4 GPUs 84.1 / 40.7 s (48%, floor 37%). Same winners (on 4
+GPUs both tunes kept CFG 2 x Ring 2, within the noise of CFG 2 x Ulysses 2 at this 256x256 workload); 0 GPUs
+shared; a launch or a benchmark beside a benchmark moved a p50 by -0.3% to +0.5%. On 4 GPUs the floor is still
+above 40% for lossless (the trials hold 2.2 GPUs each on average: CFG 2 and Ulysses 2 screened, a 4-GPU round),
+so that target stays out of reach there for this search; lossy is 11 points above its floor.
 """
 
 from __future__ import annotations

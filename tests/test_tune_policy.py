@@ -563,3 +563,16 @@ def test_on_two_gpus_the_other_layouts_get_their_chance_where_the_first_disappoi
     best = t.run()
     assert any(cfg.get("usp") == 2 for _, cfg in fake(t).launched)
     assert best is not None and best.config.get("usp") == 2
+
+
+def test_on_two_gpus_the_other_layouts_are_screened_one_at_a_time_each_refitting_the_model(ws):
+    # CFG parallel gives little and PCIe halves what splitting gains: Ulysses measured poor predicts Ring and TP
+    # poor (the same interconnect, the same model), so neither is launched
+    world = load_world("cfg4_qwen_image", gpus=[A100] * 2, topology="pcie",
+                       cost={"cfg_parallel_speedup": 1.1, "pcie_efficiency_factor": 0.5})
+    t = policy(ws, world)
+    best = t.run()
+    two = [cfg for _, cfg in fake(t).launched if len(cfg.get("gpus") or [0]) == 2]
+    assert best is not None and best.config.get("cfg_parallel_size") == 2
+    dims = ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size")
+    assert [next(k for k in dims if cfg.get(k)) for cfg in two] == ["cfg_parallel_size", "usp"]

@@ -164,8 +164,15 @@ class Tuner(Decisions):
         guess = max([self._gain(ref), *(self.cost.gain(cfg) for _, cfg in first[:width])])
         self._ahead_layouts(self._wider(rest, guess))  # if the narrowest scale as the model says
         self._screen(first[:width], ref)
-        target = self._gain(ref)  # the rest of the narrowest layouts: unless the priors leave them a chance
-        self._screen([p for p in first[width:] if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH], ref)
+        left = first[width:]  # the rest of the narrowest layouts: unless the priors leave them a chance
+        while left:
+            target = self._gain(ref)
+            chance = [p for p in left if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH]
+            # nothing wider to screen for: as many as run at once, then the model re-fitted (Ulysses measured poor
+            # over PCIe predicts Ring and TP poor too, without launching them)
+            batch = chance if rest else sorted(chance, key=lambda p: -self.cost.gain(p[1]))[:width]
+            left = [p for p in left if p not in batch] if batch and not rest else []
+            self._screen(batch, ref)
         for _ in range(WIDER_ROUNDS):
             target = self._gain(ref)
             pick = self._wider(rest, target)
