@@ -36,8 +36,10 @@ asked for; 5 launches in two of three traces), per-request OOM 4xL4 100.0% / 25%
 19% (5 / 28), per-request OOM 4xL4 100.4% / 12% (9 / 68), offload+SP 100.0% / 20% (7 / 64); 0 refused, 0 OOM the
 estimate knew, everywhere. With the rest of the 2-GPU layouts screened one at a time, the model re-fitted after
 each (5c0e9d8, 12:30-12:35): per-request OOM 2xL4 100.0% / 20% (5 / 28); the 2xA100 PCIe stand-in 100.0% / 17% (5 /
-25; 22%, 6 launches, before). One world's GPU-seconds vary by a launch or two between runs (figures side by side,
-close calls measured again alone, predictions within the noise of the target).
+25; 22%, 6 launches, before); and, on 4-GPU rounds of one trial (12:42-12:50), TP-only 100.0% / 6% (6 / 65),
+comm-bound 100.0% / 5% (5 / 66), cache on a layout 100.0% / 9% (21 / 103). One world's GPU-seconds vary by a
+launch or two between runs (figures side by side, close calls measured again alone, predictions within the noise
+of the target).
 
 2026-12-01, quiet host, lossy caches swept on one GPU (05:45-06:10): offload+SP 100.0% / 22% (8 / 64 launches), cache
 cliff 100.0% / 15% (14 / 51), per-request OOM 100.0% / 33% and, run again, 26% (6 / 28: the same six launches; the
