@@ -79,6 +79,7 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -339,6 +340,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="fresh launches per contender for the speed-ups")
     parser.add_argument("--world", action="append", choices=list(WORLDS))
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill stops the servers (the finally blocks run)
     logging.disable(logging.INFO)
     rows = ["| world | tune winner | grid winner | tune speed-up | grid speed-up | tune/grid | launches tune/grid "
             "| GPU-s tune/grid | refused tune/grid | OOM the estimate knew |",
