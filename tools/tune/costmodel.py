@@ -95,8 +95,8 @@ class CostModel:
         beside CFG parallel still tells what Ulysses gives, so a wider layout leaning on it is predicted from
         evidence, not from its prior). The layout itself keeps its best figure per way of holding the weights."""
         if layout_of(config):
-            seen = self.seen.setdefault(frozenset(layout_of(config).items()), {})
-            seen[hold_of(config)] = max(observed, seen.get(hold_of(config), 0.0))
+            seen, hold = self.seen.setdefault(frozenset(layout_of(config).items()), {}), hold_of(config)
+            seen[hold] = max(observed, seen.get(hold, 0.0))
         layout = {k: v for k, v in layout_of(config).items() if k not in self.inert}
         if len(layout) > 1:
             unknown = [k for k in layout if k not in self.learned]

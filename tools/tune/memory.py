@@ -141,8 +141,7 @@ class MemoryModel:
             return
         mode = self._mode(config)
         if mode == "resident" or self.act_from != "resident":
-            held = w * self.held.get(mode, 1.0)
-            self.act = max(self.act_floor, (peak_mib - held - self.OVERHEAD_MIB) / units)
+            self.act = max(self.act_floor, (peak_mib - w * self.held.get(mode, 1.0) - self.OVERHEAD_MIB) / units)
             self.act_from = "resident" if mode == "resident" else "offload"
         elif w > 0:
             self.held[mode] = min(4.0, max(0.0, peak_mib - self.act * units - self.OVERHEAD_MIB) / w)

@@ -168,11 +168,16 @@ class Tuner(Decisions):
         while left:
             target = self._gain(ref)
             chance = [p for p in left if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH]
+            if rest:  # one batch: the wider rounds re-fit the model
+                self._screen(chance, ref)
+                break
             # nothing wider to screen for: as many as run at once, then the model re-fitted (Ulysses measured poor
             # over PCIe predicts Ring and TP poor too, without launching them)
-            batch = chance if rest else sorted(chance, key=lambda p: -self.cost.gain(p[1]))[:width]
-            left = [p for p in left if p not in batch] if batch and not rest else []
+            batch = sorted(chance, key=lambda p: -self.cost.gain(p[1]))[:width]
+            if not batch:
+                break
             self._screen(batch, ref)
+            left = [p for p in left if p not in batch]
         for _ in range(WIDER_ROUNDS):
             target = self._gain(ref)
             pick = self._wider(rest, target)
