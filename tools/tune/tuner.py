@@ -201,8 +201,9 @@ class Tuner(Decisions):
         many as run at once), so that two dimensions' scaling predicts the wider layouts. With no wider layout
         (2 GPUs), only the narrowest compete: as many as run at once, then the rest only where the priors leave
         them a chance against what was measured (a 2-GPU host measured Ulysses 2 after CFG 2 had already
-        beaten what its prior allowed it)."""
-        if rest or not first:
+        beaten what its prior allowed it). Not on a Ray cluster: its width changes as nodes come and go, and a
+        tune resumed after a node was lost must ask again what it asked before (the trial lost with the node)."""
+        if rest or not first or getattr(self.runner, "ray", None) is not None:
             return max(SCREEN, getattr(self.runner, "concurrency", 1))
         return max(1, self._width(gpus_of(first[0][1])))
 
