@@ -44,8 +44,8 @@ def rows(settings, sql: str, *args) -> list[sqlite3.Row]:
         conn.close()
 
 
-async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and_all_is_recorded(emulator, tmp_path):
-    truth = 1.0  # 1% = 10 ms: the emulator itself spends 2-6 ms per request beyond its simulated time
+async def test_without_jitter_latency_is_the_known_latency_plus_handling_and_all_is_recorded(emulator, tmp_path):
+    truth = 1.0  # the emulator itself spends 2-6 ms per request beyond its simulated time
     # Activations of a 16x16 request made large (10 GiB) so the sampled memory peak stands out.
     emulator.write(world(1, cost=known_latency(truth), memory={"activation_gib_per_megapixel": 40000.0}))
     settings = emulator_settings(emulator, tmp_path)
@@ -62,9 +62,10 @@ async def test_without_jitter_p50_is_within_one_percent_of_the_known_latency_and
     lat = s["latency"]
     assert lat["count"] == 4 and s["requests_ok"] == 4 and s["requests_failed"] == 0
     # Never faster than the simulated time; above it only by the emulator's and the client's own handling: 2-6 ms
-    # on a quiet 2-core box, tens of ms with both cores busy. 5% still catches a wrong clock (warm-up counted, the
-    # polling step, a missed request) while a loaded CI machine cannot flip it.
-    assert truth <= lat["min_s"] <= lat["p50_s"] <= truth * 1.05, lat
+    # on a quiet 2-core box, tens of ms with both cores busy (p50 1.057 s seen at load 8.5). The fastest of four
+    # within 5% still catches a clock that adds a fixed cost to every request (warm-up counted, a polling step, time
+    # between requests); the p50 is held only to a bound no loaded host reaches.
+    assert truth <= lat["min_s"] <= truth * 1.05 and lat["min_s"] <= lat["p50_s"] <= truth * 1.25, lat
     # Images: the real server reports no inference_time_s, only stage_durations in ms (as on a real H200).
     assert s["server"]["inference_time_s"] is None
     assert set(s["server"]["stage_durations_mean_s"]) == {"queue_wait_ms", "stage_0_gen_ms"}
