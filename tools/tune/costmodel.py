@@ -10,7 +10,10 @@ shape: one not measured yet is predicted from its prior scaled as the measured o
 A layout measured already is predicted from that measurement, not from its dimensions: the same layout held
 another way (layerwise offload, HSDP) from it, times what the two ways were seen to cost against each other on
 another layout (unseen: the same, with the prior's slack; never faster than the layout measured resident, since
-offloading or sharding weights that fit only adds work).
+offloading or sharding weights that fit only adds work). One pair needs no comparison on PCIe: HSDP against
+layerwise offload over an SP group. Each rank then copies 1/sp of every layer from the host, where HSDP gathers the
+other (sp-1)/sp from its peers over the same PCIe links: HSDP moves at least as much, so it is predicted no faster
+(with NVLink its gathers are an order of magnitude faster than host copies, and it keeps the slack).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class CostModel:
         self.eff = {k: v * factor for k, v in PRIOR.items()}
         self.prior = dict(self.eff)
         self.cfg_gain = CFG_PRIOR if uses_cfg else 1.0
+        self.nvlink = nvlink
         self.inert: set[str] = set()
         self.learned: set[str] = set()
         self.refused: list[set[tuple[str, int]]] = []  # layouts the engine refused: (dimension, degree) pairs
@@ -67,7 +71,17 @@ class CostModel:
         layout was measured only held another way and the two ways were never compared."""
         seen = self._seen(config)
         unmeasured = (not seen[1]) if seen is not None else bool(set(layout_of(config)) - self.learned - self.inert)
+        if unmeasured and seen is not None and self._moves_no_less(config):
+            unmeasured = False
         return self.gain(config) * (slack if unmeasured else 1.0)
+
+    def _moves_no_less(self, config: dict) -> bool:
+        """HSDP on PCIe, this layout measured with layerwise offload over an SP group: its gathers cross the same
+        links as the offload's copies and move at least as much per rank (see the module's docstring)."""
+        layout = layout_of(config)
+        sp = layout.get("usp", 1) * layout.get("ring", 1)
+        seen = self.seen.get(frozenset(layout.items()), {})
+        return self.nvlink is False and sp > 1 and hold_of(config) == "use_hsdp" and "enable_layerwise_offload" in seen
 
     def _seen(self, config: dict) -> tuple[float, bool] | None:
         """From the measurements of this very layout: (gain, whether backed by evidence for its way of holding

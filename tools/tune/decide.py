@@ -39,10 +39,11 @@ class Decisions:
         self.best: Outcome | None = None
         self.reserve = 0  # launches kept back for a later stage (steps and guidance)
         self.notes: list[str] = list(notes or [])
-        if ledger.replay or ledger.rerun:
+        if ledger.replay or ledger.lost:
             self.notes.append(f"resumed: {len(ledger.replay)} outcome(s) taken from this job's records, "
                               f"{ledger.launches} launch(es) and {ledger.gpu_seconds:.1f} GPU-s already spent"
-                              + (f"; {ledger.rerun} trial(s) lost with a Ray node run again" if ledger.rerun else ""))
+                              + (f"; {len(ledger.lost)} trial(s) lost with a Ray node left to ask again"
+                                 if ledger.lost else ""))
 
     # -- measuring through the ledger and the runner ------------------------------------------------
     def trial(self, name: str, stage: str, kind: Any, config: dict, floor: str | None = None,
@@ -115,6 +116,9 @@ class Decisions:
         close = getattr(self.runner, "close", None)
         if close is not None:
             close()
+        lost = self.ledger.lost_note()
+        if lost:
+            self.notes.append(lost)
 
     def _known(self, t: Trial, key: str) -> Outcome | None:
         """This job's own record (resume), else a run another tune measured with the same key."""

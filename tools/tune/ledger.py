@@ -34,7 +34,8 @@ class Ledger:
         self.workload = workload or request.workload
         self.replay: dict[str, Outcome] = {}
         self.launches, self.gpu_seconds, self.next_idx = 0, 0.0, 0
-        self.rerun = 0  # trials lost with their Ray node, run again by this (resumed) job
+        self.lost: set[str] = set()  # keys of trials lost with their Ray node: not decided, a resume asks again
+        self.recorded: set[str] = set()  # keys this run decided (what a resume asked again, among them)
         for row in self.ws.store.query("SELECT idx, data FROM tune_candidates WHERE job_id = ? ORDER BY idx",
                                        (self.job_id,)):
             data = json.loads(row["data"] or "{}")
@@ -43,8 +44,9 @@ class Ledger:
                 out = Outcome.model_validate({**data["outcome"], "resumed": True})
                 if out.cause != "node_lost":  # lost with its Ray node, not decided: a resume runs it again
                     self.replay[data["key"]] = out
+                    self.lost.discard(data["key"])
                 else:
-                    self.rerun += 1
+                    self.lost.add(data["key"])
                 self.launches += int(data.get("launched", 0))
                 self.gpu_seconds += float(data.get("gpu_seconds", 0.0))
         # Every launch that started a process is a servers row labelled with this job, written before the process
@@ -84,6 +86,19 @@ class Ledger:
             "data": {"key": key, "launched": launched, "gpu_seconds": out.gpu_seconds,
                      "outcome": out.model_dump(mode="json")}})
         self.next_idx += 1
+        if out.cause != "node_lost":
+            self.recorded.add(key)
+
+    def lost_note(self) -> str | None:
+        """What became of the trials a resumed job found lost with a Ray node: asked for again and decided, or
+        left (the resumed search took another path, so it never asked)."""
+        if not self.lost:
+            return None
+        again = len(self.lost & self.recorded)
+        left = len(self.lost) - again
+        return "; ".join(x for x in (f"{again} trial(s) lost with a Ray node run again" if again else "",
+                                     f"{left} trial(s) lost with a Ray node not asked for again (the resumed search "
+                                     "took another path)" if left else "") if x)
 
     def spend(self, launches: int, gpu_seconds: float) -> None:
         self.launches += launches
