@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+import psutil
 import pytest
 from mcp import Client
 
@@ -14,6 +15,13 @@ from omnitune.server.main import build_server
 from tests.launch_helpers import QWEN, ZIMAGE, emulator_processes, emulator_settings, world
 
 pytestmark = pytest.mark.anyio
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def call(client, tool, **args):
@@ -24,9 +32,13 @@ async def test_launch_waits_for_health_records_memory_and_stop_leaves_nothing(em
     emulator.write(world(1))
     settings = emulator_settings(emulator, tmp_path)
     progress = []
+
+    async def on_progress(p, t, m):
+        progress.append(m)
+
     async with Client(build_server(settings)) as client:
         result = await client.call_tool("launch_server", {"config": {"model": ZIMAGE, "enforce_eager": True}},
-                                        progress_callback=lambda p, t, m: progress.append(m) or None)
+                                        progress_callback=on_progress)
         assert result.is_error is False, result.content
         server = result.structured_content["server"]
         assert server["status"] == "running" and server["gpus"] == [0]
@@ -40,6 +52,8 @@ async def test_launch_waits_for_health_records_memory_and_stop_leaves_nothing(em
         logs = (await call(client, "server_logs", server_id=server["id"], lines=20)).structured_content
         assert "Application startup complete" in logs["text"]
         stopped = (await call(client, "stop_server", server_id=server["id"])).structured_content
+        # reaped at once, not left a zombie of this (still running) omnitune until it exits
+        assert not zombie(server["pid"])
     assert stopped["stopped"] is True and stopped["forced"] is False and stopped["leftover_pids"] == []
     assert stopped["gpu_memory_released"] is True and stopped["gpu_memory_mib"] == {"0": 0}
     assert emulator_processes(emulator) == []

@@ -176,25 +176,27 @@ def kill_group(pgid: int, since: float | None, grace_s: float,
         except (ProcessLookupError, PermissionError):
             pass
 
-    def reap() -> None:
-        if popen is not None:
-            popen.poll()
+    def gone() -> bool:
+        """No live member, and the leader, when it is our child, reaped. ``group_members`` skips zombies, but a
+        multi-threaded leader shows as one while its other threads are still exiting (and may still hold GPU
+        memory); it can be reaped only once they are gone, and left unreaped it stays a zombie while omnitune
+        runs."""
+        if group_members(pgid, since):
+            return False
+        return popen is None or popen.poll() is not None
 
-    if not group_members(pgid, since):
-        reap()
+    if gone():
         return True, False
     signal_group(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        reap()
-        if not group_members(pgid, since):
+        if gone():
             return True, False
         time.sleep(0.05)
     signal_group(signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        reap()
-        if not group_members(pgid, since):
+        if gone():
             return True, True
         time.sleep(0.05)
     return False, True
