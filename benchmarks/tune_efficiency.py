@@ -17,6 +17,18 @@ same configuration picked by both is measured once: one set of figures, not two 
 
     .venv/bin/python benchmarks/tune_efficiency.py [--repeats 3] [--world NAME ...]
 
+2026-12-01 afternoon (quiet host, --repeats 2), a new world "offload+SP (2xL4 video)", from a stand-in that stayed
+above 30%: HSDP was launched beside layerwise offload on the one SP layout (a third of the tune's GPU-seconds,
+within the noise of it). On PCIe the cost model now predicts HSDP no faster than layerwise offload measured on the
+same SP layout (044d478): 3 / 26 launches, 22% of the grid's GPU-seconds, 102.4% of its best (the grid's HSDP winner
+re-measured 2.4% slower); offload or HSDP 100.0% / 15% and 24% (4 and 6 / 66), offload+SP 4xL4 100.2% / 19% (7 / 64).
+Other stand-ins on the same code (tests' scenarios with other GPUs, sizes and curves): a TeaCache cliff 100.0% / 13%
+(11 / 51), comm-bound 2xA100 PCIe 100.0% / 19% (5 / 25) and 8xL40S PCIe 100.0% / 1% (6 / 174), TP-only 2xH200 100.0% /
+25% (5 / 25) and 8xH200 100.0% / 3% (7 / 173), a Cache-DiT cliff on a 1xH200 video 100.0% / 16% (8 / 51), 8xH200
+video 97.1% / 5% (8 / 165: Ulysses 8 against CFG 2 x Ulysses 4, 3-4% apart, decided either way run to run), a 2xL4
+video whose baseline needs offload 100.0% / 39% (3 / 28: baseline, single-GPU recipe, Ulysses 2, all offloaded, the
+least this search measures, against a grid most of whose launches fail at load within seconds).
+
 2026-12-01 midday, two more worlds: "offload or HSDP (4xL4 image)" (a 38 GiB DiT on 24 GB GPUs: every layout
 offloads or shards) and "per-request OOM (4xL4)". Stand-ins for hidden worlds of the same kinds (2-4 L4s, 2 A100s
 over PCIe, another cache cliff) run on main at d979dde (10:50-11:10): per-request OOM 4xL4 87.7% of the grid's best
@@ -114,6 +126,10 @@ WORLDS: dict[str, tuple[str, dict, str, dict, dict]] = {
     # 384x384 x 5 frames x 8 steps: compute dominates the request (at 256x256 x 4 steps the best layouts took
     # ~15 ms, where MP4 encoding and HTTP decide the figure)
     "offload+SP (4xL4 video)": ("video_offload", {"gpus": [L4] * 4, "cost": FAST}, "tiny-wan", {},
+                                {**VIDEO, "sizes": ["384x384"], "num_inference_steps": 8}),
+    # the same on two L4s over PCIe: one SP layout, layerwise offload or HSDP (the tune once spent a third of its
+    # GPU-seconds on HSDP there, whose gathers cross the links the offload's copies use)
+    "offload+SP (2xL4 video)": ("video_offload", {"gpus": [L4] * 2, "cost": FAST}, "tiny-wan", {},
                                 {**VIDEO, "sizes": ["384x384"], "num_inference_steps": 8}),
     "cache cliff between rungs": ("lossy_cliff", {"cost": {**FAST, "cache_dit": [
         [0.0, 1.0, 0.0], [0.24, 2.0, 2.0], [0.3, 2.6, 3.0], [0.4, 2.8, 40.0]]}}, "tiny-qwenimage",
