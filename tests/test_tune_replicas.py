@@ -71,6 +71,10 @@ async def test_a_latency_tune_never_tries_replicas(emulator, tmp_path):
     assert not [c for c in result["candidates"] if c["kind"] == "replicas" or "replicas" in c["config"]]
     assert any(p["name"] == "replicas" and "latency" in p["why"] for p in result["pruned"])
     assert "replicas" not in result["winner"]["config"] and len(result["command"].splitlines()) == 1
+    # an SP layout whose server said at load that it applied no SP is inert, its benchmark never run
+    sp = [c for c in result["candidates"] if c["launched"] and (c["config"].get("usp") or c["config"].get("ring"))]
+    assert sp and all(c["status"] == "inert" and c["run_id"] is None and "not benchmarked" in c["reason"]
+                      for c in sp), [(c["name"], c["status"], c["run_id"], c["reason"]) for c in sp]
 
 
 def test_the_balancer_spreads_requests_to_the_least_busy_replica_and_warms_each_in_turn():

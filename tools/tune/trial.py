@@ -38,7 +38,8 @@ from omnitune.tools.workspace import Workspace
 # (CFG parallel over PCIe) lost to one GPU once this way (benchmarks/tune_efficiency.py, comm-bound world).
 BESIDE_SLACK = 0.10
 # Log lines where vLLM-Omni says it carries on without a flag (the flag is then inert: no other launch needed).
-IGNORED_MARKERS = ("SP hooks not applied", "ignored", "ignoring", "has no effect", "falling back")
+SP_IGNORED = "SP hooks not applied"  # vllm_omni/diffusion/registry.py, at load: no transformer has an _sp_plan
+IGNORED_MARKERS = (SP_IGNORED, "ignored", "ignoring", "has no effect", "falling back")
 
 
 class Trial(BaseModel):
@@ -399,6 +400,9 @@ class _Session(AbstractContextManager):
                 }
             )
         assert self.server is not None
+        inert = self._sp_ignored(trial, started)
+        if inert is not None:
+            return inert
         t0 = time.monotonic()
         workload = workload_with(self.r.workload, trial.request)
         try:
@@ -454,6 +458,25 @@ class _Session(AbstractContextManager):
         out.server_warnings = ignored_flags(get_server(self.r.ws.store, self.server.id))
         self.measured += 1
         return out
+
+
+    def _sp_ignored(self, trial: Trial, started: float) -> Outcome | None:
+        """A layout with sequence parallelism whose server said at load that it applied none: what it would measure
+        is the rest of the layout on more GPUs, so it is not benchmarked (the search marks SP inert from the
+        warning; a real video benchmark takes minutes)."""
+        assert self.server is not None
+        if self.measured or not (int(trial.config.get("usp") or 1) > 1 or int(trial.config.get("ring") or 1) > 1):
+            return None
+        warnings = ignored_flags(get_server(self.r.ws.store, self.server.id))
+        if not any(SP_IGNORED in w for w in warnings):
+            return None
+        self.measured += 1
+        n = len(self.gpus)
+        return Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="inert", config=trial.config,
+                       reason="the server log says sequence parallelism was not applied: not benchmarked",
+                       request_settings=dict(trial.request), estimate_mib=trial.estimate_mib, gpus=list(self.gpus),
+                       gpu_seconds=self.launch_s * n, launched=True, started_at=started, ended_at=time.time(),
+                       server_warnings=warnings)
 
 
 @contextmanager

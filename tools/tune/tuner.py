@@ -19,7 +19,7 @@ from omnitune.tools.tune.decide import NOISE, Cancelled, Decisions, Progress
 from omnitune.tools.tune.models import ACCEPT, Outcome
 from omnitune.tools.tune.replicas import replicas_of
 from omnitune.tools.tune.stats import noise, same_outputs, same_pixels
-from omnitune.tools.tune.trial import Trial, request_settings
+from omnitune.tools.tune.trial import SP_IGNORED, Trial, request_settings
 
 __all__ = ["NOISE", "Cancelled", "Progress", "Tuner"]
 # A setting whose pixels match the previous one's skips no work, so any speed difference is launch-to-launch
@@ -40,7 +40,6 @@ PROXY_WALL = 1.5
 # What spreads one configuration over GPUs (dropped, the rest on one GPU is the lossy sweep's stand-in)
 SPREAD = (*LAYOUT, "vae_patch_parallel_size", "replicas")
 CACHE = ("cache_backend", "cache_config")
-SP_IGNORED = "SP hooks not applied"
 
 
 class Tuner(Decisions):
@@ -303,7 +302,8 @@ class Tuner(Decisions):
         """Teach the cost model; a layout whose server says it ignored SP is inert, and so is SP everywhere."""
         if any(SP_IGNORED in w for w in out.server_warnings):
             self.cost.mark_inert(SP_DIMENSIONS)
-            out.status, out.reason = "inert", "the server log says sequence parallelism was not applied"
+            said = "the server log says sequence parallelism was not applied"
+            out.status, out.reason = "inert", out.reason if said in (out.reason or "") else said
             return
         if out.status == "measured" and out.p50_s and ref.p50_s:
             self.cost.learn(out.config, ref.p50_s / out.p50_s)
