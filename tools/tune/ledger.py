@@ -35,7 +35,7 @@ class Ledger:
         self.replay: dict[str, Outcome] = {}
         self.launches, self.gpu_seconds, self.next_idx = 0, 0.0, 0
         self.lost: set[str] = set()  # keys of trials lost with their Ray node: not decided, a resume asks again
-        self.recorded: set[str] = set()  # keys this run decided (what a resume asked again, among them)
+        self.recorded: set[str] = set()  # keys this run recorded (what a resume asked again, among them)
         for row in self.ws.store.query("SELECT idx, data FROM tune_candidates WHERE job_id = ? ORDER BY idx",
                                        (self.job_id,)):
             data = json.loads(row["data"] or "{}")
@@ -86,8 +86,7 @@ class Ledger:
             "data": {"key": key, "launched": launched, "gpu_seconds": out.gpu_seconds,
                      "outcome": out.model_dump(mode="json")}})
         self.next_idx += 1
-        if out.cause != "node_lost":
-            self.recorded.add(key)
+        self.recorded.add(key)
 
     def lost_note(self) -> str | None:
         """What became of the trials a resumed job found lost with a Ray node: asked for again and decided, or
