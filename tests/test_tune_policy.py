@@ -603,6 +603,9 @@ def test_on_two_gpus_the_other_layouts_get_their_chance_where_the_first_disappoi
     best = t.run()
     assert any(cfg.get("usp") == 2 for _, cfg in fake(t).launched)
     assert best is not None and best.config.get("usp") == 2
+    # FP8 falls back to weight-only on an A100 (no speed-up): the report says so, with both figures
+    fp8 = names(t)["compile+fp8"]
+    assert fp8.status == "within_noise" and (fp8.reason or "").startswith("within the noise of the best so far (p50 ")
 
 
 def test_on_two_gpus_the_other_layouts_are_screened_one_at_a_time_each_refitting_the_model(ws):
@@ -616,3 +619,6 @@ def test_on_two_gpus_the_other_layouts_are_screened_one_at_a_time_each_refitting
     assert best is not None and best.config.get("cfg_parallel_size") == 2
     dims = ("cfg_parallel_size", "usp", "ring", "tensor_parallel_size")
     assert [next(k for k in dims if cfg.get(k)) for cfg in two] == ["cfg_parallel_size", "usp"]
+    usp = names(t)["usp=2 (2 GPUs)"]  # not "within the noise": slower, and the report says by how much
+    assert usp.status == "within_noise" and (usp.reason or "").startswith(
+        f"slower than the best so far (p50 {usp.p50_s:.4f} s against {best.name}'s {best.p50_s:.4f} s)")

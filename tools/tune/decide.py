@@ -196,7 +196,14 @@ class Decisions:
         if self.better(out, self.best):
             self.best = out
             return True
-        out.status, out.reason = "within_noise", "not faster than the best so far beyond the noise"
+        best = self.best
+        assert best is not None  # better() is True against no best
+        if self.req.goal.objective == "throughput":
+            fig = f"{out.throughput or 0:.4g} against {best.name}'s {best.throughput or 0:.4g} per s"
+        else:
+            fig = f"p50 {out.p50_s or 0:.4f} s against {best.name}'s {best.p50_s or 0:.4f} s"
+        said = f"{'slower than' if self.better(best, out) else 'within the noise of'} the best so far ({fig})"
+        out.status, out.reason = "within_noise", "; ".join(x for x in (said, out.reason) if x)
         return False
 
     @staticmethod
