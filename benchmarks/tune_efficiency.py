@@ -201,6 +201,7 @@ class Grid:
     def __init__(self, ws: Workspace, settings: Settings, request: TuneRequest) -> None:
         job_row(ws, "grid")
         self.runner = LaunchTrials(ws, Launcher(settings, ws), request, "grid")
+        self.runner.benchmark_inert = True  # exhaustive: it reads no server log, so it benchmarks SP the server ignored
         self.outcomes: list[Outcome] = []
         self.baseline: Outcome | None = None
         self.gpu_seconds = 0.0

@@ -148,6 +148,9 @@ class LaunchTrials:
         # side by side sets it (ahead.BenchSlot), and ``near``, the search's best p50 so far as it last heard it
         self.bench_slot: Callable[..., AbstractContextManager[Any]] = _no_slot
         self.near: Callable[[], float | None] = lambda: None
+        # an SP layout whose server said it applied no SP is not benchmarked (True: it is, as a search that reads
+        # no log would: benchmarks/tune_efficiency.py's exhaustive grid)
+        self.benchmark_inert = False
 
     def stopped(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -465,7 +468,8 @@ class _Session(AbstractContextManager):
         is the rest of the layout on more GPUs, so it is not benchmarked (the search marks SP inert from the
         warning; a real video benchmark takes minutes)."""
         assert self.server is not None
-        if self.measured or not (int(trial.config.get("usp") or 1) > 1 or int(trial.config.get("ring") or 1) > 1):
+        if self.measured or self.r.benchmark_inert or not (int(trial.config.get("usp") or 1) > 1 or
+                                                            int(trial.config.get("ring") or 1) > 1):
             return None
         warnings = ignored_flags(get_server(self.r.ws.store, self.server.id))
         if not any(SP_IGNORED in w for w in warnings):
