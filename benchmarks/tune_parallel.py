@@ -78,6 +78,11 @@ GPUs both tunes kept CFG 2 x Ring 2, within the noise of CFG 2 x Ulysses 2 at th
 shared; a launch or a benchmark beside a benchmark moved a p50 by -0.3% to +0.5%. On 4 GPUs the floor is still
 above 40% for lossless (the trials hold 2.2 GPUs each on average: CFG 2 and Ulysses 2 screened, a 4-GPU round),
 so that target stays out of reach there for this search; lossy is 11 points above its floor.
+
+Again at 92c03a0 (15:13-15:21, quiet host, --probe-repeats 2; the cost model's PCIe HSDP rule and the inert SP skip
+touch neither world): lossless 8 GPUs 24.7 / 9.0 s (36%, floor 26%), 4 GPUs 23.7 / 13.5 s (57%, floor 46%); lossy 8
+GPUs 86.4 / 30.8 s (36%, floor 22%), 4 GPUs 84.4 / 42.4 s (50%, floor 37%). Same winners, 0 GPUs shared, a launch or
+a benchmark beside a benchmark moved a p50 by -0.3% to +0.4%.
 """
 
 from __future__ import annotations
