@@ -27,7 +27,9 @@ Other stand-ins on the same code (tests' scenarios with other GPUs, sizes and cu
 25% (5 / 25) and 8xH200 100.0% / 3% (7 / 173), a Cache-DiT cliff on a 1xH200 video 100.0% / 16% (8 / 51), 8xH200
 video 97.1% / 5% (8 / 165: Ulysses 8 against CFG 2 x Ulysses 4, 3-4% apart, decided either way run to run), a 2xL4
 video whose baseline needs offload 100.0% / 39% (3 / 28: baseline, single-GPU recipe, Ulysses 2, all offloaded, the
-least this search measures, against a grid most of whose launches fail at load within seconds).
+least this search measures, against a grid most of whose launches fail at load within seconds). The other
+official worlds on 411a539 (15:37-15:44): per-request OOM 2xL4 100.0% / 19% (5 / 28), 4xL4 102.8% / 21% (11 / 68),
+comm-bound 100.0% / 6% (5 / 66), offload+SP 4xL4 102.2% / 12% (5 / 64); TP-only 100.0% / 5% (7 / 65) on 92c03a0.
 
 2026-12-01 midday, two more worlds: "offload or HSDP (4xL4 image)" (a 38 GiB DiT on 24 GB GPUs: every layout
 offloads or shards) and "per-request OOM (4xL4)". Stand-ins for hidden worlds of the same kinds (2-4 L4s, 2 A100s
