@@ -71,9 +71,7 @@ class CostModel:
         layout was measured only held another way and the two ways were never compared."""
         seen = self._seen(config)
         unmeasured = (not seen[1]) if seen is not None else bool(set(layout_of(config)) - self.learned - self.inert)
-        if unmeasured and seen is not None and self._moves_no_less(config):
-            unmeasured = False
-        return self.gain(config) * (slack if unmeasured else 1.0)
+        return self.gain(config) * (slack if unmeasured and not self._moves_no_less(config) else 1.0)
 
     def _moves_no_less(self, config: dict) -> bool:
         """HSDP on PCIe, this layout measured with layerwise offload over an SP group: its gathers cross the same

@@ -28,6 +28,7 @@ from omnitune.tools.launch.launcher import Launcher
 from omnitune.tools.plan import Kind
 from omnitune.tools.search_space import replica_gpus
 from omnitune.tools.servers import ServerRecord, get_server
+from omnitune.tools.tune.costmodel import SP_DIMENSIONS, layout_of
 from omnitune.tools.tune.models import ACCEPT, Cancelled, Cause, Outcome, TuneRequest
 from omnitune.tools.tune.replicas import Balancer, replicas_of, serve_fields
 from omnitune.tools.tune.stats import agree, noisy, p50_se, pooled
@@ -462,14 +463,12 @@ class _Session(AbstractContextManager):
         self.measured += 1
         return out
 
-
     def _sp_ignored(self, trial: Trial, started: float) -> Outcome | None:
         """A layout with sequence parallelism whose server said at load that it applied none: what it would measure
         is the rest of the layout on more GPUs, so it is not benchmarked (the search marks SP inert from the
         warning; a real video benchmark takes minutes)."""
         assert self.server is not None
-        if self.measured or self.r.benchmark_inert or not (int(trial.config.get("usp") or 1) > 1 or
-                                                            int(trial.config.get("ring") or 1) > 1):
+        if self.measured or self.r.benchmark_inert or not set(SP_DIMENSIONS) & set(layout_of(trial.config)):
             return None
         warnings = ignored_flags(get_server(self.r.ws.store, self.server.id))
         if not any(SP_IGNORED in w for w in warnings):

@@ -302,8 +302,8 @@ class Tuner(Decisions):
         """Teach the cost model; a layout whose server says it ignored SP is inert, and so is SP everywhere."""
         if any(SP_IGNORED in w for w in out.server_warnings):
             self.cost.mark_inert(SP_DIMENSIONS)
-            said = "the server log says sequence parallelism was not applied"
-            out.status, out.reason = "inert", out.reason if said in (out.reason or "") else said
+            if out.status != "inert":  # inert already: the trial saw it at load and did not benchmark it
+                out.status, out.reason = "inert", "the server log says sequence parallelism was not applied"
             return
         if out.status == "measured" and out.p50_s and ref.p50_s:
             self.cost.learn(out.config, ref.p50_s / out.p50_s)
