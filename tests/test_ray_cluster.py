@@ -183,6 +183,38 @@ async def test_tune_start_runs_a_tune_across_the_two_nodes(cluster, emulator, tm
     assert emulator.live_pids() == [] and emulated_servers(cluster) == []  # nothing ran on the driver's host
 
 
+@pytest.mark.anyio
+async def test_an_sp_layout_a_node_says_it_ignored_is_inert_there_without_a_benchmark(cluster, emulator, tmp_path):
+    """A model with no _sp_plan on both nodes: the server logs at load that SP hooks were not applied. The Ray task
+    stops it there without benchmarking (a real video benchmark takes minutes) and the driver records the layout
+    inert with the node's warning, as a local trial would."""
+    from mcp import Client
+
+    from omnitune.server.main import build_server
+    from omnitune.tools.settings import Settings
+    from tests.test_tune import IMAGE, SRC
+    world = {"gpus": [H200] * 2, "cost": {"startup_s": 0.1}, "model": {"sp_plan": False}}
+    for emu in [emulator, *cluster.worlds.values()]:
+        emu.write("cfg4_qwen_image", **world)
+    settings = Settings.model_validate({"workspace": tmp_path / "driver", "vllm": str(emulator.shim),
+                                        "model_roots": [FIXTURE_MODELS], "vllm_omni_source": SRC,
+                                        "ray_address": cluster.cluster.address})
+    async with Client(build_server(settings)) as client:
+        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
+        final = (await client.call_tool("job_wait", {"job_id": job.structured_content["id"],
+                                                     "timeout_s": 240})).structured_content
+    assert final["status"] == "completed", final["error"]
+    r = final["result"]
+    sp = [c for c in r["candidates"] if c["launched"] and (c["config"].get("usp") or c["config"].get("ring"))]
+    assert sp, [(c["name"], c["status"]) for c in r["candidates"]]
+    for c in sp:
+        assert c["status"] == "inert" and c["run_id"] is None and "not benchmarked" in c["reason"], c
+        assert any("SP hooks not applied" in w for w in c["server_warnings"]), c
+    assert {p["node"] for p in r["timeline"]} <= {cluster.node_id("head"), cluster.node_id("second")}
+    assert r["winner"] and not (r["winner"]["config"].get("usp") or r["winner"]["config"].get("ring"))
+    assert emulator.live_pids() == [] and emulated_servers(cluster) == []
+
+
 def by_status(result: dict, status: str) -> int:
     return sum(c["status"] == status for c in result["candidates"])
 

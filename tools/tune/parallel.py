@@ -249,9 +249,11 @@ def timeline_markdown(timeline: Sequence[Placement], origin: float | None = None
 
 
 def measure_on(settings: Any, ws: Any, model: str, workload: Any, config: dict[str, Any],
-               labels: dict[str, str] | None = None, launcher: Any = None) -> dict[str, Any]:
+               labels: dict[str, str] | None = None, launcher: Any = None,
+               skip_inert_sp: bool = False) -> dict[str, Any]:
     """Launch ``config`` (its ``gpus`` included), benchmark it, stop it: server and run ids, p50, or the error.
-    What a trial does on its GPUs, here or on a Ray node."""
+    What a trial does on its GPUs, here or on a Ray node. ``skip_inert_sp``: an SP layout whose server logs at
+    load that it applied no SP is stopped unbenchmarked (``inert`` in the result)."""
     from omnitune.tools.benchmark import BenchmarkTarget, Workload, run_benchmark
     from omnitune.tools.errors import OmnituneError
     from omnitune.tools.launch import ServeConfig
@@ -275,6 +277,11 @@ def measure_on(settings: Any, ws: Any, model: str, workload: Any, config: dict[s
     assert server is not None
     out["server_id"] = server.id
     try:
+        if skip_inert_sp:
+            from omnitune.tools.tune.trial import sp_ignored
+            if sp_ignored(ws, server.id, config) is not None:
+                out["inert"] = True
+                return out
         result = run_benchmark(ws, BenchmarkTarget(server_id=server.id, base_url=None), workload)
         latency = result.summary.latency if result.summary else None
         out["run_id"], out["p50_s"] = result.run_id, latency.p50_s if latency else None

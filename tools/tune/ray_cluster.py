@@ -70,18 +70,20 @@ class RayTrials:
             self._remote = ray.remote(max_retries=0, retry_exceptions=False)(run_on_node)
         return self._remote
 
-    def spec(self, model: str, workload: Any, config: dict, labels: dict[str, str] | None = None) -> dict:
+    def spec(self, model: str, workload: Any, config: dict, labels: dict[str, str] | None = None,
+             skip_inert_sp: bool = False) -> dict:
         shipped = {k: getattr(self.settings, k) for k in _SETTINGS_SHIPPED if getattr(self.settings, k) not in
                    (None, [], "")}
         shipped = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in shipped.items()}
         workload = workload.model_dump(mode="json") if hasattr(workload, "model_dump") else workload
         return {"model": model, "workload": workload, "config": {k: v for k, v in config.items() if k != "gpus"},
-                "labels": labels or {}, "settings": shipped}
+                "labels": labels or {}, "settings": shipped, "skip_inert_sp": skip_inert_sp}
 
     def run_many(self, batch: Sequence[tuple[str, dict, int]], model: str, workload: Any,
-                 labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """(name, config, GPU count) each; results in order. Raises ``TrialsCancelled`` once cancelled (the
-        tasks are force-cancelled: their workers die and the reapers stop their servers)."""
+                 labels: dict[str, str] | None = None, skip_inert_sp: bool = False) -> list[dict[str, Any]]:
+        """(name, config, GPU count) each; results in order (``measure_on``'s, see ``skip_inert_sp`` there).
+        Raises ``TrialsCancelled`` once cancelled (the tasks are force-cancelled: their workers die and the
+        reapers stop their servers)."""
         ray = connect(self.address)
         alive = cluster_gpus(ray)
         biggest = max(alive.values(), default=0)
@@ -95,7 +97,7 @@ class RayTrials:
                 results[i] = self._failed(places[i], f"no node of the cluster has {n} GPUs (most: {biggest})")
                 continue
             ref = self._task(ray).options(num_gpus=n, name=f"omnitune:{batch[i][0]}").remote(
-                self.spec(model, workload, config, labels))
+                self.spec(model, workload, config, labels, skip_inert_sp))
             refs[ref], submitted[i] = i, time.time()
         try:
             while refs:

@@ -51,7 +51,7 @@ def run_on_node(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     try:
         measured = measure_on(settings, ws, spec["model"], spec["workload"], {**spec["config"], "gpus": gpus},
-                              labels=spec.get("labels") or {})
+                              labels=spec.get("labels") or {}, skip_inert_sp=bool(spec.get("skip_inert_sp")))
         return {"node": node, "gpus": gpus, "started_at": started, "ended_at": time.time(), **measured,
                 "rows": _rows(ws, measured.get("server_id"), measured.get("run_id")),
                 "files": _archive(ws, measured.get("server_id"), measured.get("run_id"))}

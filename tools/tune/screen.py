@@ -17,7 +17,8 @@ from typing import Any
 
 from omnitune.tools.tune.models import Outcome
 from omnitune.tools.tune.parallel import ParallelRunner, Placement, ServerSweeper, TrialsCancelled, agree, finalists
-from omnitune.tools.tune.trial import LaunchTrials, Trial
+from omnitune.tools.servers import get_server
+from omnitune.tools.tune.trial import SP_INERT, LaunchTrials, Trial, ignored_flags
 
 TRUST_AFTER = 3  # finalists in a row whose alone figure agreed before side-by-side figures are trusted
 # Finalists: every screened result within this factor of the batch's best (and within the noise, if wider).
@@ -78,7 +79,7 @@ class ParallelTrials:
         if self.ray:
             outs = [self._remote(t, res) for (t, _), res in zip(batch, self.ray.run_many(
                 [(t.name, t.config, len(g)) for t, g in batch], self.inner.req.model, self.inner.workload,
-                labels={"tune_job": self.inner.job_id}), strict=True)]
+                labels={"tune_job": self.inner.job_id}, skip_inert_sp=not self.inner.benchmark_inert), strict=True)]
             places = self._ray_places(len(batch))
         elif len(batch) < 2 or self.width(min(len(g) for _, g in batch)) < 2:  # one at a time, in the timeline
             return self.runner.run_many([(t, len(g)) for t, g in batch], alone=True)
@@ -98,8 +99,13 @@ class ParallelTrials:
                                        "launched": bool(gpus), "estimate_mib": trial.estimate_mib})
 
     def _remote(self, trial: Trial, res: dict) -> Outcome:
-        """A Ray task's result (its run already imported here) as the policy's outcome."""
-        if not res.get("run_id"):
+        """A Ray task's result (its run and server log already imported here) as the policy's outcome."""
+        warnings = ignored_flags(get_server(self.inner.ws.store, res["server_id"])) if res.get("server_id") else []
+        if res.get("inert"):  # the node saw at load that the server applied no SP, and did not benchmark it
+            out = Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="inert", config=trial.config,
+                          reason=SP_INERT,
+                          request_settings=dict(trial.request), estimate_mib=trial.estimate_mib, launched=True)
+        elif not res.get("run_id"):
             out = self._error(trial, res.get("gpus") or [], RuntimeError(res.get("error") or "no result"))
             out.reason, out.launched = res.get("error"), bool(res.get("launched"))
             out.cause = "out_of_memory" if "out_of_memory" in (res.get("error") or "") else out.cause
@@ -111,6 +117,7 @@ class ParallelTrials:
         n = len(trial.config.get("gpus") or [0])
         out.gpu_seconds = float(res.get("seconds") or 0.0) * n
         out.gpus, out.started_at, out.ended_at = res.get("gpus") or [], res.get("started_at"), res.get("ended_at")
+        out.server_warnings = warnings
         return out
 
     def _ray_places(self, n: int) -> list[Placement]:

@@ -40,6 +40,7 @@ from omnitune.tools.workspace import Workspace
 BESIDE_SLACK = 0.10
 # Log lines where vLLM-Omni says it carries on without a flag (the flag is then inert: no other launch needed).
 SP_IGNORED = "SP hooks not applied"  # vllm_omni/diffusion/registry.py, at load: no transformer has an _sp_plan
+SP_INERT = "the server log says sequence parallelism was not applied: not benchmarked"
 IGNORED_MARKERS = (SP_IGNORED, "ignored", "ignoring", "has no effect", "falling back")
 
 
@@ -468,18 +469,27 @@ class _Session(AbstractContextManager):
         is the rest of the layout on more GPUs, so it is not benchmarked (the search marks SP inert from the
         warning; a real video benchmark takes minutes)."""
         assert self.server is not None
-        if self.measured or self.r.benchmark_inert or not set(SP_DIMENSIONS) & set(layout_of(trial.config)):
+        if self.measured or self.r.benchmark_inert:
             return None
-        warnings = ignored_flags(get_server(self.r.ws.store, self.server.id))
-        if not any(SP_IGNORED in w for w in warnings):
+        warnings = sp_ignored(self.r.ws, self.server.id, trial.config)
+        if warnings is None:
             return None
         self.measured += 1
         n = len(self.gpus)
         return Outcome(name=trial.name, stage=trial.stage, kind=trial.kind, status="inert", config=trial.config,
-                       reason="the server log says sequence parallelism was not applied: not benchmarked",
+                       reason=SP_INERT,
                        request_settings=dict(trial.request), estimate_mib=trial.estimate_mib, gpus=list(self.gpus),
                        gpu_seconds=self.launch_s * n, launched=True, started_at=started, ended_at=time.time(),
                        server_warnings=warnings)
+
+
+def sp_ignored(ws: Workspace, server_id: str, config: dict) -> list[str] | None:
+    """The server's ignored-flag warnings if ``config`` asks for sequence parallelism and its log says at load
+    that none was applied (then its figure is the rest of the layout on more GPUs); else None."""
+    if not set(SP_DIMENSIONS) & set(layout_of(config)):
+        return None
+    warnings = ignored_flags(get_server(ws.store, server_id))
+    return warnings if any(SP_IGNORED in w for w in warnings) else None
 
 
 @contextmanager
