@@ -140,6 +140,33 @@ def test_bisection_finds_a_threshold_between_two_rungs(ws):
     assert names(t)["cache_dit 0.32 (bisection)"].status == "rejected_quality"
 
 
+def test_a_backend_that_lost_the_ladder_is_bisected_too_when_its_cliff_rung_ran_faster_than_the_best(ws):
+    # TeaCache 0.3 (~1.75x) edges out Cache-DiT 0.12 (~1.74x) on the ladders, but Cache-DiT's first failing rung
+    # (0.24, past its cliff at ~0.18) ran at 2.3x: its bracket holds 0.15, passing at ~1.96x. Bisecting only the
+    # ladders' winner (TeaCache, whose cliff is right above 0.3) left it unfound.
+    curve = [[0.0, 1.0, 0.0], [0.1, 1.6, 1.5], [0.17, 2.1, 2.4], [0.2, 2.3, 30.0]]
+    t = policy(ws, load_world("lossy_cliff", cost={"cache_dit": curve}), goal={"quality": "lossy"},
+               workload={**IMAGE, "num_inference_steps": None})
+    best = t.run()
+    c = names(t)
+    assert t.better(c["tea_cache 0.3"], c["cache_dit 0.12"]) is False  # a tie on the ladders
+    assert c["cache_dit 0.24"].status == "rejected_quality" and c["cache_dit 0.24"].p50_s < c["tea_cache 0.3"].p50_s
+    assert [o.name for o in t.outcomes if "bisection" in o.name and not o.request_settings] == [
+        "tea_cache 0.35 (bisection)", "tea_cache 0.325 (bisection)",  # the ladders' winner first, as before
+        "cache_dit 0.18 (bisection)", "cache_dit 0.15 (bisection)"]
+    assert best is not None and best.name == "cache_dit 0.15 (bisection)" and t.better(best, c["tea_cache 0.3"])
+
+
+def test_a_backend_whose_cliff_rung_was_no_faster_than_the_best_pass_is_not_bisected(ws):
+    # the default world: Cache-DiT 0.24 wins; TeaCache's failing rung (0.4, 2.1x) is no faster than it
+    t = policy(ws, load_world("lossy_cliff"), goal={"quality": "lossy"},
+               workload={**IMAGE, "num_inference_steps": None})
+    t.run()
+    assert not [o for o in t.outcomes if o.name.startswith("tea_cache") and "bisection" in o.name]
+    assert [o.name for o in t.outcomes if "bisection" in o.name] == ["cache_dit 0.32 (bisection)",
+                                                                     "cache_dit 0.28 (bisection)"]
+
+
 def test_steps_and_guidance_keep_a_launch_of_the_budget(ws):
     t = policy(ws, load_world("lossy_cliff"), goal={"quality": "lossy"}, max_launches=5)
     t.run()

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from omnitune.tools.servers import get_server
 from omnitune.tools.tune.models import Outcome
 from omnitune.tools.tune.parallel import ParallelRunner, Placement, ServerSweeper, TrialsCancelled, agree, finalists
-from omnitune.tools.servers import get_server
 from omnitune.tools.tune.trial import SP_INERT, LaunchTrials, Trial, ignored_flags
 
 TRUST_AFTER = 3  # finalists in a row whose alone figure agreed before side-by-side figures are trusted
