@@ -13,6 +13,7 @@ import pytest
 
 from omnitune.tools.plan import Goal, make_plan
 from omnitune.tools.settings import Settings
+from omnitune.tools.tune.costmodel import layout_of
 from omnitune.tools.tune.models import Outcome
 from omnitune.tools.tune.stats import p50_se
 from omnitune.tools.workspace import Workspace
@@ -230,6 +231,28 @@ def test_hsdp_is_tried_beside_layerwise_offload_over_sp_only_where_its_gathers_c
     launched = [cfg for _, cfg in fake(t).launched]
     assert best is not None and best.config.get("usp") == 2 and best.config.get("enable_layerwise_offload")
     assert any(cfg.get("use_hsdp") for cfg in launched) is hsdp_launched
+
+
+@pytest.mark.parametrize("topology", ["pcie", "nvswitch"])
+def test_a_layout_is_screened_one_way_of_holding_its_weights_at_a_time(ws, topology):
+    # 4 L4s, every request out of memory unless offloaded or sharded: Ulysses 2 with layerwise offload and with
+    # HSDP were screened side by side, both launched before either was measured (a fifth of the GPU-seconds,
+    # within the noise of each other). One way first; the other only where the cost model, fitted to it, leaves a
+    # chance: never over PCIe (HSDP's gathers cross the links the offload's copies use), still with NVLink.
+    world = load_world("lossy_cliff", gpus=[L4] * 4, topology=topology, model={"dit_gib": 8, "text_encoder_gib": 4},
+                       memory={"activation_gib_per_megapixel": 14})
+    t = policy(ws, world, workload={**IMAGE, "sizes": ["1024x1024"], "num_inference_steps": 4}, weights=True)
+    runner = fake(t)
+    best = t.run()
+    launched = dict(runner.launched)
+    for batch in runner.batches:
+        layouts = [str(sorted(layout_of(launched[n]).items())) for n in batch if n in launched]
+        assert len(layouts) == len(set(layouts)), batch
+    hsdp = [n for n in launched if launched[n].get("use_hsdp")]
+    assert bool(hsdp) is (topology == "nvswitch"), runner.batches
+    lw = next(i for i, b in enumerate(runner.batches) if "usp=2 + layerwise offload (2 GPUs)" in b)
+    assert all(next(i for i, b in enumerate(runner.batches) if n in b) > lw for n in hsdp)
+    assert best is not None and best.config["gpus"] == [0, 1, 2, 3] and best.status == "measured"
 
 
 def test_the_memory_estimate_skips_launches_bound_to_fail_and_is_reported_against_the_measurement(ws):

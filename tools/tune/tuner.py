@@ -14,7 +14,7 @@ from __future__ import annotations
 import statistics
 
 from omnitune.tools.plan import Candidate
-from omnitune.tools.tune.costmodel import LAYOUT, SP_DIMENSIONS, gpus_of
+from omnitune.tools.tune.costmodel import LAYOUT, SP_DIMENSIONS, gpus_of, layout_of
 from omnitune.tools.tune.decide import NOISE, Cancelled, Decisions, Progress
 from omnitune.tools.tune.models import ACCEPT, Outcome
 from omnitune.tools.tune.replicas import replicas_of
@@ -162,20 +162,20 @@ class Tuner(Decisions):
         width = self._screen_width(first, rest)
         guess = max([self._gain(ref), *(self.cost.gain(cfg) for _, cfg in first[:width])])
         self._ahead_layouts(self._wider(rest, guess))  # if the narrowest scale as the model says
-        self._screen(first[:width], ref)
+        self._screen_layouts(first[:width], ref)
         left = first[width:]  # the rest of the narrowest layouts: unless the priors leave them a chance
         while left:
             target = self._gain(ref)
             chance = [p for p in left if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH]
             if rest:  # one batch: the wider rounds re-fit the model
-                self._screen(chance, ref)
+                self._screen_layouts(chance, ref)
                 break
             # nothing wider to screen for: as many as run at once, then the model re-fitted (Ulysses measured poor
             # over PCIe predicts Ring and TP poor too, without launching them)
             batch = sorted(chance, key=lambda p: -self.cost.gain(p[1]))[:width]
             if not batch:
                 break
-            self._screen(batch, ref)
+            self._screen_layouts(batch, ref)
             left = [p for p in left if p not in batch]
         for _ in range(WIDER_ROUNDS):
             target = self._gain(ref)
@@ -185,7 +185,7 @@ class Tuner(Decisions):
             rest = [p for p in rest if p not in pick]
             guess = max([target, *(self.cost.gain(cfg) for _, cfg in pick)])
             self._ahead_layouts(self._wider(rest, guess), beside=pick)  # the next round, if these scale as predicted
-            self._screen(pick, ref)
+            self._screen_layouts(pick, ref)
         late = self._ready(first + rest)  # measured ahead on idle GPUs, never asked for: evidence already paid for
         if late:
             rest = [p for p in rest if p not in late]
@@ -242,7 +242,8 @@ class Tuner(Decisions):
         # and the first wider round if the narrowest scale as the priors say: started as their GPUs free up, not
         # after the search has read them (a wave of its own on the critical path otherwise)
         wider = self._wider(rest, max([1.0, *(self.cost.gain(cfg) for _, cfg in picks)])) if picks else []
-        self.ahead(trials + [self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in picks + wider])
+        picks = self._one_hold_each(picks + wider)[0]
+        self.ahead(trials + [self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in picks])
 
     def _ready(self, pairs: list[tuple[Candidate, dict]]) -> list[tuple[Candidate, dict]]:
         """Those of ``pairs`` a runner has already measured ahead of the search (asking for them launches
@@ -259,6 +260,7 @@ class Tuner(Decisions):
         if beside and len(beside) == 1:
             free = self.plan.gpus - gpus_of(beside[0][1])
             picks = [p for p in picks if gpus_of(p[1]) <= free]
+        picks = self._one_hold_each(picks)[0]
         self.ahead([self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in picks])
 
     def ahead(self, trials: list[Trial]) -> None:
@@ -288,6 +290,35 @@ class Tuner(Decisions):
         """Trials of ``gpus`` GPUs the runner measures at once (1: one at a time)."""
         width = getattr(self.runner, "width", None)
         return width(gpus) if width else 1
+
+    def _one_hold_each(self, pairs: list[tuple[Candidate, dict]]) -> tuple[list[tuple[Candidate, dict]],
+                                                                            list[tuple[Candidate, dict]]]:
+        """``pairs`` split into (each layout once, in order; the same layouts held another way). A pair that
+        launches nothing (doomed by the memory estimate, or already measured ahead) holds no layout's place."""
+        now: list[tuple[Candidate, dict]] = []
+        later: list[tuple[Candidate, dict]] = []
+        held: list[dict[str, int]] = []
+        ready = self._ready(pairs)
+        for p in pairs:
+            free = p in ready or bool(self.memory and self.memory.doomed(p[1], self.req.goal.vram_limit_mib))
+            if not free and layout_of(p[1]) in held:
+                later.append(p)
+                continue
+            now.append(p)
+            if not free:
+                held.append(layout_of(p[1]))
+        return now, later
+
+    def _screen_layouts(self, batch: list[tuple[Candidate, dict]], ref: Outcome) -> None:
+        """``batch`` screened with each layout held one way at a time (layerwise offload, HSDP, resident): once one
+        way is measured, the cost model predicts the others from it, and only those still with a chance run (over
+        PCIe, HSDP after layerwise offload on the same SP layout never does). Side by side, both ways once took a
+        fifth of a tune's GPU-seconds (4 L4s, Ulysses 2 with layerwise offload and with HSDP, within the noise)."""
+        while batch:
+            now, later = self._one_hold_each(batch)
+            self._screen(now, ref)
+            target = self._gain(ref)
+            batch = [p for p in later if self.cost.optimistic(p[1], PRIOR_SLACK) > target * WORTH]
 
     def _screen(self, batch: list[tuple[Candidate, dict]], ref: Outcome) -> None:
         trials = [self.trial(c.name, "lossless", c.kind, cfg, "lossless") for c, cfg in batch]
