@@ -456,7 +456,9 @@ class Tuner(Decisions):
         fastest = self._fastest([o for outs in passes.values() for o in outs])
         winner = (fastest.config.get("cache_backend") if fastest else None) if proxy else \
             self.best.config.get("cache_backend")
-        for backend in self._to_bisect(winner, brackets, cliffs, fastest) if not spent else []:
+        for backend in self._to_bisect(winner, brackets, cliffs) if not spent else []:
+            if backend != winner and not self.better(cliffs[backend], fastest):
+                continue  # its failing rung is no faster than the best passing setting (as found so far)
             last = self._bisect(backend, *brackets[backend], base, floor)
             if last is not None:
                 passes[backend].append(last)
@@ -471,13 +473,14 @@ class Tuner(Decisions):
             self._confirm(passes, lossless, floor)
 
     def _to_bisect(self, winner: str | None, brackets: dict[str, tuple[str, float, float, Outcome]],
-                   cliffs: dict[str, Outcome], fastest: Outcome | None) -> list[str]:
-        """The backends whose bracket (last pass, first fail) is bisected: the fastest backend's, and any other
-        whose failing rung ran faster than the fastest passing setting beyond the noise (speed grows with the
-        threshold, so its bracket may hold a passing setting faster than any measured; two backends a hair apart
-        on their ladders once left a Cache-DiT threshold 12% faster unfound). Most promising first."""
-        others = [b for b in brackets if b != winner and self.better(cliffs[b], fastest)]
-        return ([winner] if winner in brackets else []) + sorted(others, key=lambda b: self._speed(cliffs[b]))
+                   cliffs: dict[str, Outcome]) -> list[str]:
+        """The backends whose bracket (last pass, first fail) may be bisected, in order: the fastest backend's,
+        then the others by their failing rung's speed. Another backend's is bisected only if that rung ran faster
+        than the best passing setting found so far, beyond the noise: speed grows with the threshold, so its
+        bracket may hold a passing setting faster than any measured (two backends a hair apart on their ladders
+        once left a Cache-DiT threshold 12% faster unfound)."""
+        others = sorted((b for b in brackets if b != winner), key=lambda b: self._speed(cliffs[b]))
+        return ([winner] if winner in brackets else []) + others
 
     def _proxy(self, lossless: Outcome) -> Outcome | None:
         """``lossless``'s settings on one GPU, measured and passed (None: it is on one GPU, or they were not)."""
