@@ -17,6 +17,23 @@ same configuration picked by both is measured once: one set of figures, not two 
 
     .venv/bin/python benchmarks/tune_efficiency.py [--repeats 3] [--world NAME ...]
 
+2026-12-01 evening (16:00-17:20, the host mostly quiet, --repeats 2), stand-ins again, on other GPUs, sizes and
+curves. One fell short: a cache cliff where two backends tie on their ladders (TeaCache 0.3 ~1.75x, Cache-DiT 0.12
+~1.74x) and only the ladders' winner was bisected: 90.0% of the grid's best (it kept TeaCache 0.3; Cache-DiT 0.15
+passes at ~1.96x). Now every backend whose first failing rung ran faster than the best passing setting is bisected
+too (d4b8a4e): 100.0% / 17% (15 / 51), a new world "cache cliff, backends tied". And a layout is screened one way
+of holding its weights at a time (530fd43: Ulysses 2 with layerwise offload and with HSDP no longer side by side on
+4 L4s over PCIe). Figures: per-request OOM 4xL4 100.0% / 10% before, 113.1% / 13% after (10 / 68: no HSDP; two
+4-GPU layouts more within the noise of the winner; the grid's HSDP winner re-measured slower); offload or HSDP
+100.0% / 24% (6 / 66); cache cliff between rungs 100.0% / 14% (14 / 51: the other backend's failing rung no faster
+than the bisected winner, not bisected); cache on a layout 100.0% / 10% (21 / 103). Stand-ins: offload+SP 8xL4 video
+98.3% / 6% (7 / 166), 2xL4 video at 256x256 100.0% / 22% (3 / 26), TeaCache cliff on a 1xH200 video 100.0% / 9%,
+per-request OOM 2xL40S 101.5% / 15%, comm-bound 2xL40S PCIe 100.0% / 17%, TP-only 4xA100 100.0% / 6%, TP-only
+4xL40S PCIe 101.2% / 4%, offload or HSDP 2xL4 100.0% / 29% (3 / 26: baseline offloaded, the one-GPU recipe, Ulysses
+2 offloaded, the least this search measures, against a grid most of whose launches fail at load within seconds),
+per-request OOM 3xL4 100.0% / 32% (8 / 38: Ulysses 2 offloaded measured twice, its requests' spread too wide, on
+a 38-launch grid). 0 refused, 0 OOM the estimate knew, everywhere.
+
 2026-12-01 afternoon (quiet host, --repeats 2), a new world "offload+SP (2xL4 video)", from a stand-in that stayed
 above 30%: HSDP was launched beside layerwise offload on the one SP layout (a third of the tune's GPU-seconds,
 within the noise of it). On PCIe the cost model now predicts HSDP no faster than layerwise offload measured on the
@@ -144,6 +161,11 @@ WORLDS: dict[str, tuple[str, dict, str, dict, dict]] = {
                                                      "cost": {**FAST, "pcie_efficiency_factor": 0.55,
                                                               "cfg_parallel_speedup": 1.05}},
                                  "tiny-qwenimage", {}, IMAGE),
+    # two backends a hair apart on their ladders (TeaCache 0.3 ~1.75x, Cache-DiT 0.12 ~1.74x), Cache-DiT's cliff
+    # between its rungs 0.12 and 0.24 (0.15 passes at ~1.96x): once only the ladders' winner was bisected (90%)
+    "cache cliff, backends tied": ("lossy_cliff", {"cost": {**FAST, "cache_dit": [
+        [0.0, 1.0, 0.0], [0.1, 1.6, 1.5], [0.17, 2.1, 2.4], [0.2, 2.3, 30.0]]}}, "tiny-qwenimage",
+        {"quality": "lossy"}, IMAGE),
     # the cache cliff between rungs again, on a model whose best lossless configuration is a 4-GPU layout: the
     # tune sweeps the thresholds on one GPU and confirms on the layout, the grid measures each on the layout
     "cache on a layout (4xH200)": ("lossy_cliff", {"gpus": [H200] * 4, "cost": {**FAST, "cache_dit": [

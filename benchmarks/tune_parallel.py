@@ -83,6 +83,10 @@ Again at 92c03a0 (15:13-15:21, quiet host, --probe-repeats 2; the cost model's P
 touch neither world): lossless 8 GPUs 24.7 / 9.0 s (36%, floor 26%), 4 GPUs 23.7 / 13.5 s (57%, floor 46%); lossy 8
 GPUs 86.4 / 30.8 s (36%, floor 22%), 4 GPUs 84.4 / 42.4 s (50%, floor 37%). Same winners, 0 GPUs shared, a launch or
 a benchmark beside a benchmark moved a p50 by -0.3% to +0.4%.
+
+Lossy again at 5c1cad0 (17:20, quiet host, --probe-repeats 0: another cache backend's bracket is now bisected when
+its failing rung ran faster than the best passing setting; not so in this world): 8 GPUs 86.8 / 31.1 s (36%, floor
+21%), 4 GPUs 84.8 / 41.0 s (48%, floor 37%). Same winners, 0 GPUs shared.
 """
 
 from __future__ import annotations
