@@ -129,3 +129,19 @@ def test_sp_plan_on_the_instance_tp_layers_and_own_compile(omni):
     assert cell(s, "OvisImagePipeline", "tensor_parallel").status == "unsupported"  # QKVParallelLinear(disable_tp=True)
     magi = cell(s, "Magi2Pipeline", "regional_compile")    # the pipeline's own setup_compile
     assert magi.status == "supported" and "setup_compile" in magi.notes
+
+
+@pytest.mark.parametrize("version,arch,via", [
+    ("0.30.0", "Magi2Pipeline", "model_code"),      # magi2/parallel.py drives the Ulysses group itself
+    ("0.30.0", "BagelPipeline", "model_code"),
+    ("0.32.0rc1", "BagelPipeline", "model_code"),
+    ("0.30.0", "QwenImagePipeline", "sp_plan"),
+    ("0.22.0", "WanPipeline", "sp_plan"),
+])
+def test_sequence_parallel_says_whether_the_hooks_or_the_models_own_code_apply_it(omni, version, arch, via):
+    """The registry warns 'SP hooks not applied' for every DiT without _sp_plan, also where the model's own code
+    runs SP: only ``via`` tells the tune whether that warning means SP is off."""
+    m = cell(omni(version), arch, "ulysses_sp")
+    assert (m.status, m.via) == ("supported", via), m
+    if via == "model_code":
+        assert "SP hooks not applied" in m.notes and "_sp_plan" not in m.evidence[0]

@@ -255,6 +255,21 @@ def test_a_layout_is_screened_one_way_of_holding_its_weights_at_a_time(ws, topol
     assert best is not None and best.config["gpus"] == [0, 1, 2, 3] and best.status == "measured"
 
 
+@pytest.mark.parametrize("by_hand", [False, True])
+def test_sp_hooks_not_applied_makes_sp_inert_unless_the_model_drives_sp_in_its_own_code(ws, by_hand):
+    # vLLM-Omni logs "SP hooks not applied" at load for every DiT without _sp_plan, also for models whose own code
+    # drives the SP group (MAGI-2, Bagel: the capability report's via='model_code'), where SP still runs
+    world = load_world("cfg4_qwen_image", gpus=[H200] * 4, model={"sp_plan": False, "sp_by_hand": by_hand},
+                       cost={"cfg_parallel_speedup": 1.0})
+    t = policy(ws, world)
+    assert t.plan.sp_by_hand is by_hand
+    best = t.run()
+    sp = [o for o in t.outcomes if o.launched and (o.config.get("usp") or o.config.get("ring"))]
+    assert sp and all(any("SP hooks not applied" in w for w in o.server_warnings) for o in sp)
+    assert all((o.status == "inert") is not by_hand for o in sp), [(o.name, o.status) for o in sp]
+    assert best is not None and bool(best.config.get("usp") or best.config.get("ring")) is by_hand
+
+
 def test_the_memory_estimate_skips_launches_bound_to_fail_and_is_reported_against_the_measurement(ws):
     t = policy(ws, load_world("video_offload", gpus=[L4] * 2), workload=VIDEO, weights=True)
     t.run()

@@ -77,6 +77,36 @@ async def test_a_latency_tune_never_tries_replicas(emulator, tmp_path):
                       for c in sp), [(c["name"], c["status"], c["run_id"], c["reason"]) for c in sp]
 
 
+async def test_sp_a_model_drives_in_its_own_code_is_measured_although_the_server_says_no_hooks_applied(
+        emulator, tmp_path):
+    """A Bagel folder (no _sp_plan; its own code drives the SP group, as the installed 0.30.0 source shows): the
+    server logs 'SP hooks not applied' at load and SP still runs, so SP layouts are benchmarked, not judged inert."""
+    import shutil
+    model = tmp_path / "models" / "tiny-bagel"
+    shutil.copytree(QWEN, model)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "_class_name": "BagelPipeline"}))
+    emulator.write("cfg4_qwen_image", model={"sp_plan": False, "sp_by_hand": True, "uses_cfg": False},
+                   cost={"tp_efficiency": 0.5})
+    settings = emulator_settings(emulator, tmp_path, vllm_omni_source=SRC).model_copy(
+        update={"model_roots": [tmp_path / "models"]})
+    async with Client(build_server(settings)) as client:
+        plan = (await client.call_tool("plan", {"model": str(model)})).structured_content
+        job = await client.call_tool("tune_start", {"request": {"model": str(model), "workload": IMAGE}})
+        assert job.is_error is False, job.content
+        final = (await client.call_tool("job_wait", {"job_id": job.structured_content["id"],
+                                                     "timeout_s": 300})).structured_content
+    assert plan["sp_by_hand"] is True, plan
+    assert final["status"] == "completed", final["error"]
+    r = final["result"]
+    sp = [c for c in r["candidates"] if c["launched"] and (c["config"].get("usp") or c["config"].get("ring"))]
+    assert sp, [(c["name"], c["status"]) for c in r["candidates"]]
+    assert all(c["run_id"] and c["status"] != "inert" for c in sp), [(c["name"], c["status"]) for c in sp]
+    assert all(any("SP hooks not applied" in w for w in c["server_warnings"]) for c in sp)
+    assert r["winner"]["config"].get("usp") or r["winner"]["config"].get("ring"), r["winner"]
+    assert emulator.live_pids() == []
+
+
 def test_the_balancer_spreads_requests_to_the_least_busy_replica_and_warms_each_in_turn():
     """Two slow backends: two requests at once go one to each; requests in a row take turns."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -195,7 +195,10 @@ class Capability:
         tea = world["model"]["tea_cache"]
         status = {k: "unsupported" if k in rejects or (k == "tea_cache" and tea is False) else "supported"
                   for k in keys}
-        self.methods = {k: SimpleNamespace(status=s, evidence=[f"world.py: {k}"], notes="") for k, s in status.items()}
+        by_hand = world["model"]["sp_by_hand"] and not world["model"]["sp_plan"]
+        self.methods = {k: SimpleNamespace(status=s, evidence=[f"world.py: {k}"], notes="",
+                                           via=("model_code" if by_hand else "sp_plan") if k.endswith("_sp") else None)
+                        for k, s in status.items()}
         self.uses_cfg = world["model"]["uses_cfg"]
         self.constraints = [SimpleNamespace(kind="divides", parameter="tensor_parallel_size",
                                             value=world["model"]["tp_divides"])]

@@ -75,6 +75,8 @@ class Plan(BaseModel):
     nvlink: bool | None = Field(default=None, description="The GPUs used reach each other over NVLink (None: unknown).")
     gpu_memory_mib: int | None = Field(default=None, description="The smallest used GPU's memory.")
     capability_report: bool = Field(description="False: the capability report was unavailable; support unchecked.")
+    sp_by_hand: bool = Field(default=False, description="The model drives sequence parallelism in its own code "
+                             "(no _sp_plan): the server's 'SP hooks not applied' warning does not make SP inert.")
     candidates: list[Candidate]
     pruned: list[Pruned]
     notes: list[str] = Field(default_factory=list)
@@ -356,6 +358,8 @@ def make_plan(
         nvlink=nvlink,
         gpu_memory_mib=min((g.memory_total_mib for g in gpus[: max(n_gpus, 1)] if g.memory_total_mib), default=None),
         capability_report=capability is not None,
+        sp_by_hand=any(getattr(capability.methods.get(k), "via", None) == "model_code"
+                       for k in ("ulysses_sp", "ring_sp")) if capability is not None else False,
         candidates=cands,
         pruned=pruned,
         notes=notes,

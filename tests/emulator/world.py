@@ -24,6 +24,8 @@ DEFAULTS: dict = {
         "uses_cfg": True,
         "dit_gib": 20.0, "text_encoder_gib": 8.0, "vae_gib": 0.5,
         "sp_plan": True,                 # has _sp_plan (Ulysses/Ring work); without it SP only warns
+        "sp_by_hand": False,             # no _sp_plan, but the model's code drives SP (MAGI-2, Bagel): the same
+                                         # warning at load, and SP works
         "tea_cache": True,               # TeaCache coefficients exist for its DiT; "auto": as 0.30.0's list
         "rejects": [],                   # features the model raises on: cfg_parallel, tensor_parallel, ...
         "tp_divides": 24,                # attention heads: TP must divide it
@@ -244,7 +246,7 @@ def seconds_per_request(world: dict, cfg: Config, megapixels: float, steps: int,
     if cfg.fp8:
         speed *= cost["fp8_speedup"] if tuple(sm) >= (8, 9) else cost["fp8_fallback_speedup"]
     comm = cost["pcie_efficiency_factor"] if world.get("topology") == "pcie" else 1.0
-    if model["sp_plan"]:
+    if model["sp_plan"] or model["sp_by_hand"]:
         speed *= parallel_speedup(cfg.usp, cost["usp_efficiency"] * comm) * \
             parallel_speedup(cfg.ring, cost["ring_efficiency"] * comm)
     speed *= parallel_speedup(cfg.tp, cost["tp_efficiency"] * comm)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
+from typing import Literal
 
 from omnitune.tools.capabilities.classes import FACTORY_SUFFIXES, ModelClasses, methods
 from omnitune.tools.capabilities.codepaths import (
@@ -123,8 +124,9 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     dit_mods = list({c.module.name: c.module for c in dit_mro if own(c)}.values())
     m: dict[str, MethodSupport] = {}
 
-    def put(key: str, status: Status, evidence: list[str | None], notes: str) -> None:
-        m[key] = MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes)
+    def put(key: str, status: Status, evidence: list[str | None], notes: str,
+            via: Literal["sp_plan", "model_code"] | None = None) -> None:
+        m[key] = MethodSupport(status=status, evidence=[e for e in evidence if e], notes=notes, via=via)
 
     dit_name = dit.name if dit else None
     no_dit = "the DiT class could not be resolved from the pipeline's code" \
@@ -143,10 +145,11 @@ def analyse(index: SourceIndex, facts: VersionFacts, mc: ModelClasses, arch: str
     for key, label in (("ulysses_sp", "Ulysses"), ("ring_sp", "Ring")):
         if sp:
             put(key, "supported", [sp[0], *facts.markers["sp_plan"].values()],
-                f"{dit_name} declares {sp[1]}; the SP hooks shard it for {label} attention.")
+                f"{dit_name} declares {sp[1]}; the SP hooks shard it for {label} attention.", via="sp_plan")
         elif sp_custom:
             put(key, "supported", [sp_custom],
-                f"no _sp_plan, but the model's own code drives sequence parallelism ({label} via the SP group).")
+                f"no _sp_plan, but the model's own code drives sequence parallelism ({label} via the SP group); "
+                "the server's 'SP hooks not applied' warning at load does not mean SP is off.", via="model_code")
         elif dit is None:
             put_no_dit(key)
         else:

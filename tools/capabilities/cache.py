@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
-SCHEMA = 1
+SCHEMA = 2  # bumped whenever what an analysis returns changes (2: MethodSupport.via)
 
 
 class CacheData(BaseModel):

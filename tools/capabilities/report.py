@@ -39,6 +39,10 @@ class MethodSupport(BaseModel):
                           "whether vLLM-Omni lets the server run with it); None where the question does not apply.")
     effect_evidence: list[str] = Field(default_factory=list, description="'path:line' that decided takes_effect.")
     effect_notes: str = ""
+    via: Literal["sp_plan", "model_code"] | None = Field(
+        default=None, description="Ulysses / Ring where supported: through the DiT's _sp_plan hooks, or by the "
+                                  "model's own code (no _sp_plan: vLLM-Omni still logs 'SP hooks not applied' at "
+                                  "load, yet SP runs).")
 
 
 class Constraint(BaseModel):

@@ -33,6 +33,7 @@ def make_tuner(workspace: Workspace, launcher: Launcher, request: TuneRequest, j
     gpus = detect_gpus(workspace.root)
     plan = plan or make_plan(launcher.settings, request.model, request.goal, gpu_report=gpus)
     trials = LaunchTrials(workspace, launcher, request, job_id, event)
+    trials.sp_by_hand = plan.sp_by_hand
     throughput = request.goal.objective == "throughput"
     if throughput:  # every trial measured with as many requests in flight as GPUs, and keyed so
         trials.workload = tune_workload(request.workload, fill=plan.gpus)

@@ -153,6 +153,8 @@ class LaunchTrials:
         # an SP layout whose server said it applied no SP is not benchmarked (True: it is, as a search that reads
         # no log would: benchmarks/tune_efficiency.py's exhaustive grid)
         self.benchmark_inert = False
+        # the model drives SP in its own code (the capability report): "SP hooks not applied" does not make it inert
+        self.sp_by_hand = False
 
     def stopped(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -469,7 +471,7 @@ class _Session(AbstractContextManager):
         is the rest of the layout on more GPUs, so it is not benchmarked (the search marks SP inert from the
         warning; a real video benchmark takes minutes)."""
         assert self.server is not None
-        if self.measured or self.r.benchmark_inert:
+        if self.measured or self.r.benchmark_inert or self.r.sp_by_hand:
             return None
         warnings = sp_ignored(self.r.ws, self.server.id, trial.config)
         if warnings is None:

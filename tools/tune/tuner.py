@@ -330,8 +330,9 @@ class Tuner(Decisions):
         return ref.p50_s / self.best.p50_s if self.best and ref.p50_s and self.best.p50_s else 1.0
 
     def _after_layout(self, out: Outcome, ref: Outcome) -> None:
-        """Teach the cost model; a layout whose server says it ignored SP is inert, and so is SP everywhere."""
-        if any(SP_IGNORED in w for w in out.server_warnings):
+        """Teach the cost model; a layout whose server says it ignored SP is inert, and so is SP everywhere (unless
+        the model drives SP in its own code, which the warning does not see)."""
+        if not self.plan.sp_by_hand and any(SP_IGNORED in w for w in out.server_warnings):
             self.cost.mark_inert(SP_DIMENSIONS)
             if out.status != "inert":  # inert already: the trial saw it at load and did not benchmark it
                 out.status, out.reason = "inert", "the server log says sequence parallelism was not applied"
