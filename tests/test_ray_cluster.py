@@ -153,17 +153,16 @@ def test_trials_run_on_both_nodes_and_their_runs_are_compared_in_the_driver_work
     assert emulated_servers(cluster) == []
 
 
-@pytest.mark.anyio
-async def test_tune_start_runs_a_tune_across_the_two_nodes(cluster, emulator, tmp_path):
-    """The whole tune through MCP: every server-level candidate a Ray task; the gate and records on the driver."""
+async def ray_tune(cluster: LocalCluster, emulator, tmp_path: Path, **world) -> dict:
+    """A whole tune through MCP on the cluster, every node's world (and the driver's, which plans from a host like
+    the nodes) cfg4_qwen_image on 2 H200s with ``world`` on top; the completed job's result."""
     from mcp import Client
 
     from omnitune.server.main import build_server
     from omnitune.tools.settings import Settings
     from tests.test_tune import IMAGE, SRC
-    world = {"gpus": [H200] * 2, "cost": {"startup_s": 0.1}}
-    for emu in [emulator, *cluster.worlds.values()]:  # the driver plans from a host like the nodes
-        emu.write("cfg4_qwen_image", **world)
+    for emu in [emulator, *cluster.worlds.values()]:
+        emu.write("cfg4_qwen_image", gpus=[H200] * 2, cost={"startup_s": 0.1}, **world)
     settings = Settings.model_validate({"workspace": tmp_path / "driver", "vllm": str(emulator.shim),
                                         "model_roots": [FIXTURE_MODELS], "vllm_omni_source": SRC,
                                         "ray_address": cluster.cluster.address})
@@ -172,7 +171,13 @@ async def test_tune_start_runs_a_tune_across_the_two_nodes(cluster, emulator, tm
         final = (await client.call_tool("job_wait", {"job_id": job.structured_content["id"],
                                                      "timeout_s": 240})).structured_content
     assert final["status"] == "completed", final["error"]
-    r = final["result"]
+    return final["result"]
+
+
+@pytest.mark.anyio
+async def test_tune_start_runs_a_tune_across_the_two_nodes(cluster, emulator, tmp_path):
+    """The whole tune through MCP: every server-level candidate a Ray task; the gate and records on the driver."""
+    r = await ray_tune(cluster, emulator, tmp_path)
     # a 2-GPU layout wins (CFG parallel 1.9x should beat ring 1.4x; with both cores busy a starved server once made
     # it the slower one, so which of the two is within a busy machine's noise)
     assert r["winner"]["name"] in ("cfg_parallel_size=2 (2 GPUs)", "ring=2 (2 GPUs)"), [
@@ -188,23 +193,7 @@ async def test_an_sp_layout_a_node_says_it_ignored_is_inert_there_without_a_benc
     """A model with no _sp_plan on both nodes: the server logs at load that SP hooks were not applied. The Ray task
     stops it there without benchmarking (a real video benchmark takes minutes) and the driver records the layout
     inert with the node's warning, as a local trial would."""
-    from mcp import Client
-
-    from omnitune.server.main import build_server
-    from omnitune.tools.settings import Settings
-    from tests.test_tune import IMAGE, SRC
-    world = {"gpus": [H200] * 2, "cost": {"startup_s": 0.1}, "model": {"sp_plan": False}}
-    for emu in [emulator, *cluster.worlds.values()]:
-        emu.write("cfg4_qwen_image", **world)
-    settings = Settings.model_validate({"workspace": tmp_path / "driver", "vllm": str(emulator.shim),
-                                        "model_roots": [FIXTURE_MODELS], "vllm_omni_source": SRC,
-                                        "ray_address": cluster.cluster.address})
-    async with Client(build_server(settings)) as client:
-        job = await client.call_tool("tune_start", {"request": {"model": QWEN, "workload": IMAGE}})
-        final = (await client.call_tool("job_wait", {"job_id": job.structured_content["id"],
-                                                     "timeout_s": 240})).structured_content
-    assert final["status"] == "completed", final["error"]
-    r = final["result"]
+    r = await ray_tune(cluster, emulator, tmp_path, model={"sp_plan": False})
     sp = [c for c in r["candidates"] if c["launched"] and (c["config"].get("usp") or c["config"].get("ring"))]
     assert sp, [(c["name"], c["status"]) for c in r["candidates"]]
     for c in sp:

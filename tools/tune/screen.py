@@ -77,10 +77,9 @@ class ParallelTrials:
 
     def _run_many(self, batch: list[tuple[Trial, list[int]]]) -> list[Outcome]:
         if self.ray:
-            skip = not (self.inner.benchmark_inert or self.inner.sp_by_hand)
             outs = [self._remote(t, res) for (t, _), res in zip(batch, self.ray.run_many(
                 [(t.name, t.config, len(g)) for t, g in batch], self.inner.req.model, self.inner.workload,
-                labels={"tune_job": self.inner.job_id}, skip_inert_sp=skip), strict=True)]
+                labels={"tune_job": self.inner.job_id}, skip_inert_sp=self.inner.skips_inert_sp), strict=True)]
             places = self._ray_places(len(batch))
         elif len(batch) < 2 or self.width(min(len(g) for _, g in batch)) < 2:  # one at a time, in the timeline
             return self.runner.run_many([(t, len(g)) for t, g in batch], alone=True)

@@ -156,6 +156,11 @@ class LaunchTrials:
         # the model drives SP in its own code (the capability report): "SP hooks not applied" does not make it inert
         self.sp_by_hand = False
 
+    @property
+    def skips_inert_sp(self) -> bool:
+        """Whether an SP layout whose server logs 'SP hooks not applied' is left unbenchmarked (here or on a node)."""
+        return not (self.benchmark_inert or self.sp_by_hand)
+
     def stopped(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
 
@@ -471,7 +476,7 @@ class _Session(AbstractContextManager):
         is the rest of the layout on more GPUs, so it is not benchmarked (the search marks SP inert from the
         warning; a real video benchmark takes minutes)."""
         assert self.server is not None
-        if self.measured or self.r.benchmark_inert or self.r.sp_by_hand:
+        if self.measured or not self.r.skips_inert_sp:
             return None
         warnings = sp_ignored(self.r.ws, self.server.id, trial.config)
         if warnings is None:
